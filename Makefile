@@ -1,0 +1,43 @@
+# HAPP Custom Messenger — every command a developer or CI needs.
+SHELL := bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: help bootstrap install run demo test lint format typecheck check clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+bootstrap: ## Install uv if this machine has none
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+
+install: bootstrap ## Install every package from the lockfile into .venv
+	$(UV) sync --frozen
+
+run: install ## Run the whole system locally (embedded broker and database unless configured)
+	$(UV) run --frozen python -m happ_devtools.run
+
+demo: install ## With `make run` going: receive a signed reply on https://localhost:8443
+	$(UV) run --frozen python -m happ_devtools.demo
+
+test: install ## Run the whole test suite (real broker, database and TLS)
+	$(UV) run --frozen pytest
+
+lint: install ## ruff: lint and formatting
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+format: install ## ruff: fix what can be fixed
+	$(UV) run --frozen ruff check --fix .
+	$(UV) run --frozen ruff format .
+
+typecheck: install ## mypy --strict over every package and the tests
+	$(UV) run --frozen mypy
+
+check: lint typecheck test ## Everything CI would want
+
+clean: ## Remove local data, caches and the virtualenv
+	rm -rf .happ .venv .pytest_cache .mypy_cache .ruff_cache test-artifacts

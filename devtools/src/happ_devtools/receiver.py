@@ -1,0 +1,91 @@
+"""An HTTPS endpoint that receives replies and checks their signatures.
+
+``make demo`` runs it on https://localhost:8443 with the development CA; the
+tests run it in-process to see exactly what HAPP sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from happ_common.signing import verify_happ_signature
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> dict[str, Any]:
+        data = json.loads(self.body)
+        assert isinstance(data, dict)
+        return data
+
+
+@dataclass
+class Receiver:
+    """Records every request; ``behaviour`` may pick the status (and a delay) per path."""
+
+    received: list[Received] = field(default_factory=list)
+    behaviour: dict[str, tuple[int, float]] = field(default_factory=dict)
+    on_receive: Callable[[Received], None] | None = None
+    _arrived: asyncio.Condition | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_post("/{tail:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        got = Received(request.path, dict(request.headers), await request.read(), time.time())
+        self.received.append(got)
+        if self.on_receive:
+            self.on_receive(got)
+        if self._arrived is None:
+            self._arrived = asyncio.Condition()
+        async with self._arrived:
+            self._arrived.notify_all()
+        status, delay = self.behaviour.get(request.path, (200, 0.0))
+        if delay:
+            await asyncio.sleep(delay)
+        return web.json_response({"ok": status < 300}, status=status)
+
+    def on_path(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    async def wait_for(self, path: str, count: int = 1, timeout_s: float = 30.0) -> list[Received]:
+        if self._arrived is None:
+            self._arrived = asyncio.Condition()
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.on_path(path)) >= count)
+        return self.on_path(path)
+
+
+def server_ssl(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+async def start(
+    receiver: Receiver, port: int, ssl_context: ssl.SSLContext, host: str = "127.0.0.1"
+) -> web.AppRunner:
+    runner = web.AppRunner(receiver.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    return runner
+
+
+def signature_ok(got: Received, secret: str) -> bool:
+    return verify_happ_signature([secret], got.body, got.headers.get("X-HAPP-Signature", ""))

@@ -1,0 +1,141 @@
+"""Channels: the stored model, its repository, and the in-memory cache hot paths read.
+
+Ingress, assistant and delivery read a channel on every message; they read it
+from ``ChannelCache``, which goes to MongoDB at most once per channel per
+``HAPP_CHANNEL_CACHE_TTL_S`` (1 s by default), so an operator's change reaches
+every replica within that time plus one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo.asynchronous.database import AsyncDatabase
+
+from happ_common.mongo import CHANNELS, Document
+
+ChannelStatus = Literal["connected", "disconnected"]
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant answering users of this platform."
+DEFAULT_FALLBACK_TEXT = "Sorry, I can't answer right now. Please try again in a few minutes."
+
+
+class AssistantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, max_length=20_000)
+    model: str | None = Field(default=None, max_length=200)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_history: int = Field(default=20, ge=0, le=200)
+    fallback_text: str = Field(default=DEFAULT_FALLBACK_TEXT, min_length=1, max_length=4_000)
+
+
+class Channel(BaseModel):
+    """A channel as stored (``_id`` is the channel id)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+    id: str = Field(alias="_id")
+    name: str
+    status: ChannelStatus = "connected"
+    outgoing_url: str
+    hmac_secret: str
+    previous_secret: str | None = None
+    previous_secret_expires_at: datetime | None = None
+    require_signature: bool = False
+    rate_limit_per_second: int = 100
+    assistant: AssistantSettings = Field(default_factory=AssistantSettings)
+    created_at: datetime
+    updated_at: datetime
+
+    def previous_secrets(self, now: datetime | None = None) -> list[str]:
+        """Secrets still honoured besides the current one (rotation overlap)."""
+        now = now or datetime.now(UTC)
+        if (
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and (self.previous_secret_expires_at > now)
+        ):
+            return [self.previous_secret]
+        return []
+
+    def verifying_secrets(self, now: datetime | None = None) -> list[str]:
+        return [self.hmac_secret, *self.previous_secrets(now)]
+
+    def to_document(self) -> Document:
+        return self.model_dump(by_alias=True)
+
+
+def rotation_expiry(overlap_hours: float) -> datetime:
+    return datetime.now(UTC) + timedelta(hours=overlap_hours)
+
+
+class ChannelRepository:
+    """Queries on the ``channels`` collection, nothing else."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._coll = db[CHANNELS]
+
+    async def get(self, channel_id: str) -> Channel | None:
+        doc = await self._coll.find_one({"_id": channel_id})
+        return Channel.model_validate(doc) if doc else None
+
+    async def insert(self, channel: Channel) -> None:
+        await self._coll.insert_one(channel.to_document())
+
+    async def list(self, *, after: str | None, limit: int) -> list[Channel]:
+        query: Document = {"_id": {"$gt": after}} if after else {}
+        cursor = self._coll.find(query).sort("_id", 1).limit(limit)
+        return [Channel.model_validate(d) async for d in cursor]
+
+    async def update(self, channel_id: str, fields: Document) -> Channel | None:
+        fields = {**fields, "updated_at": datetime.now(UTC)}
+        doc = await self._coll.find_one_and_update(
+            {"_id": channel_id}, {"$set": fields}, return_document=True
+        )
+        return Channel.model_validate(doc) if doc else None
+
+
+class ChannelCache:
+    """Channel reads for hot paths: at most one database read per channel per TTL.
+
+    Concurrent misses for one channel share a single read, and unknown ids are
+    cached too, so a flood of requests to a bogus channel cannot flood MongoDB.
+    """
+
+    def __init__(self, repo: ChannelRepository, ttl_s: float) -> None:
+        self._repo = repo
+        self._ttl = ttl_s
+        self._entries: dict[str, tuple[float, Channel | None]] = {}
+        self._loading: dict[str, asyncio.Future[Channel | None]] = {}
+
+    async def get(self, channel_id: str) -> Channel | None:
+        entry = self._entries.get(channel_id)
+        if entry is not None and time.monotonic() - entry[0] < self._ttl:
+            return entry[1]
+        pending = self._loading.get(channel_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Channel | None] = asyncio.get_running_loop().create_future()
+        self._loading[channel_id] = future
+        try:
+            channel = await self._repo.get(channel_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            self._entries[channel_id] = (time.monotonic(), channel)
+            if len(self._entries) > 100_000:
+                self._entries.pop(next(iter(self._entries)))
+            future.set_result(channel)
+            return channel
+        finally:
+            del self._loading[channel_id]
+
+    def invalidate(self, channel_id: str) -> None:
+        self._entries.pop(channel_id, None)

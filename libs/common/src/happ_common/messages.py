@@ -1,0 +1,125 @@
+"""Conversation messages: both sides of every conversation, and their status.
+
+The assistant writes them, the delivery service updates the delivery status of
+replies, the admin API reads them. A message is identified by
+``(channel_id, message_id)`` (unique index): writes are upserts keyed on that
+pair, so a redelivered Kafka message rewrites the same document instead of
+adding a second one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from happ_common.events import Attachment
+from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
+
+Role = Literal["user", "assistant"]
+# Incoming message: accepted → replied → delivered | retrying | failed | canceled.
+# A reply carries the delivery half of that: pending → delivered | retrying | failed | canceled.
+MessageStatus = Literal[
+    "accepted", "replied", "pending", "delivered", "retrying", "failed", "canceled"
+]
+
+
+class LlmTrace(BaseModel):
+    provider: str
+    model: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    fallback: bool = False
+
+
+class StoredMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    channel_id: str
+    message_id: str
+    sender_id: str
+    role: Role
+    text: str
+    sender_name: str | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    metadata: dict[str, Any] | None = None
+    created_at: datetime
+    status: MessageStatus
+    in_reply_to: str | None = None
+    reply_id: str | None = None
+    llm: LlmTrace | None = None
+    attempts: int = 0
+    last_error_code: str | None = None
+    last_status_code: int | None = None
+    updated_at: datetime | None = None
+
+
+class MessageRepository:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._messages = db[MESSAGES]
+        self._conversations = db[CONVERSATIONS]
+
+    async def upsert(self, message: StoredMessage) -> None:
+        doc = message.model_dump()
+        doc["updated_at"] = datetime.now(UTC)
+        await self._messages.update_one(
+            {"channel_id": message.channel_id, "message_id": message.message_id},
+            {"$set": doc},
+            upsert=True,
+        )
+
+    async def get(self, channel_id: str, message_id: str) -> StoredMessage | None:
+        doc = await self._messages.find_one({"channel_id": channel_id, "message_id": message_id})
+        return StoredMessage.model_validate(doc) if doc else None
+
+    async def recent(self, channel_id: str, sender_id: str, limit: int) -> list[StoredMessage]:
+        """The last ``limit`` messages of a conversation, oldest first."""
+        if limit <= 0:
+            return []
+        cursor = (
+            self._messages.find({"channel_id": channel_id, "sender_id": sender_id})
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        docs = await cursor.to_list(None)
+        return [StoredMessage.model_validate(d) for d in reversed(docs)]
+
+    async def conversation(
+        self, channel_id: str, sender_id: str, *, limit: int = 100
+    ) -> list[StoredMessage]:
+        cursor = (
+            self._messages.find({"channel_id": channel_id, "sender_id": sender_id})
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [StoredMessage.model_validate(d) async for d in cursor]
+
+    async def set_status(
+        self, channel_id: str, message_id: str, status: MessageStatus, **fields: Any
+    ) -> None:
+        await self._messages.update_one(
+            {"channel_id": channel_id, "message_id": message_id},
+            {"$set": {"status": status, "updated_at": datetime.now(UTC), **fields}},
+        )
+
+    async def touch_conversation(
+        self, channel_id: str, sender_id: str, sender_name: str | None, at: datetime
+    ) -> None:
+        update: Document = {
+            "$max": {"last_message_at": at},
+            "$setOnInsert": {
+                "first_message_at": at,
+                "channel_id": channel_id,
+                "sender_id": sender_id,
+            },
+        }
+        if sender_name:
+            update["$set"] = {"sender_name": sender_name}
+        await self._conversations.update_one(
+            {"_id": f"{channel_id}\n{sender_id}"}, update, upsert=True
+        )

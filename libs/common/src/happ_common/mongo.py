@@ -1,0 +1,63 @@
+"""The MongoDB client, collection names and indexes (PyMongo's async API).
+
+Indexes are created by whichever service starts first; ``create_index`` is
+idempotent, so every service may call ``ensure_indexes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from happ_common.settings import HappSettings, InfraSettings
+
+CHANNELS = "channels"
+MESSAGES = "messages"
+CONVERSATIONS = "conversations"
+REQUEST_LOG = "request_log"
+IDEMPOTENCY = "idempotency"
+
+Document = dict[str, Any]
+
+
+def connect(infra: InfraSettings) -> AsyncMongoClient[Document]:
+    # Short server selection: a readiness probe or a request must fail fast
+    # while the database is away, not hang for the default 30 s.
+    return AsyncMongoClient(
+        infra.mongodb_uri, serverSelectionTimeoutMS=3000, tz_aware=True, connect=False
+    )
+
+
+def database(client: AsyncMongoClient[Document], infra: InfraSettings) -> AsyncDatabase[Document]:
+    return client[infra.mongodb_db]
+
+
+async def ping(db: AsyncDatabase[Document]) -> None:
+    await db.command("ping")
+
+
+async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> None:
+    messages = db[MESSAGES]
+    await messages.create_index(
+        [("channel_id", ASCENDING), ("message_id", ASCENDING)], unique=True, name="message_id"
+    )
+    await messages.create_index(
+        [("channel_id", ASCENDING), ("sender_id", ASCENDING), ("created_at", ASCENDING)],
+        name="conversation",
+    )
+    await db[CONVERSATIONS].create_index(
+        [("channel_id", ASCENDING), ("last_message_at", DESCENDING)], name="recent"
+    )
+    log = db[REQUEST_LOG]
+    await log.create_index(
+        [("channel_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="channel_recent",
+    )
+    await log.create_index(
+        "created_at",
+        expireAfterSeconds=happ.request_log_retention_days * 86400,
+        name="retention",
+    )
+    await db[IDEMPOTENCY].create_index("created_at", expireAfterSeconds=86400, name="ttl_24h")

@@ -1,0 +1,40 @@
+"""How a service process starts: logging, then uvicorn on the service's port.
+
+uvicorn picks uvloop and httptools when installed (``uvicorn[standard]``); each
+service runs one worker process and scales by replicas, not by forking.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
+        force=True,
+    )
+    # aiokafka logs every transient connection error at ERROR; the services
+    # report those through /readyz and metrics instead.
+    logging.getLogger("aiokafka").setLevel(
+        logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
+    )
+
+
+def serve(app: FastAPI, *, host: str, port: int, service: str, log_level: str) -> None:
+    configure_logging(service, log_level)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=15,
+        server_header=False,
+    )

@@ -1,0 +1,76 @@
+"""Request signatures: HAPP's own ``X-HAPP-Signature`` and Standard Webhooks.
+
+``X-HAPP-Signature`` is ``sha256=`` + hex HMAC-SHA256 keyed with the secret's
+UTF-8 bytes, over the raw body (SPEC §4). ``webhook-signature`` follows the
+Standard Webhooks scheme: the key is the base64 part of ``whsec_...`` decoded,
+the message is ``{id}.{timestamp}.{body}``, and each valid secret contributes
+one ``v1,<base64>`` entry, space separated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+
+SIGNATURE_PREFIX = "sha256="
+
+
+def happ_signature(secret: str, body: bytes) -> str:
+    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_happ_signature(secrets: Iterable[str], body: bytes, header: str) -> bool:
+    """True when ``header`` is the signature of ``body`` under any of ``secrets``.
+
+    Every secret is checked, with a constant-time comparison, so the time taken
+    does not tell which secret (if any) came close.
+    """
+    candidate = header.strip().encode()
+    ok = False
+    for secret in secrets:
+        expected = happ_signature(secret, body).encode()
+        ok |= hmac.compare_digest(expected, candidate)
+    return ok
+
+
+def _standard_key(secret: str) -> bytes:
+    raw = secret.removeprefix("whsec_")
+    return base64.b64decode(raw)
+
+
+def standard_webhook_signature(
+    secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+) -> str:
+    to_sign = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1,"
+        + base64.b64encode(hmac.new(_standard_key(s), to_sign, hashlib.sha256).digest()).decode()
+        for s in secrets
+    )
+
+
+def outgoing_headers(
+    *,
+    current_secret: str,
+    extra_secrets: Sequence[str],
+    delivery_id: str,
+    timestamp: int,
+    attempt: int,
+    body: bytes,
+) -> dict[str, str]:
+    """Every header of an outgoing reply (SPEC §4), for one attempt."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "HAPP-Custom-Messenger/1.0",
+        "X-HAPP-Signature": happ_signature(current_secret, body),
+        "X-HAPP-Delivery-Id": delivery_id,
+        "X-HAPP-Attempt": str(attempt),
+        "X-HAPP-Timestamp": str(timestamp),
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_webhook_signature(
+            [current_secret, *extra_secrets], delivery_id, timestamp, body
+        ),
+    }

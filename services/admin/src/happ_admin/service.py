@@ -1,0 +1,107 @@
+"""Channel management: create, read, change, disconnect, connect, rotate the secret."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from happ_admin.schemas import ChannelCreate, ChannelUpdate
+from happ_common.channels import Channel, ChannelRepository, rotation_expiry
+from happ_common.errors import ErrorDetail, HappError
+from happ_common.ids import CHANNEL_ID_RE, new_channel_id, new_channel_secret
+from happ_common.mongo import Document
+from happ_common.settings import HappSettings
+from happ_common.urls import UrlRejected, check_https_url, resolve_and_check
+
+
+def channel_not_found(channel_id: str) -> HappError:
+    return HappError(404, "CHANNEL_NOT_FOUND", f"No channel {channel_id!r} exists.")
+
+
+class ChannelService:
+    def __init__(self, repo: ChannelRepository, happ: HappSettings) -> None:
+        self._repo = repo
+        self._happ = happ
+
+    async def validate_url(self, url: str) -> str:
+        try:
+            check_https_url(url)
+            await asyncio.to_thread(
+                resolve_and_check, url, allow_private=self._happ.allow_private_endpoints
+            )
+        except UrlRejected as exc:
+            raise HappError(
+                422, exc.code, exc.message, [ErrorDetail(field="outgoing_url", problem=exc.message)]
+            ) from exc
+        return url
+
+    async def create(self, req: ChannelCreate) -> Channel:
+        await self.validate_url(req.outgoing_url)
+        now = datetime.now(UTC)
+        channel = Channel(
+            id=new_channel_id(),
+            name=req.name,
+            outgoing_url=req.outgoing_url,
+            hmac_secret=new_channel_secret(),
+            require_signature=req.require_signature,
+            rate_limit_per_second=req.rate_limit_per_second,
+            assistant=req.assistant,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._repo.insert(channel)
+        return channel
+
+    async def get(self, channel_id: str) -> Channel:
+        channel = await self._repo.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
+        if channel is None:
+            raise channel_not_found(channel_id)
+        return channel
+
+    async def list(self, cursor: str | None, limit: int) -> tuple[list[Channel], str | None]:
+        items = await self._repo.list(after=cursor, limit=limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return items, (items[-1].id if more and items else None)
+
+    async def update(self, channel_id: str, req: ChannelUpdate) -> Channel:
+        current = await self.get(channel_id)
+        fields: Document = req.model_dump(exclude_unset=True, exclude={"assistant"})
+        if req.outgoing_url is not None:
+            await self.validate_url(req.outgoing_url)
+        if req.assistant is not None:
+            merged = current.assistant.model_copy(
+                update=req.assistant.model_dump(exclude_unset=True)
+            )
+            fields["assistant"] = (
+                type(current.assistant).model_validate(merged.model_dump()).model_dump()
+            )
+        return await self._set(channel_id, fields)
+
+    async def disconnect(self, channel_id: str) -> Channel:
+        await self.get(channel_id)
+        return await self._set(channel_id, {"status": "disconnected"})
+
+    async def connect(self, channel_id: str, outgoing_url: str | None) -> Channel:
+        await self.get(channel_id)
+        fields: Document = {"status": "connected"}
+        if outgoing_url is not None:
+            fields["outgoing_url"] = await self.validate_url(outgoing_url)
+        return await self._set(channel_id, fields)
+
+    async def rotate_secret(self, channel_id: str) -> Channel:
+        current = await self.get(channel_id)
+        return await self._set(
+            channel_id,
+            {
+                "hmac_secret": new_channel_secret(),
+                "previous_secret": current.hmac_secret,
+                "previous_secret_expires_at": rotation_expiry(self._happ.secret_overlap_hours),
+            },
+        )
+
+    async def _set(self, channel_id: str, fields: Document) -> Channel:
+        channel = await self._repo.update(channel_id, fields)
+        if channel is None:
+            raise channel_not_found(channel_id)
+        return channel

@@ -1,0 +1,81 @@
+"""The assistant application: a keyed consumer of inbound.messages behind /healthz,
+/readyz and /metrics. The lifespan owns every client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from happ_assistant.handlers import inbound_handler
+from happ_assistant.llm import ChatModel, OfflineResponder, OpenAIChat
+from happ_assistant.repository import ConversationRepository
+from happ_assistant.service import AssistantService
+from happ_assistant.settings import AssistantServiceSettings
+from happ_common import mongo
+from happ_common.channels import ChannelCache, ChannelRepository
+from happ_common.errors import install_error_handlers
+from happ_common.http_metrics import HttpMetrics
+from happ_common.kafka import EventPublisher
+from happ_common.ops import ops_router
+from happ_common.pipeline import KeyedPipeline, PipelineConfig
+from happ_common.settings import HappSettings, InfraSettings
+from happ_common.topics import INBOUND_MESSAGES
+
+
+def chat_model(settings: AssistantServiceSettings) -> ChatModel:
+    if settings.openai_api_key:
+        return OpenAIChat(settings.openai_api_key, settings.openai_base_url)
+    return OfflineResponder()
+
+
+def create_app(
+    settings: AssistantServiceSettings | None = None,
+    infra: InfraSettings | None = None,
+    happ: HappSettings | None = None,
+) -> FastAPI:
+    settings = settings or AssistantServiceSettings()
+    infra = infra or InfraSettings()
+    happ = happ or HappSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = mongo.connect(infra)
+        db = mongo.database(client, infra)
+        await mongo.ensure_indexes(db, happ)
+        publisher = EventPublisher(infra, client_id="happ-assistant")
+        await publisher.start()
+        model = chat_model(settings)
+        service = AssistantService(
+            settings,
+            ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
+            ConversationRepository(db),
+            model,
+            publisher,
+        )
+        pipeline = KeyedPipeline(
+            PipelineConfig(
+                name="assistant",
+                bootstrap_servers=infra.kafka_bootstrap_servers,
+                group_id=settings.group_id,
+                topics=(INBOUND_MESSAGES,),
+                max_in_flight=settings.max_in_flight,
+            ),
+            inbound_handler(service),
+        )
+        await pipeline.start()
+        app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
+        try:
+            yield
+        finally:
+            await pipeline.stop()
+            await publisher.stop()
+            await model.close()
+            await client.close()
+
+    app = FastAPI(title="HAPP assistant", version="1.0.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(HttpMetrics, service="assistant")
+    app.include_router(ops_router(lambda: app.state.checks))
+    return app

@@ -1,0 +1,121 @@
+"""Chat models: an OpenAI-compatible Chat Completions client, or the offline responder.
+
+``OPENAI_BASE_URL`` points the client at OpenAI, Azure, vLLM, Ollama or a
+llama.cpp server alike. Without ``OPENAI_API_KEY`` the offline responder answers
+instead, and says so in every reply: it never pretends to be an LLM.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import openai
+from openai import AsyncOpenAI
+
+ChatMessage = dict[str, Any]
+
+OFFLINE_PROVIDER = "offline"
+OFFLINE_LABEL = "[HAPP offline responder: no LLM is configured]"
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    provider: str
+    model: str | None
+    latency_ms: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class LlmCallFailed(Exception):
+    def __init__(self, kind: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+
+
+class ChatModel(Protocol):
+    provider: str
+
+    async def complete(
+        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+    ) -> Completion: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenAIChat:
+    provider = "openai"
+
+    def __init__(self, api_key: str, base_url: str | None) -> None:
+        # Retries are ours (bounded by a time budget, then the fallback text),
+        # so the SDK's own are off.
+        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+
+    async def complete(
+        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+    ) -> Completion:
+        started = time.perf_counter()
+        try:
+            resp = await self._client.chat.completions.create(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=temperature,
+                timeout=timeout_s,
+            )
+        except openai.APITimeoutError as exc:
+            raise LlmCallFailed("timeout", str(exc), retryable=True) from exc
+        except openai.APIConnectionError as exc:
+            raise LlmCallFailed("connection", str(exc), retryable=True) from exc
+        except openai.RateLimitError as exc:
+            raise LlmCallFailed("rate_limited", str(exc), retryable=True) from exc
+        except openai.APIStatusError as exc:
+            retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
+            raise LlmCallFailed(f"http_{exc.status_code}", str(exc), retryable=retryable) from exc
+        except openai.OpenAIError as exc:
+            raise LlmCallFailed("error", str(exc), retryable=False) from exc
+        latency = (time.perf_counter() - started) * 1000
+        text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
+        if not text:
+            raise LlmCallFailed("empty", "the model returned no text", retryable=True)
+        usage = resp.usage
+        return Completion(
+            text=text,
+            provider=self.provider,
+            model=resp.model or model,
+            latency_ms=round(latency, 2),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class OfflineResponder:
+    """Answers without any model, plainly labelled, so the pipeline runs end to end."""
+
+    provider = OFFLINE_PROVIDER
+
+    async def complete(
+        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+    ) -> Completion:
+        last = messages[-1]["content"] if messages else ""
+        if isinstance(last, list):
+            last = " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+        said = str(last).strip().replace("\n", " ")
+        if len(said) > 200:
+            said = said[:200] + "…"
+        turns = sum(1 for m in messages if m["role"] == "user")
+        text = (
+            f"{OFFLINE_LABEL} I received your message: “{said}”. "
+            f"This conversation has {turns} message(s) from you so far. "
+            "Set OPENAI_API_KEY to get AI replies."
+        )
+        return Completion(text=text, provider=self.provider, model=None, latency_ms=0.0)
+
+    async def close(self) -> None:
+        return None

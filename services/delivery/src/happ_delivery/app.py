@@ -1,0 +1,85 @@
+"""The delivery application: a keyed consumer of outbound.replies and
+delivery.retry behind /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from happ_common import mongo
+from happ_common.channels import ChannelCache, ChannelRepository
+from happ_common.errors import install_error_handlers
+from happ_common.http_metrics import HttpMetrics
+from happ_common.kafka import EventPublisher
+from happ_common.ops import ops_router
+from happ_common.pipeline import KeyedPipeline, PipelineConfig
+from happ_common.request_log import RequestLogWriter
+from happ_common.settings import HappSettings, InfraSettings
+from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
+from happ_common.webhook_client import new_session
+from happ_delivery.handlers import delivery_handler
+from happ_delivery.repository import DeliveryRepository
+from happ_delivery.service import DeliveryService
+from happ_delivery.settings import DeliverySettings
+
+
+def create_app(
+    settings: DeliverySettings | None = None,
+    infra: InfraSettings | None = None,
+    happ: HappSettings | None = None,
+) -> FastAPI:
+    settings = settings or DeliverySettings()
+    infra = infra or InfraSettings()
+    happ = happ or HappSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = mongo.connect(infra)
+        db = mongo.database(client, infra)
+        await mongo.ensure_indexes(db, happ)
+        publisher = EventPublisher(infra, client_id="happ-delivery")
+        await publisher.start()
+        request_log = RequestLogWriter(db)
+        await request_log.start()
+        session = new_session(
+            ca_file=settings.ca_file,
+            allow_private=happ.allow_private_endpoints,
+            max_connections=settings.max_connections,
+        )
+        service = DeliveryService(
+            settings=settings,
+            allow_private=happ.allow_private_endpoints,
+            channels=ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
+            repository=DeliveryRepository(db),
+            session=session,
+            publisher=publisher,
+            request_log=request_log,
+        )
+        pipeline = KeyedPipeline(
+            PipelineConfig(
+                name="delivery",
+                bootstrap_servers=infra.kafka_bootstrap_servers,
+                group_id=settings.group_id,
+                topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
+                max_in_flight=settings.max_in_flight,
+            ),
+            delivery_handler(service),
+        )
+        await pipeline.start()
+        app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
+        try:
+            yield
+        finally:
+            await pipeline.stop()
+            await request_log.stop()
+            await session.close()
+            await publisher.stop()
+            await client.close()
+
+    app = FastAPI(title="HAPP delivery", version="1.0.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(HttpMetrics, service="delivery")
+    app.include_router(ops_router(lambda: app.state.checks))
+    return app

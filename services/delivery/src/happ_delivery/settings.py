@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class DeliverySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HAPP_DELIVERY_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = 8083
+    group_id: str = "happ-delivery"
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Seconds before each retry: 4 attempts in all with the default "5,15,60".
+    retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 15.0, 60.0]
+    )
+    ca_file: str | None = None
+    max_in_flight: int = Field(default=2048, ge=1)
+    max_connections: int = Field(default=512, ge=1)
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(v) for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError("retry delays must be >= 0")
+        return value

@@ -1,0 +1,230 @@
+"""What the webhook does with a request, from raw bytes to the broker's ack.
+
+Order of checks: channel (404, 403), signature (401), rate limit (429), body
+(422), idempotency (duplicate), publish (503 unless acknowledged). Every request
+to an existing channel, accepted or not, leaves one request-log entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from happ_common.channels import Channel, ChannelCache
+from happ_common.errors import (
+    HappError,
+    details_from_validation,
+    invalid_payload,
+    service_unavailable,
+)
+from happ_common.events import Attachment, InboundMessage
+from happ_common.ids import CHANNEL_ID_RE, conversation_key, new_log_id, new_message_id
+from happ_common.kafka import EventPublisher, PublishFailed
+from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
+from happ_common.signing import verify_happ_signature
+from happ_common.topics import INBOUND_MESSAGES
+from happ_ingress.rate_limit import TokenBuckets
+from happ_ingress.repository import IdempotencyRepository
+from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload
+from happ_ingress.settings import IngressSettings
+
+REQUESTS = Counter("happ_ingress_requests_total", "Webhook requests by outcome", ["outcome"])
+LATENCY = Histogram(
+    "happ_ingress_request_seconds",
+    "Webhook request handling time, broker ack included",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+@dataclass(frozen=True)
+class IncomingRequest:
+    channel_id: str
+    path: str
+    body: bytes
+    content_type: str | None
+    signature: str | None
+    idempotency_key: str | None
+
+
+class IngressService:
+    def __init__(
+        self,
+        settings: IngressSettings,
+        channels: ChannelCache,
+        idempotency: IdempotencyRepository,
+        publisher: EventPublisher,
+        request_log: RequestLogWriter,
+    ) -> None:
+        self._settings = settings
+        self._channels = channels
+        self._idempotency = idempotency
+        self._publisher = publisher
+        self._log = request_log
+        self._buckets = TokenBuckets()
+
+    async def receive(self, req: IncomingRequest) -> Accepted | Duplicate:
+        started = time.perf_counter()
+        outcome = "accepted"
+        try:
+            channel = await self._channel(req.channel_id)
+            result = await self._receive(channel, req)
+        except HappError as exc:
+            outcome = exc.code
+            if exc.code != "CHANNEL_NOT_FOUND":  # no channel to file it under
+                self._record(req, started, exc.status_code, exc.code, None)
+            raise
+        else:
+            outcome = result.status
+            self._record(req, started, 200, None, result.message_id)
+            return result
+        finally:
+            REQUESTS.labels(outcome=outcome).inc()
+            LATENCY.observe(time.perf_counter() - started)
+
+    async def _channel(self, channel_id: str) -> Channel:
+        channel = await self._channels.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
+        if channel is None:
+            raise HappError(
+                404,
+                "CHANNEL_NOT_FOUND",
+                f"No channel {channel_id!r} exists; check the webhook URL.",
+            )
+        if channel.status != "connected":
+            raise HappError(
+                403,
+                "CHANNEL_DISCONNECTED",
+                "This channel is disconnected; reconnect it in HAPP to accept messages again.",
+            )
+        return channel
+
+    async def _receive(self, channel: Channel, req: IncomingRequest) -> Accepted | Duplicate:
+        self._check_signature(channel, req)
+        wait = self._buckets.take(channel.id, channel.rate_limit_per_second)
+        if wait > 0:
+            raise HappError(
+                429,
+                "RATE_LIMITED",
+                f"Over this channel's limit of {channel.rate_limit_per_second} messages per "
+                "second; queue on your side and retry after Retry-After seconds.",
+                headers={"Retry-After": TokenBuckets.retry_after_header(wait)},
+            )
+        payload = self._parse(req)
+        key = payload.message_id or req.idempotency_key
+        message_id = key or new_message_id()
+        if key is None:
+            await self._publish(channel, payload, message_id)
+            return Accepted(message_id=message_id, channel_id=channel.id)
+        return await self._receive_once(channel, payload, key)
+
+    async def _receive_once(
+        self, channel: Channel, payload: WebhookPayload, key: str
+    ) -> Accepted | Duplicate:
+        deadline = time.monotonic() + self._settings.idempotency_wait_s
+        stale_after = self._settings.publish_timeout_s * 2
+        while True:
+            claim = await self._idempotency.claim(channel.id, key, stale_after)
+            if claim == "accepted":
+                return Duplicate(message_id=key)
+            if claim == "claimed":
+                break
+            if time.monotonic() >= deadline:
+                # The first copy is still being enqueued: the caller retries, and
+                # the retry will be a duplicate or will take over a failed claim.
+                raise service_unavailable(
+                    "A request with this message_id is still being enqueued; retry shortly.", 1
+                )
+            await asyncio.sleep(0.05)
+        try:
+            await self._publish(channel, payload, key)
+        except HappError:
+            await self._idempotency.release(channel.id, key)
+            raise
+        await self._idempotency.mark_accepted(channel.id, key)
+        return Accepted(message_id=key, channel_id=channel.id)
+
+    def _check_signature(self, channel: Channel, req: IncomingRequest) -> None:
+        if req.signature is None:
+            if channel.require_signature:
+                raise HappError(
+                    401,
+                    "HMAC_REQUIRED",
+                    "This channel requires X-HAPP-Signature: sha256=<hex HMAC-SHA256 of the "
+                    "raw body keyed with the channel secret>.",
+                )
+            return
+        if not verify_happ_signature(channel.verifying_secrets(), req.body, req.signature):
+            raise HappError(
+                401,
+                "HMAC_MISMATCH",
+                "X-HAPP-Signature does not match: compute HMAC-SHA256 over the raw request body "
+                "(not the URL) with the channel's current secret.",
+            )
+
+    @staticmethod
+    def _parse(req: IncomingRequest) -> WebhookPayload:
+        media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise invalid_payload("Send the body as JSON with Content-Type: application/json.")
+        try:
+            return WebhookPayload.model_validate_json(req.body)
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise invalid_payload("The body is not valid JSON.") from exc
+            if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
+                raise invalid_payload("The body must be a JSON object.") from exc
+            raise invalid_payload(
+                "The message is invalid: fix the fields listed in details.",
+                details_from_validation(exc),
+            ) from exc
+
+    async def _publish(self, channel: Channel, payload: WebhookPayload, message_id: str) -> None:
+        event = InboundMessage(
+            channel_id=channel.id,
+            message_id=message_id,
+            sender_id=payload.sender_id,
+            sender_name=payload.sender_name,
+            text=payload.text,
+            metadata=payload.metadata,
+            attachments=[Attachment.model_validate(a.model_dump()) for a in payload.attachments],
+            received_at=datetime.now(UTC),
+        )
+        try:
+            await self._publisher.publish(
+                INBOUND_MESSAGES, event, key=conversation_key(channel.id, payload.sender_id)
+            )
+        except PublishFailed as exc:
+            raise service_unavailable(
+                "The message could not be stored durably right now; retry after Retry-After "
+                "seconds.",
+                5,
+            ) from exc
+
+    def _record(
+        self,
+        req: IncomingRequest,
+        started: float,
+        status: int,
+        error_code: str | None,
+        message_id: str | None,
+    ) -> None:
+        self._log.add(
+            LogEntry(
+                id=new_log_id(),
+                channel_id=req.channel_id,
+                direction="incoming",
+                created_at=datetime.now(UTC),
+                method="POST",
+                url=req.path,
+                status_code=status,
+                error_code=error_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                request_body=cut(req.body, MAX_REQUEST_BODY),
+                response_body=None,
+                message_id=message_id,
+            )
+        )

@@ -1,0 +1,136 @@
+"""The test harness: the real system, started once per session.
+
+An embedded Kafka-protocol broker and MongoDB-protocol database, the four
+services as separate processes (exactly as ``make run`` starts them), a fake
+OpenAI-compatible LLM server and an HTTPS receiver with its own CA, both in
+this process so tests can see what the services sent. Consumer-group joins on
+the embedded broker take seconds, so nothing here is started per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from happ_devtools import fake_llm, receiver
+from happ_devtools.certs import DevTls, dev_tls
+from happ_devtools.fake_llm import FakeLlm
+from happ_devtools.local_stack import SERVICES, LocalStack, StackConfig
+from happ_devtools.procs import free_port
+from happ_devtools.receiver import Receiver
+
+ADMIN_TOKEN = "test-admin-token"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@dataclass
+class System:
+    stack: LocalStack
+    tls: DevTls
+    llm: FakeLlm
+    receiver: Receiver
+    receiver_port: int
+    admin: httpx.AsyncClient
+    http: httpx.AsyncClient
+
+    def url(self, service: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.stack.config.ports[service]}{path}"
+
+    def endpoint(self, path: str) -> str:
+        return f"https://localhost:{self.receiver_port}{path}"
+
+    async def create_channel(self, path: str, **fields: Any) -> dict[str, Any]:
+        resp = await self.admin.post(
+            "/api/channels", json={"name": "Test", "outgoing_url": self.endpoint(path), **fields}
+        )
+        assert resp.status_code == 201, resp.text
+        channel: dict[str, Any] = resp.json()
+        return channel
+
+    async def send(self, channel_id: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
+        return await self.http.post(self.url("ingress", f"/webhook/{channel_id}"), json=body, **kw)
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> DevTls:
+    return dev_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+    llm = FakeLlm()
+    llm_port = free_port()
+    llm_runner = await fake_llm.start(llm, llm_port)
+    rec = Receiver()
+    rec_port = free_port()
+    rec_runner = await receiver.start(
+        rec, rec_port, receiver.server_ssl(tls.cert_file, tls.key_file)
+    )
+    data_dir = tmp_path_factory.mktemp("happ")
+    env = {
+        "HAPP_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HAPP_DELIVERY_CA_FILE": str(tls.ca_file),
+        "HAPP_ALLOW_PRIVATE_ENDPOINTS": "true",
+        "HAPP_DELIVERY_RETRY_DELAYS": "1,2,3",
+        "HAPP_DELIVERY_TIMEOUT_S": "2",
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+        "HAPP_ASSISTANT_LLM_BACKOFF_S": "0.05",
+        "HAPP_ASSISTANT_LLM_TIMEOUT_S": "5",
+    }
+    base_env = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI")
+    }
+    config = StackConfig(
+        data_dir=data_dir, env=env, ports={name: free_port() for name in SERVICES}, partitions=6
+    )
+    stack = LocalStack(config, base_env=base_env)
+    try:
+        await asyncio.to_thread(stack.start_infra)
+        await asyncio.to_thread(stack.start_services)
+        async with (
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{config.ports['admin']}",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                timeout=15,
+            ) as admin,
+            httpx.AsyncClient(timeout=15) as http,
+        ):
+            yield System(stack, tls, llm, rec, rec_port, admin, http)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        _keep_logs(stack)
+        await rec_runner.cleanup()
+        await llm_runner.cleanup()
+
+
+def _keep_logs(stack: LocalStack) -> None:
+    """Copy the services' logs where CI keeps them, for a failed run's post-mortem."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for log in stack.logs.glob("*.log"):
+        (ARTIFACTS / log.name).write_bytes(log.read_bytes()[-2_000_000:])
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0, interval_s: float = 0.1
+) -> None:
+    """Wait for ``check`` to hold; fail with the timeout otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        if await check():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+__all__ = ["System", "eventually", "web"]
