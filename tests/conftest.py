@@ -20,6 +20,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_devtools import fake_llm, receiver
 from happ_devtools.certs import DevTls, dev_tls
@@ -41,6 +43,7 @@ class System:
     receiver_port: int
     admin: httpx.AsyncClient
     http: httpx.AsyncClient
+    db: AsyncDatabase[dict[str, Any]]
 
     def url(self, service: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.stack.config.ports[service]}{path}"
@@ -105,7 +108,13 @@ async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> Async
             ) as admin,
             httpx.AsyncClient(timeout=15) as http,
         ):
-            yield System(stack, tls, llm, rec, rec_port, admin, http)
+            mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+                stack.mongodb_uri, tz_aware=True
+            )
+            try:
+                yield System(stack, tls, llm, rec, rec_port, admin, http, mongo_client["happ"])
+            finally:
+                await mongo_client.close()
     finally:
         await asyncio.to_thread(stack.stop)
         _keep_logs(stack)

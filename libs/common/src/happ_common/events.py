@@ -53,6 +53,8 @@ class OutboundReply(BaseModel):
     metadata: dict[str, Any] | None = None
     created_at: datetime
     test: bool = False
+    # Set by the admin API's resend: deliver again even if the last series ended.
+    resend: bool = False
 
 
 class DeliveryRetry(BaseModel):

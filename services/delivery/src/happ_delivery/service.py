@@ -66,8 +66,11 @@ class DeliveryService:
         return 1 + len(self._settings.retry_delays)
 
     async def deliver_new(self, reply: OutboundReply) -> None:
-        # A redelivered record of a reply whose series already ended is not sent again.
-        if await self._repo.status(reply.channel_id, reply.reply_id) in DONE_STATES:
+        # A redelivered record of a reply whose series already ended is not sent
+        # again, unless an operator asked for a resend.
+        if not reply.resend and (
+            await self._repo.status(reply.channel_id, reply.reply_id) in DONE_STATES
+        ):
             return
         await self.attempt(reply, 1)
 

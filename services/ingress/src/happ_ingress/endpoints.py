@@ -47,7 +47,11 @@ async def _webhook(
     idempotency_key: str | None,
 ) -> Accepted | Duplicate:
     service: IngressService = request.app.state.service
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    try:
+        body = await read_body(request, request.app.state.settings.max_body_bytes)
+    except HappError as exc:
+        await service.record_rejection(channel_id, request.url.path, exc)
+        raise
     return await service.receive(
         IncomingRequest(
             channel_id=channel_id,

@@ -13,8 +13,11 @@ class TokenBuckets:
     def take(self, channel_id: str, rate_per_s: float) -> float:
         """Take one token. Returns 0 when allowed, else the seconds until one is free."""
         now = time.monotonic()
-        tokens, last = self._buckets.get(channel_id, (rate_per_s, now))
-        tokens = min(rate_per_s, tokens + (now - last) * rate_per_s)
+        # A bucket holds one second's worth of tokens (at least one): bursts up to
+        # the per-second limit pass, sustained excess does not.
+        capacity = max(1.0, rate_per_s)
+        tokens, last = self._buckets.get(channel_id, (capacity, now))
+        tokens = min(capacity, tokens + (now - last) * rate_per_s)
         if tokens >= 1.0:
             self._buckets[channel_id] = (tokens - 1.0, now)
             return 0.0

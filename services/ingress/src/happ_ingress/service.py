@@ -86,6 +86,13 @@ class IngressService:
             REQUESTS.labels(outcome=outcome).inc()
             LATENCY.observe(time.perf_counter() - started)
 
+    async def record_rejection(self, channel_id: str, path: str, exc: HappError) -> None:
+        """Log a request refused before its body was read (too large)."""
+        REQUESTS.labels(outcome=exc.code).inc()
+        if CHANNEL_ID_RE.match(channel_id) and await self._channels.get(channel_id):
+            req = IncomingRequest(channel_id, path, b"", None, None, None)
+            self._record(req, time.perf_counter(), exc.status_code, exc.code, None)
+
     async def _channel(self, channel_id: str) -> Channel:
         channel = await self._channels.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
         if channel is None:
@@ -104,7 +111,9 @@ class IngressService:
 
     async def _receive(self, channel: Channel, req: IncomingRequest) -> Accepted | Duplicate:
         self._check_signature(channel, req)
-        wait = self._buckets.take(channel.id, channel.rate_limit_per_second)
+        wait = self._buckets.take(
+            channel.id, channel.rate_limit_per_second / self._settings.replicas
+        )
         if wait > 0:
             raise HappError(
                 429,
@@ -223,7 +232,7 @@ class IngressService:
                 status_code=status,
                 error_code=error_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                request_body=cut(req.body, MAX_REQUEST_BODY),
+                request_body=cut(req.body, MAX_REQUEST_BODY) if req.body else None,
                 response_body=None,
                 message_id=message_id,
             )

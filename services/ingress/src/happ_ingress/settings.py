@@ -12,5 +12,9 @@ class IngressSettings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # How long a request may wait for the broker's ack before it gets a 503.
     publish_timeout_s: float = Field(default=5.0, gt=0)
+    # Rate limits are token buckets in each replica's memory (no shared store on
+    # the hot path), so with N replicas behind a round-robin load balancer each
+    # one enforces 1/N of a channel's limit. Keep this equal to the replica count.
+    replicas: int = Field(default=1, ge=1, le=1000)
     # A repeat that finds its first copy still being enqueued waits this long for it.
     idempotency_wait_s: float = Field(default=5.0, ge=0)
