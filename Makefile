@@ -6,13 +6,24 @@ export UV_LINK_MODE := copy
 
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help bootstrap install run demo test lint format typecheck check clean
+.PHONY: help bootstrap system-deps install run demo test lint format typecheck check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 bootstrap: ## Install uv if this machine has none
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+
+# Debian packages the tests use: Chromium for the browser tests (never a
+# downloaded browser), promtool for the alert rules. Installed only when missing.
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus
+system-deps: ## Install the Debian packages the tests need, if missing
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing fonts-dejavu-core"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing fonts-dejavu-core >/dev/null; \
+	fi
 
 install: bootstrap ## Install every package from the lockfile into .venv
 	$(UV) sync --frozen
@@ -23,7 +34,7 @@ run: install ## Run the whole system locally (embedded broker and database unles
 demo: install ## With `make run` going: receive a signed reply on https://localhost:8443
 	$(UV) run --frozen python -m happ_devtools.demo
 
-test: install ## Run the whole test suite (real broker, database and TLS)
+test: install system-deps ## Run the whole test suite (real broker, database, TLS and a browser)
 	$(UV) run --frozen pytest
 
 lint: install ## ruff: lint and formatting

@@ -7,16 +7,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_admin.endpoints import router
+from happ_admin import endpoints, endpoints_conversations, endpoints_logs, endpoints_session
+from happ_admin.auth import Authenticator
+from happ_admin.repository import AdminRepository, SessionRepository
 from happ_admin.service import ChannelService
+from happ_admin.service_conversations import ConversationService
+from happ_admin.service_delivery import DeliveryActions
+from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
+from happ_admin.ui import SecurityHeaders, mount_ui
 from happ_common import mongo
 from happ_common.channels import ChannelRepository
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
+from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
+from happ_common.webhook_client import new_session
 
 
 def create_app(
@@ -37,26 +45,67 @@ def create_app(
         client = mongo.connect(infra)
         db = mongo.database(client, infra)
         await mongo.ensure_indexes(db, happ)
+        repo = AdminRepository(db)
+        sessions = SessionRepository(db)
+        await repo.ensure_indexes()
+        await sessions.ensure_indexes()
         publisher = EventPublisher(infra, client_id="happ-admin")
         await publisher.start()
-        app.state.channels = ChannelService(ChannelRepository(db), happ)
+        request_log = RequestLogWriter(db)
+        await request_log.start()
+        # Few requests (one per "Send test"), so a small pool.
+        http = new_session(
+            ca_file=settings.delivery_ca_file,
+            allow_private=happ.allow_private_endpoints,
+            max_connections=16,
+        )
+        channels = ChannelService(ChannelRepository(db), happ)
+        conversations = ConversationService(repo, channels)
+        app.state.auth = Authenticator(settings.tokens(), sessions, settings.session_ttl_hours)
+        app.state.channels = channels
+        app.state.logs = LogService(repo, channels)
+        app.state.conversations = conversations
+        app.state.delivery = DeliveryActions(
+            repo=repo,
+            channels=channels,
+            conversations=conversations,
+            publisher=publisher,
+            session=http,
+            request_log=request_log,
+            timeout_s=settings.delivery_timeout_s,
+            allow_private=happ.allow_private_endpoints,
+            cache_ttl_s=happ.channel_cache_ttl_s,
+        )
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
         try:
             yield
         finally:
+            await request_log.stop()
+            await http.close()
             await publisher.stop()
             await client.close()
 
     app = FastAPI(
         title="HAPP admin",
         summary="Channels, request log, conversations and the web UI.",
+        description=(
+            "Authenticate with `Authorization: Bearer <token>` (a token from "
+            "`HAPP_ADMIN_TOKEN`), or with the web UI's session cookie plus `X-CSRF-Token` "
+            "on state-changing requests. Errors: "
+            '`{"error": {"code", "message", "details": [{"field", "problem"}]}}`.'
+        ),
         version="1.0.0",
         lifespan=lifespan,
     )
-    app.state.tokens = settings.tokens()
+    app.state.settings = settings
     app.state.happ = happ
     install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(HttpMetrics, service="admin")
-    app.include_router(router)
+    app.include_router(endpoints_session.router)
+    app.include_router(endpoints.router)
+    app.include_router(endpoints_logs.router)
+    app.include_router(endpoints_conversations.router)
     app.include_router(ops_router(lambda: app.state.checks))
+    mount_ui(app)
     return app

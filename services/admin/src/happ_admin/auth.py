@@ -1,28 +1,190 @@
-"""Bearer-token authentication for every ``/api`` route, compared in constant time."""
+"""Who may call ``/api``: a bearer token, or the web UI's session cookie.
+
+Tokens come from ``HAPP_ADMIN_TOKEN`` (several, comma separated) and are
+compared in constant time against every configured token, so the time taken
+tells nothing about which one came close.
+
+The UI never holds a token: it trades one for a random session id kept in an
+HttpOnly, SameSite=Strict cookie. Sessions live in MongoDB (only a hash of the
+id is stored), so any admin replica honours them, a sign-out ends them
+everywhere, and removing a token from the configuration ends every session
+opened with it. Requests authenticated by the cookie that change state must
+also carry ``X-CSRF-Token`` with the session's CSRF token (synchronizer
+token): SameSite=Strict already keeps the cookie off cross-site requests, the
+header keeps a same-site page that is not the UI from using it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
-from fastapi import Request
+from fastapi import Depends, Request, Response, Security
+from fastapi.security import APIKeyCookie, HTTPBearer
 
+from happ_admin.repository import SessionRepository
 from happ_common.errors import HappError
 
+SESSION_COOKIE = "happ_admin_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-def _unauthorized(message: str) -> HappError:
+# Declared only so the OpenAPI document shows both ways in; checked by hand below.
+_bearer_doc = HTTPBearer(
+    auto_error=False, description="An admin token from HAPP_ADMIN_TOKEN.", scheme_name="token"
+)
+_cookie_doc = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    description=(
+        "The web UI's session (POST /api/session). State-changing requests also need the "
+        f"{CSRF_HEADER} header."
+    ),
+    scheme_name="session",
+)
+
+
+def unauthorized(message: str) -> HappError:
     return HappError(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def require_token(request: Request) -> None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("Send the admin token as 'Authorization: Bearer <token>'.")
-    given = token.strip().encode()
-    ok = False
-    for expected in request.app.state.tokens:
-        ok |= hmac.compare_digest(expected.encode(), given)
-    if not ok:
-        raise _unauthorized(
-            "The admin token is not valid; use a token configured in HAPP_ADMIN_TOKEN."
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _session_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    csrf_token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Principal:
+    via: Literal["bearer", "cookie"]
+    session: Session | None = None
+
+
+class Authenticator:
+    def __init__(self, tokens: list[str], sessions: SessionRepository, ttl_hours: float) -> None:
+        self._tokens = [t.encode() for t in tokens]
+        self._fingerprints = {_fingerprint(t) for t in tokens}
+        self._sessions = sessions
+        self._ttl = timedelta(hours=ttl_hours)
+
+    def token_matches(self, given: str) -> bool:
+        candidate = given.encode()
+        ok = False
+        for expected in self._tokens:
+            ok |= hmac.compare_digest(expected, candidate)
+        return ok
+
+    async def open_session(self, token: str) -> Session:
+        now = datetime.now(UTC)
+        session = Session(
+            id=secrets.token_urlsafe(32),
+            csrf_token=secrets.token_urlsafe(32),
+            expires_at=now + self._ttl,
         )
+        await self._sessions.insert(
+            {
+                "_id": _session_hash(session.id),
+                "token_fp": _fingerprint(token),
+                "csrf_token": session.csrf_token,
+                "created_at": now,
+                "expires_at": session.expires_at,
+            }
+        )
+        return session
+
+    async def session(self, session_id: str) -> Session | None:
+        if not session_id or len(session_id) > 200:
+            return None
+        doc = await self._sessions.get(_session_hash(session_id))
+        if doc is None:
+            return None
+        expires_at: datetime = doc["expires_at"]
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        # The TTL sweep is lazy; and a token taken out of service ends its sessions.
+        if expires_at <= datetime.now(UTC) or doc.get("token_fp") not in self._fingerprints:
+            return None
+        return Session(id=session_id, csrf_token=doc["csrf_token"], expires_at=expires_at)
+
+    async def close_session(self, session_id: str) -> None:
+        await self._sessions.delete(_session_hash(session_id))
+
+
+def _authenticator(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
+
+
+async def require_auth(
+    request: Request,
+    _bearer: Annotated[object, Security(_bearer_doc)] = None,
+    cookie: Annotated[str | None, Security(_cookie_doc)] = None,
+) -> Principal:
+    auth = _authenticator(request)
+    header = request.headers.get("authorization")
+    if header is not None:
+        # An explicit Authorization header decides, even next to a cookie: a
+        # wrong token is never rescued by a session.
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("Send the admin token as 'Authorization: Bearer <token>'.")
+        if not auth.token_matches(token.strip()):
+            raise unauthorized(
+                "The admin token is not valid; use a token configured in HAPP_ADMIN_TOKEN."
+            )
+        return Principal(via="bearer")
+    if cookie:
+        session = await auth.session(cookie)
+        if session is None:
+            raise unauthorized("Your session has ended; sign in again.")
+        if request.method not in SAFE_METHODS:
+            given = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(given.encode(), session.csrf_token.encode()):
+                raise HappError(
+                    403,
+                    "CSRF_TOKEN_INVALID",
+                    f"Send the {CSRF_HEADER} header returned at sign-in with every request "
+                    "that changes something.",
+                )
+        return Principal(via="cookie", session=session)
+    raise unauthorized(
+        "Send the admin token as 'Authorization: Bearer <token>', or sign in to the web UI."
+    )
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_auth)]
+
+
+def cookie_is_secure(request: Request, configured: bool | None) -> bool:
+    return configured if configured is not None else request.url.scheme == "https"
+
+
+def set_session_cookie(response: Response, session: Session, *, secure: bool) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.id,
+        max_age=max(1, int((session.expires_at - datetime.now(UTC)).total_seconds())),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+
+
+def clear_session_cookie(response: Response, *, secure: bool) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure
+    )

@@ -1,48 +1,37 @@
-"""The admin API routes: thin, everything else in the services."""
+"""Channel routes: thin, everything else in the services."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from happ_admin.auth import require_token
-from happ_admin.schemas import ChannelCreate, ChannelList, ChannelOut, ChannelUpdate, ConnectRequest
-from happ_admin.service import ChannelService
-from happ_common.errors import ErrorBody
-from happ_common.settings import HappSettings
+from happ_admin.auth import require_auth
+from happ_admin.deps import ERRORS, Channels, Delivery, PublicUrl
+from happ_admin.schemas import (
+    ChannelCreate,
+    ChannelList,
+    ChannelOut,
+    ChannelUpdate,
+    ConnectRequest,
+    SendTestResult,
+)
 
 router = APIRouter(
-    prefix="/api",
-    dependencies=[Depends(require_token)],
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    prefix="/api", tags=["channels"], dependencies=[Depends(require_auth)], responses=ERRORS
 )
 
 
-def _service(request: Request) -> ChannelService:
-    service: ChannelService = request.app.state.channels
-    return service
-
-
-def _public_url(request: Request) -> str:
-    happ: HappSettings = request.app.state.happ
-    return happ.public_url
-
-
-Service = Annotated[ChannelService, Depends(_service)]
-PublicUrl = Annotated[str, Depends(_public_url)]
-
-
-@router.post("/channels", status_code=201)
+@router.post("/channels", status_code=201, summary="Create a channel")
 async def create_channel(
-    body: ChannelCreate, service: Service, public_url: PublicUrl
+    body: ChannelCreate, service: Channels, public_url: PublicUrl
 ) -> ChannelOut:
     return ChannelOut.of(await service.create(body), public_url)
 
 
-@router.get("/channels")
+@router.get("/channels", summary="List channels (oldest first, by id)")
 async def list_channels(
-    service: Service,
+    service: Channels,
     public_url: PublicUrl,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -51,33 +40,50 @@ async def list_channels(
     return ChannelList(items=[ChannelOut.of(c, public_url) for c in items], next_cursor=next_cursor)
 
 
-@router.get("/channels/{channel_id}")
-async def get_channel(channel_id: str, service: Service, public_url: PublicUrl) -> ChannelOut:
+@router.get("/channels/{channel_id}", summary="Get a channel")
+async def get_channel(channel_id: str, service: Channels, public_url: PublicUrl) -> ChannelOut:
     return ChannelOut.of(await service.get(channel_id), public_url)
 
 
-@router.patch("/channels/{channel_id}")
+@router.patch("/channels/{channel_id}", summary="Change a channel's settings")
 async def update_channel(
-    channel_id: str, body: ChannelUpdate, service: Service, public_url: PublicUrl
+    channel_id: str, body: ChannelUpdate, service: Channels, public_url: PublicUrl
 ) -> ChannelOut:
     return ChannelOut.of(await service.update(channel_id, body), public_url)
 
 
-@router.post("/channels/{channel_id}/disconnect")
+@router.post(
+    "/channels/{channel_id}/disconnect",
+    summary="Disconnect: the webhook answers 403 and no replies are sent; all data is kept",
+)
 async def disconnect_channel(
-    channel_id: str, service: Service, public_url: PublicUrl
+    channel_id: str, service: Channels, public_url: PublicUrl
 ) -> ChannelOut:
     return ChannelOut.of(await service.disconnect(channel_id), public_url)
 
 
-@router.post("/channels/{channel_id}/connect")
+@router.post(
+    "/channels/{channel_id}/connect",
+    summary="Connect again: same id, webhook URL, secret, settings and history",
+)
 async def connect_channel(
-    channel_id: str, service: Service, public_url: PublicUrl, body: ConnectRequest | None = None
+    channel_id: str, service: Channels, public_url: PublicUrl, body: ConnectRequest | None = None
 ) -> ChannelOut:
     url = body.outgoing_url if body else None
     return ChannelOut.of(await service.connect(channel_id, url), public_url)
 
 
-@router.post("/channels/{channel_id}/rotate-secret")
-async def rotate_secret(channel_id: str, service: Service, public_url: PublicUrl) -> ChannelOut:
+@router.post(
+    "/channels/{channel_id}/rotate-secret",
+    summary="New HMAC secret; the previous one keeps verifying for 24 h",
+)
+async def rotate_secret(channel_id: str, service: Channels, public_url: PublicUrl) -> ChannelOut:
     return ChannelOut.of(await service.rotate_secret(channel_id), public_url)
+
+
+@router.post(
+    "/channels/{channel_id}/test",
+    summary="Send a real signed test request to the outgoing endpoint",
+)
+async def send_test(channel_id: str, delivery: Delivery) -> SendTestResult:
+    return await delivery.send_test(channel_id)

@@ -1,12 +1,24 @@
-"""Request and response bodies of the admin API (SPEC §5)."""
+"""Request and response bodies of the admin API (SPEC §5).
+
+Every list answers ``{items, next_cursor}``; ``next_cursor`` is opaque and is
+``null`` on the last page.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from happ_common.channels import AssistantSettings, Channel, ChannelStatus
+from happ_common.events import Attachment
+from happ_common.messages import LlmTrace, MessageStatus, Role, StoredMessage
+from happ_common.request_log import Direction, LogEntry
+
+
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
 
 
 class ChannelCreate(BaseModel):
@@ -18,8 +30,12 @@ class ChannelCreate(BaseModel):
     rate_limit_per_second: int = Field(default=100, ge=1, le=100_000)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
 
+    _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
+
 
 class AssistantPatch(BaseModel):
+    """Only the fields sent change. ``model: null`` means the service's default model."""
+
     model_config = ConfigDict(extra="forbid")
 
     system_prompt: str | None = Field(default=None, max_length=20_000)
@@ -30,6 +46,8 @@ class AssistantPatch(BaseModel):
 
 
 class ChannelUpdate(BaseModel):
+    """Only the fields sent change; ``null`` leaves a field as it is."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -38,11 +56,15 @@ class ChannelUpdate(BaseModel):
     rate_limit_per_second: int | None = Field(default=None, ge=1, le=100_000)
     assistant: AssistantPatch | None = None
 
+    _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
+
 
 class ConnectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outgoing_url: str | None = Field(default=None, max_length=2048)
+
+    _strip_fields = field_validator("outgoing_url", mode="before")(_strip)
 
 
 class ChannelOut(BaseModel):
@@ -52,6 +74,8 @@ class ChannelOut(BaseModel):
     webhook_url: str
     outgoing_url: str
     hmac_secret: str
+    # Until then the secret replaced by the last rotation still verifies.
+    previous_secret_expires_at: datetime | None = None
     require_signature: bool
     rate_limit_per_second: int
     assistant: AssistantSettings
@@ -67,6 +91,9 @@ class ChannelOut(BaseModel):
             webhook_url=f"{public_url.rstrip('/')}/webhook/{channel.id}",
             outgoing_url=channel.outgoing_url,
             hmac_secret=channel.hmac_secret,
+            previous_secret_expires_at=(
+                channel.previous_secret_expires_at if channel.previous_secrets() else None
+            ),
             require_signature=channel.require_signature,
             rate_limit_per_second=channel.rate_limit_per_second,
             assistant=channel.assistant,
@@ -78,3 +105,153 @@ class ChannelOut(BaseModel):
 class ChannelList(BaseModel):
     items: list[ChannelOut]
     next_cursor: str | None
+
+
+# --- request log -------------------------------------------------------------
+
+
+class LogEntryOut(BaseModel):
+    id: str
+    channel_id: str
+    direction: Direction
+    created_at: datetime
+    method: str
+    url: str
+    status_code: int | None
+    error_code: str | None
+    duration_ms: float
+    request_body: str | None
+    response_body: str | None
+    message_id: str | None
+    attempt: int | None
+
+    @classmethod
+    def of(cls, entry: LogEntry) -> LogEntryOut:
+        return cls.model_validate(entry.model_dump())
+
+
+class LogPage(BaseModel):
+    items: list[LogEntryOut]
+    next_cursor: str | None
+
+
+# --- conversations and messages ---------------------------------------------
+
+
+class ConversationOut(BaseModel):
+    sender_id: str
+    sender_name: str | None
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    message_count: int
+    last_text: str | None
+
+
+class ConversationPage(BaseModel):
+    items: list[ConversationOut]
+    next_cursor: str | None
+
+
+class DeliveryOut(BaseModel):
+    """Where a reply's delivery stands (replies only)."""
+
+    status: MessageStatus
+    attempts: int
+    last_status_code: int | None
+    last_error_code: str | None
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    role: Role
+    sender_id: str
+    sender_name: str | None
+    text: str
+    attachments: list[Attachment]
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    status: MessageStatus
+    in_reply_to: str | None
+    reply_id: str | None
+    delivery: DeliveryOut | None
+    llm: LlmTrace | None
+
+    @classmethod
+    def of(cls, m: StoredMessage) -> MessageOut:
+        delivery = None
+        if m.role == "assistant":
+            delivery = DeliveryOut(
+                status=m.status,
+                attempts=m.attempts,
+                last_status_code=m.last_status_code,
+                last_error_code=m.last_error_code,
+            )
+        return cls(
+            message_id=m.message_id,
+            role=m.role,
+            sender_id=m.sender_id,
+            sender_name=m.sender_name,
+            text=m.text,
+            attachments=m.attachments,
+            metadata=m.metadata,
+            created_at=m.created_at,
+            status=m.status,
+            in_reply_to=m.in_reply_to,
+            reply_id=m.reply_id,
+            delivery=delivery,
+            llm=m.llm,
+        )
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+TrackedStatus = Literal["accepted", "replied", "delivered", "retrying", "failed", "canceled"]
+
+
+class MessageStatusOut(BaseModel):
+    """Where an incoming message is, from the webhook's 200 to its reply's delivery."""
+
+    channel_id: str
+    message_id: str
+    status: TrackedStatus
+    # Null while only the ingress has seen the message (it is on the broker,
+    # the assistant has not stored it yet).
+    message: MessageOut | None
+    reply: MessageOut | None
+    # Every delivery attempt of the reply, oldest first (resends included).
+    attempts: list[LogEntryOut]
+
+
+# --- send test ----------------------------------------------------------------
+
+
+class SendTestResult(BaseModel):
+    ok: bool
+    status_code: int | None
+    response_time_ms: float
+    error_code: str | None
+    error_message: str | None
+    # The test request's id (``X-HAPP-Delivery-Id``) and its request-log entry.
+    message_id: str
+    log_id: str
+
+
+# --- UI session ------------------------------------------------------------------
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=4096)
+
+
+class SessionOut(BaseModel):
+    authenticated: bool
+    via: Literal["bearer", "cookie"]
+    # Send it back as X-CSRF-Token on every state-changing request made with
+    # the session cookie. Null for bearer-token callers, who need none.
+    csrf_token: str | None
+    expires_at: datetime | None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from happ_admin.schemas import ChannelCreate, ChannelUpdate
-from happ_common.channels import Channel, ChannelRepository, rotation_expiry
-from happ_common.errors import ErrorDetail, HappError
+from happ_common.channels import AssistantSettings, Channel, ChannelRepository, rotation_expiry
+from happ_common.errors import ErrorDetail, HappError, details_from_validation, invalid_payload
 from happ_common.ids import CHANNEL_ID_RE, new_channel_id, new_channel_secret
 from happ_common.mongo import Document
 from happ_common.settings import HappSettings
@@ -38,6 +40,8 @@ class ChannelService:
     async def create(self, req: ChannelCreate) -> Channel:
         await self.validate_url(req.outgoing_url)
         now = datetime.now(UTC)
+        # MongoDB keeps milliseconds: answer with what a later GET will return.
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         channel = Channel(
             id=new_channel_id(),
             name=req.name,
@@ -66,16 +70,32 @@ class ChannelService:
 
     async def update(self, channel_id: str, req: ChannelUpdate) -> Channel:
         current = await self.get(channel_id)
-        fields: Document = req.model_dump(exclude_unset=True, exclude={"assistant"})
+        # null leaves a field unchanged: none of these may be unset.
+        fields: Document = {
+            k: v
+            for k, v in req.model_dump(exclude_unset=True, exclude={"assistant"}).items()
+            if v is not None
+        }
         if req.outgoing_url is not None:
             await self.validate_url(req.outgoing_url)
         if req.assistant is not None:
-            merged = current.assistant.model_copy(
-                update=req.assistant.model_dump(exclude_unset=True)
-            )
-            fields["assistant"] = (
-                type(current.assistant).model_validate(merged.model_dump()).model_dump()
-            )
+            patch = req.assistant.model_dump(exclude_unset=True)
+            # Only the model may be null (the service's default model); a null
+            # anywhere else means "unchanged".
+            patch = {k: v for k, v in patch.items() if v is not None or k == "model"}
+            try:
+                merged = AssistantSettings.model_validate(
+                    {**current.assistant.model_dump(), **patch}
+                )
+            except ValidationError as exc:
+                raise invalid_payload(
+                    "The assistant settings are invalid: fix the fields listed in details.",
+                    [
+                        ErrorDetail(field=f"assistant.{d.field}", problem=d.problem)
+                        for d in details_from_validation(exc)
+                    ],
+                ) from exc
+            fields["assistant"] = merged.model_dump()
         return await self._set(channel_id, fields)
 
     async def disconnect(self, channel_id: str) -> Channel:

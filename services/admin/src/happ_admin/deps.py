@@ -1,0 +1,61 @@
+"""Typed access to what the lifespan put on ``app.state``, for the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from happ_admin.service import ChannelService
+from happ_admin.service_conversations import ConversationService
+from happ_admin.service_delivery import DeliveryActions
+from happ_admin.service_logs import LogService
+from happ_admin.settings import AdminSettings
+from happ_common.errors import ErrorBody
+from happ_common.settings import HappSettings
+
+
+def _channels(request: Request) -> ChannelService:
+    service: ChannelService = request.app.state.channels
+    return service
+
+
+def _logs(request: Request) -> LogService:
+    service: LogService = request.app.state.logs
+    return service
+
+
+def _conversations(request: Request) -> ConversationService:
+    service: ConversationService = request.app.state.conversations
+    return service
+
+
+def _delivery(request: Request) -> DeliveryActions:
+    service: DeliveryActions = request.app.state.delivery
+    return service
+
+
+def _public_url(request: Request) -> str:
+    happ: HappSettings = request.app.state.happ
+    return happ.public_url
+
+
+def _settings(request: Request) -> AdminSettings:
+    settings: AdminSettings = request.app.state.settings
+    return settings
+
+
+Channels = Annotated[ChannelService, Depends(_channels)]
+Logs = Annotated[LogService, Depends(_logs)]
+Conversations = Annotated[ConversationService, Depends(_conversations)]
+Delivery = Annotated[DeliveryActions, Depends(_delivery)]
+PublicUrl = Annotated[str, Depends(_public_url)]
+Settings = Annotated[AdminSettings, Depends(_settings)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No valid token or session"},
+    403: {"model": ErrorBody, "description": "Session request without a valid X-CSRF-Token"},
+    404: {"model": ErrorBody, "description": "No such channel (or item)"},
+    422: {"model": ErrorBody, "description": "Invalid request"},
+    503: {"model": ErrorBody, "description": "Database or broker unavailable; retry"},
+}

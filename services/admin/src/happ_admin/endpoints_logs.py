@@ -1,0 +1,50 @@
+"""Request-log routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from happ_admin.auth import require_auth
+from happ_admin.deps import ERRORS, Logs
+from happ_admin.schemas import LogEntryOut, LogPage
+from happ_admin.service_logs import STATUS_FILTER_HELP
+from happ_common.request_log import Direction
+
+router = APIRouter(
+    prefix="/api", tags=["request log"], dependencies=[Depends(require_auth)], responses=ERRORS
+)
+
+
+@router.get("/channels/{channel_id}/logs", summary="A channel's request log, newest first")
+async def channel_logs(
+    channel_id: str,
+    logs: Logs,
+    *,
+    direction: Direction | None = None,
+    status: Annotated[str | None, Query(max_length=100, description=STATUS_FILTER_HELP)] = None,
+    since: Annotated[datetime | None, Query(description="entries at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="entries before (ISO 8601)")] = None,
+    message_id: Annotated[
+        str | None, Query(max_length=200, description="an incoming message's or a reply's id")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> LogPage:
+    return await logs.page(
+        channel_id,
+        direction=direction,
+        status=status,
+        since=since,
+        until=until,
+        message_id=message_id,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/logs/{log_id}", summary="One request-log entry")
+async def log_entry(log_id: str, logs: Logs) -> LogEntryOut:
+    return await logs.get(log_id)

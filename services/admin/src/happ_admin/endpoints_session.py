@@ -1,0 +1,66 @@
+"""Sign-in and sign-out of the web UI: a token in, an HttpOnly session cookie out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from happ_admin.auth import (
+    Authenticator,
+    CurrentPrincipal,
+    clear_session_cookie,
+    cookie_is_secure,
+    set_session_cookie,
+    unauthorized,
+)
+from happ_admin.deps import ERRORS, Settings
+from happ_admin.schemas import LoginRequest, SessionOut
+
+router = APIRouter(prefix="/api", tags=["session"], responses=ERRORS)
+
+
+def _auth(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
+
+
+Auth = Annotated[Authenticator, Depends(_auth)]
+
+
+@router.post("/session", summary="Sign in to the web UI with an admin token")
+async def sign_in(
+    body: LoginRequest, request: Request, response: Response, auth: Auth, settings: Settings
+) -> SessionOut:
+    if not auth.token_matches(body.token.strip()):
+        raise unauthorized("That token is not valid; use a token configured in HAPP_ADMIN_TOKEN.")
+    session = await auth.open_session(body.token.strip())
+    set_session_cookie(response, session, secure=cookie_is_secure(request, settings.cookie_secure))
+    return SessionOut(
+        authenticated=True,
+        via="cookie",
+        csrf_token=session.csrf_token,
+        expires_at=session.expires_at,
+    )
+
+
+@router.get("/session", summary="Who is calling; the UI's CSRF token after a page load")
+async def current_session(principal: CurrentPrincipal) -> SessionOut:
+    session = principal.session
+    return SessionOut(
+        authenticated=True,
+        via=principal.via,
+        csrf_token=session.csrf_token if session else None,
+        expires_at=session.expires_at if session else None,
+    )
+
+
+@router.delete("/session", status_code=204, summary="Sign out: the session ends everywhere")
+async def sign_out(
+    principal: CurrentPrincipal, request: Request, auth: Auth, settings: Settings
+) -> Response:
+    if principal.session is not None:
+        await auth.close_session(principal.session.id)
+    response = Response(status_code=204)
+    clear_session_cookie(response, secure=cookie_is_secure(request, settings.cookie_secure))
+    return response

@@ -1,0 +1,218 @@
+"""The admin's queries on the request log, conversations, messages and UI sessions.
+
+Lists page by keyset, newest first: a cursor is the last item's sort key
+``(time, unique id)``, and the next page is everything strictly older. Entries
+written meanwhile sort above the cursor, so pages never shift under a reader
+the way skip/offset pages do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from happ_admin.cursors import Keyset
+from happ_common.messages import MessageStatus, StoredMessage
+from happ_common.mongo import CONVERSATIONS, MESSAGES, REQUEST_LOG, Document
+from happ_common.request_log import Direction, LogEntry
+
+ADMIN_SESSIONS = "admin_sessions"
+
+
+def _older_than(time_field: str, key_field: str, before: Keyset | None) -> Document:
+    if before is None:
+        return {}
+    at, key = before
+    return {"$or": [{time_field: {"$lt": at}}, {time_field: at, key_field: {"$lt": key}}]}
+
+
+def _and(*parts: Document) -> Document:
+    parts = tuple(p for p in parts if p)
+    if not parts:
+        return {}
+    return parts[0] if len(parts) == 1 else {"$and": list(parts)}
+
+
+class AdminRepository:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._log = db[REQUEST_LOG]
+        self._messages = db[MESSAGES]
+        self._conversations = db[CONVERSATIONS]
+
+    async def ensure_indexes(self) -> None:
+        # Message status looks up a message's log entries (its webhook request,
+        # its reply's attempts) by id; without this it would scan the channel's log.
+        await self._log.create_index(
+            [("channel_id", ASCENDING), ("message_id", ASCENDING)], name="channel_message"
+        )
+
+    # --- request log ---------------------------------------------------------
+
+    async def logs(
+        self,
+        channel_id: str,
+        *,
+        direction: Direction | None,
+        status: Document,
+        since: datetime | None,
+        until: datetime | None,
+        message_id: str | None,
+        before: Keyset | None,
+        limit: int,
+    ) -> list[LogEntry]:
+        query: Document = {"channel_id": channel_id}
+        if direction:
+            query["direction"] = direction
+        if message_id:
+            query["message_id"] = message_id
+        window: Document = {}
+        if since:
+            window["$gte"] = since
+        if until:
+            window["$lt"] = until
+        if window:
+            query["created_at"] = window
+        cursor = (
+            self._log.find(_and(query, status, _older_than("created_at", "_id", before)))
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        return [LogEntry.model_validate(d) async for d in cursor]
+
+    async def log(self, log_id: str) -> LogEntry | None:
+        doc = await self._log.find_one({"_id": log_id})
+        return LogEntry.model_validate(doc) if doc else None
+
+    async def attempts(self, channel_id: str, reply_id: str) -> list[LogEntry]:
+        cursor = self._log.find(
+            {"channel_id": channel_id, "message_id": reply_id, "direction": "outgoing"}
+        ).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        return [LogEntry.model_validate(d) async for d in cursor]
+
+    async def accepted_incoming(self, channel_id: str, message_id: str) -> LogEntry | None:
+        doc = await self._log.find_one(
+            {
+                "channel_id": channel_id,
+                "message_id": message_id,
+                "direction": "incoming",
+                "status_code": 200,
+            }
+        )
+        return LogEntry.model_validate(doc) if doc else None
+
+    # --- conversations and messages -----------------------------------------
+
+    async def conversations(
+        self, channel_id: str, *, before: Keyset | None, limit: int
+    ) -> list[Document]:
+        cursor = (
+            self._conversations.find(
+                _and({"channel_id": channel_id}, _older_than("last_message_at", "_id", before))
+            )
+            .sort([("last_message_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        return await cursor.to_list(None)
+
+    async def conversation_stats(
+        self, channel_id: str, sender_ids: Sequence[str]
+    ) -> dict[str, tuple[int, str | None]]:
+        """Per sender: number of messages and the latest one's text (one query per page)."""
+        if not sender_ids:
+            return {}
+        cursor = await self._messages.aggregate(
+            [
+                {"$match": {"channel_id": channel_id, "sender_id": {"$in": list(sender_ids)}}},
+                {"$sort": {"created_at": ASCENDING}},
+                {
+                    "$group": {
+                        "_id": "$sender_id",
+                        "count": {"$sum": 1},
+                        "last_text": {"$last": "$text"},
+                    }
+                },
+            ]
+        )
+        return {d["_id"]: (int(d["count"]), d.get("last_text")) async for d in cursor}
+
+    async def conversation_exists(self, channel_id: str, sender_id: str) -> bool:
+        if await self._conversations.find_one({"_id": f"{channel_id}\n{sender_id}"}, {"_id": 1}):
+            return True
+        # The conversation document is written after the first reply; the
+        # user's message is stored before that.
+        found = await self._messages.find_one(
+            {"channel_id": channel_id, "sender_id": sender_id}, {"_id": 1}
+        )
+        return found is not None
+
+    async def messages(
+        self, channel_id: str, sender_id: str, *, before: Keyset | None, limit: int
+    ) -> list[StoredMessage]:
+        # message_id is unique within a channel, so it breaks ties between
+        # messages stored within the same millisecond.
+        cursor = (
+            self._messages.find(
+                _and(
+                    {"channel_id": channel_id, "sender_id": sender_id},
+                    _older_than("created_at", "message_id", before),
+                )
+            )
+            .sort([("created_at", DESCENDING), ("message_id", DESCENDING)])
+            .limit(limit)
+        )
+        return [StoredMessage.model_validate(d) async for d in cursor]
+
+    async def message(self, channel_id: str, message_id: str) -> StoredMessage | None:
+        doc = await self._messages.find_one({"channel_id": channel_id, "message_id": message_id})
+        return StoredMessage.model_validate(doc) if doc else None
+
+    async def reset_for_resend(
+        self, channel_id: str, reply_id: str, from_states: Sequence[MessageStatus], now: datetime
+    ) -> MessageStatus | None:
+        """Move a finished reply back to ``pending``; the previous status, or None
+        if the reply was not in one of ``from_states`` (a concurrent resend won)."""
+        before = await self._messages.find_one_and_update(
+            {
+                "channel_id": channel_id,
+                "message_id": reply_id,
+                "role": "assistant",
+                "status": {"$in": list(from_states)},
+            },
+            {"$set": {"status": "pending", "resend_requested_at": now, "updated_at": now}},
+        )
+        if before is None:
+            return None
+        previous: MessageStatus = before["status"]
+        return previous
+
+    async def restore_status(
+        self, channel_id: str, reply_id: str, status: MessageStatus, now: datetime
+    ) -> None:
+        await self._messages.update_one(
+            {"channel_id": channel_id, "message_id": reply_id, "status": "pending"},
+            {"$set": {"status": status, "updated_at": now}},
+        )
+
+
+class SessionRepository:
+    """Server-side UI sessions. Only a hash of the session id is stored, so a
+    copy of the database does not yield a usable cookie."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._coll = db[ADMIN_SESSIONS]
+
+    async def ensure_indexes(self) -> None:
+        await self._coll.create_index("expires_at", expireAfterSeconds=0, name="expiry")
+
+    async def insert(self, doc: Document) -> None:
+        await self._coll.insert_one(doc)
+
+    async def get(self, session_hash: str) -> dict[str, Any] | None:
+        return await self._coll.find_one({"_id": session_hash})
+
+    async def delete(self, session_hash: str) -> None:
+        await self._coll.delete_one({"_id": session_hash})

@@ -1,0 +1,129 @@
+"""Conversations, their messages, and where one incoming message stands."""
+
+from __future__ import annotations
+
+from happ_admin import cursors
+from happ_admin.repository import AdminRepository
+from happ_admin.schemas import (
+    ConversationOut,
+    ConversationPage,
+    LogEntryOut,
+    MessageOut,
+    MessagePage,
+    MessageStatusOut,
+    TrackedStatus,
+)
+from happ_admin.service import ChannelService
+from happ_common.errors import HappError
+from happ_common.messages import StoredMessage
+
+
+def message_not_found(message_id: str) -> HappError:
+    return HappError(
+        404,
+        "MESSAGE_NOT_FOUND",
+        f"No message {message_id!r} exists on this channel; use the message_id the webhook "
+        "returned.",
+    )
+
+
+def tracked_status(message: StoredMessage, reply: StoredMessage | None) -> TrackedStatus:
+    """accepted → replied → delivered | retrying | failed | canceled."""
+    if reply is None:
+        return "replied" if message.status == "replied" else "accepted"
+    if reply.status in ("delivered", "retrying", "failed", "canceled"):
+        return reply.status
+    return "replied"
+
+
+class ConversationService:
+    def __init__(self, repo: AdminRepository, channels: ChannelService) -> None:
+        self._repo = repo
+        self._channels = channels
+
+    async def conversations(
+        self, channel_id: str, *, cursor: str | None, limit: int
+    ) -> ConversationPage:
+        before = cursors.decode(cursor)
+        await self._channels.get(channel_id)
+        docs = await self._repo.conversations(channel_id, before=before, limit=limit + 1)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        stats = await self._repo.conversation_stats(channel_id, [d["sender_id"] for d in docs])
+        items = [
+            ConversationOut(
+                sender_id=d["sender_id"],
+                sender_name=d.get("sender_name"),
+                first_message_at=d.get("first_message_at"),
+                last_message_at=d.get("last_message_at"),
+                message_count=stats.get(d["sender_id"], (0, None))[0],
+                last_text=stats.get(d["sender_id"], (0, None))[1],
+            )
+            for d in docs
+        ]
+        last = docs[-1] if docs else None
+        next_cursor = (
+            cursors.encode(last["last_message_at"], last["_id"]) if more and last else None
+        )
+        return ConversationPage(items=items, next_cursor=next_cursor)
+
+    async def messages(
+        self, channel_id: str, sender_id: str, *, cursor: str | None, limit: int
+    ) -> MessagePage:
+        before = cursors.decode(cursor)
+        await self._channels.get(channel_id)
+        if not await self._repo.conversation_exists(channel_id, sender_id):
+            raise HappError(
+                404,
+                "CONVERSATION_NOT_FOUND",
+                f"No conversation with sender {sender_id!r} exists on this channel.",
+            )
+        found = await self._repo.messages(channel_id, sender_id, before=before, limit=limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        next_cursor = (
+            cursors.encode(found[-1].created_at, found[-1].message_id) if more and found else None
+        )
+        return MessagePage(items=[MessageOut.of(m) for m in found], next_cursor=next_cursor)
+
+    async def status(self, channel_id: str, message_id: str) -> MessageStatusOut:
+        await self._channels.get(channel_id)
+        stored = await self._repo.message(channel_id, message_id)
+        if stored is None:
+            return await self._only_in_log(channel_id, message_id)
+        message, reply = stored, None
+        if stored.role == "assistant":
+            # A reply id leads to the message it answers: that is what is tracked.
+            reply = stored
+            original = (
+                await self._repo.message(channel_id, stored.in_reply_to)
+                if stored.in_reply_to
+                else None
+            )
+            message = original or stored
+        elif stored.reply_id:
+            reply = await self._repo.message(channel_id, stored.reply_id)
+        attempts = await self._repo.attempts(channel_id, reply.message_id) if reply else []
+        return MessageStatusOut(
+            channel_id=channel_id,
+            message_id=message.message_id,
+            status=tracked_status(message, reply),
+            message=MessageOut.of(message),
+            reply=MessageOut.of(reply) if reply else None,
+            attempts=[LogEntryOut.of(a) for a in attempts],
+        )
+
+    async def _only_in_log(self, channel_id: str, message_id: str) -> MessageStatusOut:
+        # Between the webhook's 200 and the assistant storing it, a message
+        # exists only on the broker and in the ingress's request log.
+        entry = await self._repo.accepted_incoming(channel_id, message_id)
+        if entry is None:
+            raise message_not_found(message_id)
+        return MessageStatusOut(
+            channel_id=channel_id,
+            message_id=message_id,
+            status="accepted",
+            message=None,
+            reply=None,
+            attempts=[],
+        )

@@ -1,0 +1,171 @@
+"""Send test and resend: the two ways an operator makes HAPP call an endpoint.
+
+Send test makes the request itself, with the delivery service's own code
+(``outgoing.render``, ``signed_headers``, ``post_signed``), so a green test
+means a reply would get through the same way. Resend goes through Kafka to the
+delivery service, so the new series gets the usual retries and request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from datetime import UTC, datetime
+
+import aiohttp
+from pymongo.errors import PyMongoError
+
+from happ_admin.repository import AdminRepository
+from happ_admin.schemas import MessageStatusOut, SendTestResult
+from happ_admin.service import ChannelService
+from happ_admin.service_conversations import ConversationService, message_not_found
+from happ_common.errors import HappError, service_unavailable
+from happ_common.events import OutboundReply
+from happ_common.ids import conversation_key, new_log_id
+from happ_common.kafka import EventPublisher, PublishFailed
+from happ_common.messages import MessageStatus
+from happ_common.outgoing import render, signed_headers
+from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
+from happ_common.topics import OUTBOUND_REPLIES
+from happ_common.webhook_client import post_signed
+
+TEST_RECIPIENT = "happ_test"
+TEST_TEXT = "This is a test message from HAPP Custom Messenger."
+RESENDABLE: tuple[MessageStatus, ...] = ("delivered", "failed", "canceled")
+
+
+class DeliveryActions:
+    def __init__(
+        self,
+        *,
+        repo: AdminRepository,
+        channels: ChannelService,
+        conversations: ConversationService,
+        publisher: EventPublisher,
+        session: aiohttp.ClientSession,
+        request_log: RequestLogWriter,
+        timeout_s: float,
+        allow_private: bool,
+        cache_ttl_s: float,
+    ) -> None:
+        self._repo = repo
+        self._channels = channels
+        self._conversations = conversations
+        self._publisher = publisher
+        self._session = session
+        self._log = request_log
+        self._timeout_s = timeout_s
+        self._allow_private = allow_private
+        self._cache_ttl_s = cache_ttl_s
+
+    async def send_test(self, channel_id: str) -> SendTestResult:
+        # Allowed on a disconnected channel too: "confirm the endpoint, test,
+        # then connect" is the product page's reconnect procedure.
+        channel = await self._channels.get(channel_id)
+        test_id = "tst_" + uuid.uuid4().hex
+        timestamp = int(time.time())
+        reply = OutboundReply(
+            channel_id=channel.id,
+            reply_id=test_id,
+            in_reply_to=None,
+            to=TEST_RECIPIENT,
+            text=TEST_TEXT,
+            metadata=None,
+            created_at=datetime.now(UTC),
+            test=True,
+        )
+        body = render(reply, timestamp)
+        headers = signed_headers(channel, test_id, timestamp, 1, body)
+        outcome = await post_signed(
+            self._session,
+            channel.outgoing_url,
+            body,
+            headers,
+            timeout_s=self._timeout_s,
+            allow_private=self._allow_private,
+        )
+        log_id = new_log_id()
+        self._log.add(
+            LogEntry(
+                id=log_id,
+                channel_id=channel.id,
+                direction="outgoing",
+                created_at=datetime.now(UTC),
+                method="POST",
+                url=channel.outgoing_url,
+                status_code=outcome.status_code,
+                error_code=outcome.error_code,
+                duration_ms=outcome.duration_ms,
+                request_body=cut(body, MAX_REQUEST_BODY),
+                response_body=outcome.response_body or outcome.error_message,
+                message_id=test_id,
+                attempt=1,
+            )
+        )
+        # The operator looks at the log right after a test: write it now rather
+        # than at the next batch. A failure leaves it buffered for the writer.
+        with contextlib.suppress(PyMongoError):
+            await self._log.flush()
+        return SendTestResult(
+            ok=outcome.ok,
+            status_code=outcome.status_code,
+            response_time_ms=outcome.duration_ms,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+            message_id=test_id,
+            log_id=log_id,
+        )
+
+    async def resend(self, channel_id: str, message_id: str) -> MessageStatusOut:
+        channel = await self._channels.get(channel_id)
+        reply = await self._repo.message(channel_id, message_id)
+        if reply is not None and reply.role == "user":
+            # The id of the message being answered is as good as its reply's.
+            reply = await self._repo.message(channel_id, reply.reply_id) if reply.reply_id else None
+        if reply is None:
+            raise message_not_found(message_id)
+        if channel.status != "connected":
+            raise HappError(
+                409,
+                "CHANNEL_DISCONNECTED",
+                "The channel is disconnected, so the reply would not be sent; connect it first.",
+            )
+        # The delivery service reads channels through a cache up to
+        # channel_cache_ttl_s old: right after a connect it may still see the
+        # channel disconnected and cancel the resend. Wait that staleness out.
+        settle = self._cache_ttl_s - (datetime.now(UTC) - channel.updated_at).total_seconds()
+        if settle > 0:
+            await asyncio.sleep(settle + 0.05)
+        now = datetime.now(UTC)
+        # Claiming the reply (finished → pending) first makes a double click, or
+        # two operators, start one new series rather than two.
+        previous = await self._repo.reset_for_resend(channel_id, reply.message_id, RESENDABLE, now)
+        if previous is None:
+            raise HappError(
+                409,
+                "DELIVERY_IN_PROGRESS",
+                "This reply is still being delivered; resend it once it is delivered, failed "
+                "or canceled.",
+            )
+        event = OutboundReply(
+            channel_id=channel_id,
+            reply_id=reply.message_id,
+            in_reply_to=reply.in_reply_to,
+            to=reply.sender_id,
+            text=reply.text,
+            metadata=reply.metadata,
+            created_at=reply.created_at,
+            resend=True,
+        )
+        try:
+            await self._publisher.publish(
+                OUTBOUND_REPLIES, event, key=conversation_key(channel_id, reply.sender_id)
+            )
+        except PublishFailed as exc:
+            await self._repo.restore_status(channel_id, reply.message_id, previous, now)
+            raise service_unavailable(
+                "The resend could not be queued right now; retry after Retry-After seconds."
+            ) from exc
+        return await self._conversations.status(channel_id, reply.message_id)
