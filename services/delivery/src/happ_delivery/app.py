@@ -17,7 +17,7 @@ from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
+from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES, ensure_topics
 from happ_common.webhook_client import new_session
 from happ_delivery.handlers import delivery_handler
 from happ_delivery.repository import DeliveryRepository
@@ -39,6 +39,9 @@ def create_app(
         client = mongo.connect(infra)
         db = mongo.database(client, infra)
         await mongo.ensure_indexes(db, happ)
+        # Topics are created with their final partition count before anything
+        # produces to them (a broker's auto-create would pick its own count).
+        await ensure_topics(infra)
         publisher = EventPublisher(infra, client_id="happ-delivery")
         await publisher.start()
         request_log = RequestLogWriter(db)
