@@ -19,7 +19,7 @@ from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES, ensure_topics
 from happ_common.webhook_client import new_session
-from happ_delivery.handlers import delivery_handler
+from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
@@ -51,11 +51,12 @@ def create_app(
             allow_private=happ.allow_private_endpoints,
             max_connections=settings.max_connections,
         )
+        repository = DeliveryRepository(db)
         service = DeliveryService(
             settings=settings,
             allow_private=happ.allow_private_endpoints,
             channels=ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
-            repository=DeliveryRepository(db),
+            repository=repository,
             session=session,
             publisher=publisher,
             request_log=request_log,
@@ -69,6 +70,9 @@ def create_app(
                 max_in_flight=settings.max_in_flight,
             ),
             delivery_handler(service),
+            key_of=pipeline_key,
+            on_assigned=on_assigned(service),
+            on_revoked=on_revoked(service),
         )
         await pipeline.start()
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
@@ -76,6 +80,7 @@ def create_app(
             yield
         finally:
             await pipeline.stop()
+            await repository.drain()
             await request_log.stop()
             await session.close()
             await publisher.stop()
