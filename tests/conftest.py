@@ -143,3 +143,17 @@ async def eventually(
 
 
 __all__ = ["System", "eventually", "web"]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def tls_other_ca(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """An HTTPS endpoint whose certificate no configured CA trusts."""
+    other = dev_tls(tmp_path_factory.mktemp("other-ca"))
+    port = free_port()
+    runner = await receiver.start(
+        Receiver(), port, receiver.server_ssl(other.cert_file, other.key_file)
+    )
+    try:
+        yield f"https://localhost:{port}/untrusted"
+    finally:
+        await runner.cleanup()

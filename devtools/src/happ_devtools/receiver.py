@@ -35,10 +35,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records every request; ``behaviour`` may pick the status (and a delay) per path."""
+    """Records every request. ``decide`` (per request) or ``behaviour`` (per path)
+    pick the status to answer and a delay before answering; 200 at once otherwise."""
 
     received: list[Received] = field(default_factory=list)
     behaviour: dict[str, tuple[int, float]] = field(default_factory=dict)
+    decide: dict[str, Callable[[Received], tuple[int, float]]] = field(default_factory=dict)
     on_receive: Callable[[Received], None] | None = None
     _arrived: asyncio.Condition | None = None
 
@@ -56,7 +58,8 @@ class Receiver:
             self._arrived = asyncio.Condition()
         async with self._arrived:
             self._arrived.notify_all()
-        status, delay = self.behaviour.get(request.path, (200, 0.0))
+        decider = self.decide.get(request.path)
+        status, delay = decider(got) if decider else self.behaviour.get(request.path, (200, 0.0))
         if delay:
             await asyncio.sleep(delay)
         return web.json_response({"ok": status < 300}, status=status)

@@ -49,6 +49,10 @@ class HttpMetrics:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # The error handlers outside turn any escaped exception into a 503.
+            status = 503
+            raise
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "(unmatched)"

@@ -22,11 +22,11 @@ def new_channel_id() -> str:
 
 
 def new_message_id() -> str:
-    return "msg_" + uuid.uuid4().hex
+    return "msg_" + secrets.token_hex(16)
 
 
 def new_log_id() -> str:
-    return "log_" + uuid.uuid4().hex
+    return "log_" + secrets.token_hex(16)
 
 
 def reply_id_for(channel_id: str, message_id: str) -> str:

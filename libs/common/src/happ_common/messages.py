@@ -57,6 +57,11 @@ class StoredMessage(BaseModel):
     last_error_code: str | None = None
     last_status_code: int | None = None
     updated_at: datetime | None = None
+    # Delivery bookkeeping on replies.
+    delivered_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    delivery_partition: int | None = None
 
 
 class MessageRepository:

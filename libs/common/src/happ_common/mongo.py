@@ -47,6 +47,13 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
         [("channel_id", ASCENDING), ("sender_id", ASCENDING), ("created_at", ASCENDING)],
         name="conversation",
     )
+    # Replies waiting for a retry, looked up per partition when the delivery
+    # service takes a partition over; partial, so other status changes cost nothing.
+    await messages.create_index(
+        [("delivery_partition", ASCENDING)],
+        name="retrying",
+        partialFilterExpression={"status": "retrying"},
+    )
     await db[CONVERSATIONS].create_index(
         [("channel_id", ASCENDING), ("last_message_at", DESCENDING)], name="recent"
     )

@@ -51,7 +51,18 @@ class Record(Protocol):
 
 
 Handler = Callable[[Record], Awaitable[None]]
-PartitionsCallback = Callable[[set[TopicPartition]], None]
+# May be async: an assignment callback is awaited before any record of the
+# newly assigned partitions is fetched (the delivery service rebuilds state there).
+PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None] | None]
+KeyFunction = Callable[[Record], object]
+
+
+def record_key(record: Record) -> object:
+    """Records with a key are ordered by it; keyless ones are independent."""
+    if record.key is not None:
+        return record.key
+    return (record.topic, record.partition, record.offset)
+
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +127,11 @@ class KeyedPipeline:
         *,
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
+        key_of: KeyFunction = record_key,
     ) -> None:
         self.config = config
         self._handler = handler
+        self._key_of = key_of
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._partitions: dict[TopicPartition, _Partition] = {}
@@ -216,11 +229,7 @@ class KeyedPipeline:
 
     def _enqueue(self, record: Record, part: _Partition) -> None:
         self._in_flight += 1
-        key: object = (
-            record.key
-            if record.key is not None
-            else (record.topic, record.partition, record.offset)
-        )
+        key = self._key_of(record)
         queue = self._queues.get(key)
         if queue is not None:
             queue.append((record, part))
@@ -331,6 +340,12 @@ class KeyedPipeline:
         owned = [tp for tp in revoked if tp in self._partitions]
         for tp in owned:
             self._partitions[tp].revoked = True
+        # The service first: work that waits on partition state (a gate, a
+        # scheduled retry) must let go before we wait for running work.
+        if self._on_revoked and owned:
+            result = self._on_revoked(set(owned))
+            if result is not None:
+                await result
         running = [self._partitions[tp].idle.wait() for tp in owned if self._partitions[tp].running]
         if running:
             with contextlib.suppress(TimeoutError):
@@ -341,10 +356,8 @@ class KeyedPipeline:
             log.warning("%s: commit on revocation failed: %s", self.config.name, exc)
         for tp in owned:
             del self._partitions[tp]
-        if self._on_revoked and owned:
-            self._on_revoked(set(owned))
 
-    def _assigned(self, assigned: set[TopicPartition]) -> None:
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             if tp not in self._partitions:
                 part = _Partition()
@@ -353,7 +366,9 @@ class KeyedPipeline:
         if self._paused and self._consumer is not None:
             self._consumer.pause(*assigned)
         if self._on_assigned:
-            self._on_assigned(set(assigned))
+            result = self._on_assigned(set(assigned))
+            if result is not None:
+                await result
         self.assigned_event.set()
 
 
@@ -365,4 +380,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._pipeline._revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._pipeline._assigned(set(assigned))
+        await self._pipeline._assigned(set(assigned))

@@ -56,6 +56,18 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+def _private_refusal(exc: BaseException) -> PrivateAddressRefused | None:
+    """aiohttp wraps resolver errors; find ours to give its reason."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, PrivateAddressRefused):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    return None
+
+
 @dataclass(frozen=True)
 class AttemptOutcome:
     ok: bool
@@ -154,11 +166,12 @@ async def post_signed(
             response_body=None,
         )
     except (aiohttp.ClientError, OSError) as exc:
+        refused = _private_refusal(exc)
         return outcome(
             ok=False,
             status_code=None,
             error_code="ENDPOINT_UNREACHABLE",
-            error_message=f"{type(exc).__name__}: {exc}"[:500],
+            error_message=str(refused) if refused else f"{type(exc).__name__}: {exc}"[:500],
             response_body=None,
         )
     if 200 <= status < 300:

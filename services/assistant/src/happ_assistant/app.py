@@ -21,7 +21,7 @@ from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import INBOUND_MESSAGES
+from happ_common.topics import INBOUND_MESSAGES, ensure_topics
 
 
 def chat_model(settings: AssistantServiceSettings) -> ChatModel:
@@ -44,6 +44,9 @@ def create_app(
         client = mongo.connect(infra)
         db = mongo.database(client, infra)
         await mongo.ensure_indexes(db, happ)
+        # Topics are created with their final partition count before anything
+        # produces to them (a broker's auto-create would pick its own count).
+        await ensure_topics(infra)
         publisher = EventPublisher(infra, client_id="happ-assistant")
         await publisher.start()
         model = chat_model(settings)

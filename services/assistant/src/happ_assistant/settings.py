@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,13 @@ class AssistantServiceSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("OPENAI_BASE_URL", "HAPP_ASSISTANT_OPENAI_BASE_URL"),
     )
+
+    @field_validator("openai_api_key", "openai_base_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Manifests often set a variable to "" to mean "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     # One LLM call may take this long; failed calls are retried with backoff
     # until llm_attempts or llm_budget_s runs out, then the fallback text is sent.
     llm_timeout_s: float = Field(default=30.0, gt=0)

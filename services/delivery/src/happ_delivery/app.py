@@ -17,9 +17,9 @@ from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
+from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES, ensure_topics
 from happ_common.webhook_client import new_session
-from happ_delivery.handlers import delivery_handler
+from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
@@ -39,6 +39,9 @@ def create_app(
         client = mongo.connect(infra)
         db = mongo.database(client, infra)
         await mongo.ensure_indexes(db, happ)
+        # Topics are created with their final partition count before anything
+        # produces to them (a broker's auto-create would pick its own count).
+        await ensure_topics(infra)
         publisher = EventPublisher(infra, client_id="happ-delivery")
         await publisher.start()
         request_log = RequestLogWriter(db)
@@ -48,11 +51,12 @@ def create_app(
             allow_private=happ.allow_private_endpoints,
             max_connections=settings.max_connections,
         )
+        repository = DeliveryRepository(db)
         service = DeliveryService(
             settings=settings,
             allow_private=happ.allow_private_endpoints,
             channels=ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
-            repository=DeliveryRepository(db),
+            repository=repository,
             session=session,
             publisher=publisher,
             request_log=request_log,
@@ -66,6 +70,9 @@ def create_app(
                 max_in_flight=settings.max_in_flight,
             ),
             delivery_handler(service),
+            key_of=pipeline_key,
+            on_assigned=on_assigned(service),
+            on_revoked=on_revoked(service),
         )
         await pipeline.start()
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
@@ -73,6 +80,7 @@ def create_app(
             yield
         finally:
             await pipeline.stop()
+            await repository.drain()
             await request_log.stop()
             await session.close()
             await publisher.stop()

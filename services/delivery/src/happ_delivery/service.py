@@ -2,8 +2,13 @@
 
 Shaped like svix's worker: sign the body, make the call, handle the failure,
 compute the next delay. A failed attempt with attempts left becomes a
-``delivery.retry`` event due ``retry_delays[attempt-1]`` seconds later; after
-the last one the reply is ``failed`` (resendable from the admin API).
+``delivery.retry`` event due ``retry_delays[attempt-1]`` seconds later and
+closes its conversation's gate (``gate.py``) until the series ends; after the
+last attempt the reply is ``failed`` (resendable from the admin API).
+
+Every effect is recorded before the record's offset can be committed, and a
+record met again after a crash is recognised from the reply's stored state, so
+only attempts in flight at a crash are ever repeated (same ``X-HAPP-Delivery-Id``).
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from happ_common.channels import ChannelCache
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.ids import conversation_key, new_log_id
-from happ_common.kafka import EventPublisher
+from happ_common.kafka import Publisher
 from happ_common.messages import MessageStatus
 from happ_common.outgoing import render, signed_headers
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
 from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome, post_signed
+from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
 
@@ -32,13 +38,28 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = Counter("happ_delivery_attempts_total", "Delivery attempts by outcome", ["outcome"])
 FINAL = Counter("happ_delivery_final_total", "Replies by final state", ["state"])
+SKIPPED = Counter(
+    "happ_delivery_skipped_total",
+    "Records not sent because their work was already done",
+    ["reason"],
+)
 ATTEMPT_TIME = Histogram(
     "happ_delivery_attempt_seconds",
     "Duration of one delivery attempt",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
+END_TO_END = Histogram(
+    "happ_delivery_reply_age_seconds",
+    "From the reply's creation to its successful delivery",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+GATED = Gauge("happ_delivery_conversations_waiting_for_retry", "Conversations held by a retry")
 
-DONE_STATES = ("delivered", "failed", "canceled")
+SERIES_ENDED: tuple[MessageStatus, ...] = ("delivered", "failed", "canceled")
+
+
+def _key(reply: OutboundReply) -> ConversationKey:
+    return (reply.channel_id, reply.to)
 
 
 class DeliveryService:
@@ -50,7 +71,7 @@ class DeliveryService:
         channels: ChannelCache,
         repository: DeliveryRepository,
         session: aiohttp.ClientSession,
-        publisher: EventPublisher,
+        publisher: Publisher,
         request_log: RequestLogWriter,
     ) -> None:
         self._settings = settings
@@ -60,31 +81,57 @@ class DeliveryService:
         self._session = session
         self._publisher = publisher
         self._log = request_log
+        self.gates = ConversationGates()
+        # Set when a partition is revoked: wakes the retries sleeping in it, which
+        # then leave the retry to the partition's new owner.
+        self._revoked: dict[int, asyncio.Event] = {}
 
     @property
     def max_attempts(self) -> int:
         return 1 + len(self._settings.retry_delays)
 
-    async def deliver_new(self, reply: OutboundReply) -> None:
-        # A redelivered record of a reply whose series already ended is not sent
-        # again, unless an operator asked for a resend.
-        if not reply.resend and (
-            await self._repo.status(reply.channel_id, reply.reply_id) in DONE_STATES
-        ):
+    async def deliver_new(self, reply: OutboundReply, partition: int) -> None:
+        """First attempt of a reply (or of a resend), in its conversation's order."""
+        try:
+            await self.gates.pass_through(_key(reply), reply.reply_id)
+        except ConversationMoved:
+            SKIPPED.labels(reason="partition_moved").inc()
             return
-        await self.attempt(reply, 1)
+        if not reply.resend:
+            state = await self._repo.state(reply.channel_id, reply.reply_id)
+            # Met again after a crash or rebalance: its series already ran or runs.
+            if state.status in (*SERIES_ENDED, "retrying"):
+                SKIPPED.labels(reason=f"already_{state.status}").inc()
+                return
+        await self.attempt(reply, 1, partition)
 
-    async def deliver_retry(self, retry: DeliveryRetry) -> None:
+    async def deliver_retry(self, retry: DeliveryRetry, partition: int) -> None:
+        reply = retry.reply
+        state = await self._repo.state(reply.channel_id, reply.reply_id)
+        if state.status in SERIES_ENDED or state.attempts >= retry.attempt:
+            SKIPPED.labels(reason="retry_already_done").inc()
+            self._open(reply)
+            return
+        # Keep the gate closed across a restart: the state said "retrying".
+        self.gates.close(_key(reply), reply.reply_id, partition)
         wait = (retry.due_at - datetime.now(UTC)).total_seconds()
         if wait > 0:
-            await asyncio.sleep(wait)
-        await self.attempt(retry.reply, retry.attempt)
+            revoked = self._revoked.setdefault(partition, asyncio.Event())
+            try:
+                await asyncio.wait_for(revoked.wait(), wait)
+            except TimeoutError:
+                pass  # due: go on
+            else:
+                SKIPPED.labels(reason="partition_moved").inc()
+                return
+        await self.attempt(reply, retry.attempt, partition)
 
-    async def attempt(self, reply: OutboundReply, attempt: int) -> None:
+    async def attempt(self, reply: OutboundReply, attempt: int, partition: int) -> None:
         channel = await self._channels.get(reply.channel_id)
         if channel is None or channel.status != "connected":
-            await self._repo.mark(reply.channel_id, reply.reply_id, "canceled")
+            await self._repo.record(reply.channel_id, reply.reply_id, "canceled")
             FINAL.labels(state="canceled").inc()
+            self._open(reply)
             return
         timestamp = int(time.time())
         body = render(reply, timestamp)
@@ -100,39 +147,71 @@ class DeliveryService:
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         self._record(reply, channel.outgoing_url, attempt, body, outcome)
-        state: MessageStatus
         if outcome.ok:
-            state = "delivered"
+            await self._repo.record(
+                reply.channel_id, reply.reply_id, "delivered", attempt=attempt, outcome=outcome
+            )
+            FINAL.labels(state="delivered").inc()
+            END_TO_END.observe(max(0.0, (datetime.now(UTC) - reply.created_at).total_seconds()))
+            self._open(reply)
         elif attempt < self.max_attempts:
-            state = "retrying"
-            delay = self._settings.retry_delays[attempt - 1]
+            due = datetime.now(UTC) + timedelta(seconds=self._settings.retry_delays[attempt - 1])
+            # Close the gate before this handler returns: the conversation's next
+            # reply is handled right after it and must find the gate closed.
+            self.gates.close(_key(reply), reply.reply_id, partition)
+            GATED.set(len(self.gates))
             await self._publisher.publish(
                 DELIVERY_RETRY,
-                DeliveryRetry(
-                    reply=reply,
-                    attempt=attempt + 1,
-                    due_at=datetime.now(UTC) + timedelta(seconds=delay),
-                ),
+                DeliveryRetry(reply=reply, attempt=attempt + 1, due_at=due),
                 key=conversation_key(reply.channel_id, reply.to),
             )
+            await self._repo.record(
+                reply.channel_id,
+                reply.reply_id,
+                "retrying",
+                partition=partition,
+                next_attempt_at=due,
+                attempt=attempt,
+                outcome=outcome,
+            )
         else:
-            state = "failed"
-        if state != "retrying":
-            FINAL.labels(state=state).inc()
-        await self._repo.record_attempt(
-            reply.channel_id,
-            reply.reply_id,
-            state,
-            attempt=attempt,
-            status_code=outcome.status_code,
-            error_code=outcome.error_code,
-        )
+            await self._repo.record(
+                reply.channel_id, reply.reply_id, "failed", attempt=attempt, outcome=outcome
+            )
+            FINAL.labels(state="failed").inc()
+            log.warning(
+                "reply %s to %s failed after %d attempts: %s",
+                reply.reply_id,
+                channel.outgoing_url,
+                attempt,
+                outcome.error_code,
+            )
+            self._open(reply)
+
+    def _open(self, reply: OutboundReply) -> None:
+        self.gates.open(_key(reply), reply.reply_id)
+        GATED.set(len(self.gates))
+
+    async def restore_gates(self, partitions: set[int]) -> None:
+        """Close the gates of conversations whose retries were pending in these
+        partitions when their previous owner stopped."""
+        for r in await self._repo.retrying_in(partitions):
+            self.gates.close((r.channel_id, r.sender_id), r.reply_id, r.partition)
+        GATED.set(len(self.gates))
+
+    def forget(self, partitions: set[int]) -> None:
+        self.gates.forget_partitions(partitions)
+        for p in partitions:
+            event = self._revoked.pop(p, None)
+            if event is not None:
+                event.set()
+        GATED.set(len(self.gates))
 
     def _record(
         self, reply: OutboundReply, url: str, attempt: int, body: bytes, outcome: AttemptOutcome
     ) -> None:
         self._log.add(
-            LogEntry(
+            LogEntry.model_construct(  # every field is ours: skip validation
                 id=new_log_id(),
                 channel_id=reply.channel_id,
                 direction="outgoing",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,11 +13,13 @@ from happ_common import mongo
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
-from happ_common.kafka import EventPublisher
+from happ_common.kafka import DirectPublisher
 from happ_common.ops import ops_router
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
-from happ_ingress.endpoints import router
+from happ_common.topics import ensure_topics
+from happ_ingress.endpoints import WebhookRoutes
+from happ_ingress.openapi import document_webhook
 from happ_ingress.repository import IdempotencyRepository
 from happ_ingress.service import IngressService
 from happ_ingress.settings import IngressSettings
@@ -34,10 +38,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = mongo.connect(infra)
         db = mongo.database(client, infra)
-        publisher = EventPublisher(
+        publisher = DirectPublisher(
             infra, client_id="happ-ingress", timeout_s=settings.publish_timeout_s
         )
         request_log = RequestLogWriter(db)
+        # Best effort: the ingress must come up (and answer 503) even while
+        # Kafka is away; the workers create the topics too.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ensure_topics(infra), settings.publish_timeout_s)
         await publisher.start()
         await request_log.start()
         app.state.service = IngressService(
@@ -61,9 +69,11 @@ def create_app(
         version="1.0.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(HttpMetrics, service="ingress")
-    app.include_router(router)
     app.include_router(ops_router(lambda: app.state.checks))
+    document_webhook(app)
+    # The last added is outermost: metrics see every request, then the webhook
+    # routes answer their two paths before FastAPI's routing runs (endpoints.py).
+    app.add_middleware(WebhookRoutes, state=app.state, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics, service="ingress")
     return app

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import to_json
 
 from happ_common.events import AttachmentType
 
@@ -46,7 +46,7 @@ class WebhookPayload(BaseModel):
     @classmethod
     def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+            size = len(to_json(value))
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"must be at most 16 KiB as JSON (is {size} bytes)")
         return value

@@ -1,0 +1,25 @@
+"""The baseline for ``make bench-ingress``: a bare FastAPI endpoint that only
+parses the same body with the same model, served the same way (one uvicorn
+worker, uvloop, httptools). What the real ingress adds on top of this is the
+product: channel lookup, signature, rate limit, request log, broker ack."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from fastapi import FastAPI, Request
+
+from happ_ingress.schemas import Accepted, WebhookPayload
+
+app = FastAPI()
+
+
+@app.post("/webhook/{channel_id}")
+async def webhook(channel_id: str, request: Request) -> Accepted:
+    payload = WebhookPayload.model_validate_json(await request.body())
+    return Accepted(message_id=payload.message_id or "m", channel_id=channel_id)
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

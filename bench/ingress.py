@@ -1,0 +1,115 @@
+"""``make bench-ingress``: accepted webhooks per second and latency of the real
+ingress (broker ack included) next to a bare FastAPI endpoint parsing the same
+body, in the same run on the same machine. Writes docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+
+from happ_common.ids import new_channel_id, new_channel_secret
+from happ_devtools.benchkit import constant_rate, record, wrk
+from happ_devtools.local_stack import LocalStack, StackConfig
+from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
+
+BODY = json.dumps(
+    {
+        "sender_id": "user_42",
+        "sender_name": "Dmytro",
+        "text": "Hello! I'd like to know my order status.",
+        "metadata": {"source": "website", "order": 1234},
+    }
+).encode()
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+
+
+async def add_channel(mongodb_uri: str) -> str:
+    channel_id = new_channel_id()
+    now = datetime.now(UTC)
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
+    await client.happ.channels.insert_one(
+        {
+            "_id": channel_id,
+            "name": "bench",
+            "status": "connected",
+            "outgoing_url": "https://localhost/x",
+            "hmac_secret": new_channel_secret(),
+            "require_signature": False,
+            "rate_limit_per_second": 100_000,
+            "assistant": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    await client.close()
+    return channel_id
+
+
+def main() -> None:
+    data = Path(tempfile.mkdtemp(prefix="happ-bench-"))
+    ports = {
+        "ingress": free_port(),
+        "admin": free_port(),
+        "assistant": free_port(),
+        "delivery": free_port(),
+    }
+    stack = LocalStack(StackConfig(data_dir=data, ports=ports, env={"HAPP_ADMIN_TOKEN": "bench"}))
+    bare_port = free_port()
+    bare = Child(
+        "bare",
+        [PYTHON, str(Path(__file__).with_name("bare_app.py")), str(bare_port)],
+        log_path=data / "logs" / "bare.log",
+    )
+    try:
+        stack.start_infra()
+        stack.start_service("ingress")
+        stack.wait_ready("ingress")
+        bare.start()
+        wait_until(lambda: port_open(bare_port), 30, "bare app", bare)
+        channel = asyncio.run(add_channel(stack.mongodb_uri))
+        real_url = f"http://127.0.0.1:{ports['ingress']}/webhook/{channel}"
+        bare_url = f"http://127.0.0.1:{bare_port}/webhook/{channel}"
+        wrk(real_url, BODY, seconds=2)  # warm-up: connections, caches, producer batches
+        wrk(bare_url, BODY, seconds=2)
+        base = wrk(bare_url, BODY, seconds=SECONDS)
+        real = wrk(real_url, BODY, seconds=SECONDS)
+        half = real.requests_per_s / 2
+        paced = asyncio.run(constant_rate(real_url, BODY, rate_per_s=half, seconds=SECONDS))
+    finally:
+        bare.stop()
+        stack.stop()
+    ratio = real.requests_per_s / base.requests_per_s
+    lines = [
+        "## Ingress (`make bench-ingress`)",
+        "",
+        f"wrk, 2 threads, 64 connections, {SECONDS} s, the same {len(BODY)}-byte JSON body; one uvicorn worker each;",
+        "the real ingress runs against the embedded broker (ack awaited, `acks=all`) and database.",
+        "",
+        "| endpoint | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
+        "|---|---|---|---|---|---|",
+        f"| bare FastAPI, parse only (baseline) | {base.requests_per_s:,.0f} | {base.p50_ms:.1f} | {base.p99_ms:.1f} | {base.non_2xx} | {base.errors} |",
+        f"| HAPP ingress, broker ack included | {real.requests_per_s:,.0f} | {real.p50_ms:.1f} | {real.p99_ms:.1f} | {real.non_2xx} | {real.errors} |",
+        "",
+        f"**Ratio ingress / baseline: {ratio:.2f}** (goal ≥ 0.8).",
+        "",
+        f"At half the ingress's maximum rate ({paced.target_per_s:,.0f}/s, open-loop Python generator, {SECONDS} s):",
+        f"achieved {paced.achieved_per_s:,.0f}/s, **p50 {paced.p50_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms** (goal p99 ≤ 25 ms),"
+        f" {paced.failures} failures.",
+        "",
+        "Command: `make bench-ingress` (`BENCH_SECONDS` changes the duration).",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    record("ingress", report)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
