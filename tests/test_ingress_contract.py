@@ -300,15 +300,13 @@ async def test_request_log_records_accepted_and_rejected_requests_without_signat
     )
     assert bad.status_code == 422
 
+    incoming = {"channel_id": channel["id"], "direction": "incoming"}
+
     async def logged() -> bool:
-        return await system.db.request_log.count_documents({"channel_id": channel["id"]}) >= 2
+        return await system.db.request_log.count_documents(incoming) >= 2
 
     await eventually(logged, timeout_s=5)
-    entries = (
-        await system.db.request_log.find({"channel_id": channel["id"]})
-        .sort("created_at", 1)
-        .to_list(None)
-    )
+    entries = await system.db.request_log.find(incoming).sort("created_at", 1).to_list(None)
     accepted, rejected = entries
     assert accepted["direction"] == "incoming"
     assert accepted["status_code"] == 200 and accepted["error_code"] is None

@@ -128,6 +128,17 @@ async def constant_rate(url: str, body: bytes, *, rate_per_s: float, seconds: fl
     )
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def record(section: str, markdown: str) -> None:
     """Replace (or add) one section of docs/benchmarks.md, keeping the others."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"

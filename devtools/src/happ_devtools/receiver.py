@@ -92,3 +92,51 @@ async def start(
 
 def signature_ok(got: Received, secret: str) -> bool:
     return verify_happ_signature([secret], got.body, got.headers.get("X-HAPP-Signature", ""))
+
+
+def _counting_app() -> web.Application:
+    """A receiver for benchmarks: answers 200 at once and counts, nothing else."""
+    stats = {"count": 0, "first": 0.0, "last": 0.0}
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        now = time.time()
+        stats["count"] += 1
+        stats["first"] = stats["first"] or now
+        stats["last"] = now
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    async def report(_: web.Request) -> web.Response:
+        return web.json_response(stats)
+
+    async def reset(_: web.Request) -> web.Response:
+        stats.update(count=0, first=0.0, last=0.0)
+        return web.json_response(stats)
+
+    app = web.Application()
+    app.router.add_get("/stats", report)
+    app.router.add_delete("/stats", reset)
+    app.router.add_post("/{tail:.*}", receive)
+    return app
+
+
+def main() -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="HTTPS receiver that counts requests")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", type=Path, required=True)
+    parser.add_argument("--key", type=Path, required=True)
+    args = parser.parse_args()
+    web.run_app(
+        _counting_app(),
+        host="127.0.0.1",
+        port=args.port,
+        ssl_context=server_ssl(args.cert, args.key),
+        access_log=None,
+        print=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -113,9 +113,11 @@ class ChannelCache:
         self._entries: dict[str, tuple[float, Channel | None]] = {}
         self._loading: dict[str, asyncio.Future[Channel | None]] = {}
 
-    async def get(self, channel_id: str) -> Channel | None:
+    async def get(self, channel_id: str, *, fresh: bool = False) -> Channel | None:
+        """The channel, at most TTL old; ``fresh`` reads the database now (for
+        decisions that cannot be undone, such as canceling a reply)."""
         entry = self._entries.get(channel_id)
-        if entry is not None and time.monotonic() - entry[0] < self._ttl:
+        if not fresh and entry is not None and time.monotonic() - entry[0] < self._ttl:
             return entry[1]
         pending = self._loading.get(channel_id)
         if pending is not None:

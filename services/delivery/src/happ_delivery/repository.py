@@ -45,14 +45,20 @@ class DeliveryRepository:
         return await self._reads.submit((channel_id, reply_id))
 
     async def _read_many(self, keys: Sequence[tuple[str, str]]) -> list[ReplyState]:
-        cursor = self._messages.find(
-            {
-                "channel_id": {"$in": list({c for c, _ in keys})},
-                "message_id": {"$in": list({m for _, m in keys})},
-            },
-            {"channel_id": 1, "message_id": 1, "status": 1, "attempts": 1},
-        )
-        found = {(d["channel_id"], d["message_id"]): d async for d in cursor}
+        by_channel: dict[str, list[str]] = {}
+        for channel_id, reply_id in keys:
+            by_channel.setdefault(channel_id, []).append(reply_id)
+        found: dict[tuple[str, str], Document] = {}
+        # One query per channel, equality on channel_id: with ``$in`` on both
+        # fields the embedded database scans instead of seeking (7 s against
+        # 0.2 s for 500 ids, measured), and every index here leads with channel_id.
+        for channel_id, reply_ids in by_channel.items():
+            cursor = self._messages.find(
+                {"channel_id": channel_id, "message_id": {"$in": reply_ids}},
+                {"channel_id": 1, "message_id": 1, "status": 1, "attempts": 1},
+            )
+            async for d in cursor:
+                found[(d["channel_id"], d["message_id"])] = d
         return [
             ReplyState(found[k].get("status"), int(found[k].get("attempts") or 0))
             if k in found

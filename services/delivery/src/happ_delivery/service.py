@@ -129,6 +129,10 @@ class DeliveryService:
     async def attempt(self, reply: OutboundReply, attempt: int, partition: int) -> None:
         channel = await self._channels.get(reply.channel_id)
         if channel is None or channel.status != "connected":
+            # Canceling is final: make sure with the database, not the cache (a
+            # resend right after a reconnect must not be canceled).
+            channel = await self._channels.get(reply.channel_id, fresh=True)
+        if channel is None or channel.status != "connected":
             await self._repo.record(reply.channel_id, reply.reply_id, "canceled")
             FINAL.labels(state="canceled").inc()
             self._open(reply)

@@ -42,6 +42,12 @@ class WebhookPayload(BaseModel):
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
     message_id: str | None = Field(default=None, min_length=1, max_length=128)
 
+    @field_validator("attachments", mode="before")
+    @classmethod
+    def _null_is_none(cls, value: object) -> object:
+        # Integrators serialise "no attachments" as null as often as they omit it.
+        return [] if value is None else value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,0 +1,203 @@
+"""``make bench-delivery``: signed HTTPS deliveries per second with many in flight
+to a local TLS receiver, next to wrk's ceiling against the same receiver, in the
+same run. Writes docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from happ_common.events import OutboundReply
+from happ_common.ids import conversation_key, new_channel_id, new_channel_secret
+from happ_devtools.benchkit import cpu_seconds, record, wrk
+from happ_devtools.certs import dev_tls
+from happ_devtools.local_stack import LocalStack, StackConfig
+from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
+from happ_devtools.receiver import main as _receiver_main  # noqa: F401 - the module it runs
+
+REPLIES = int(os.environ.get("BENCH_REPLIES", "10000"))
+CONVERSATIONS = int(os.environ.get("BENCH_CONVERSATIONS", "2000"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+
+
+def _stats(port: int, ctx: ssl.SSLContext, method: str = "GET") -> dict[str, float]:
+    req = urllib.request.Request(f"https://localhost:{port}/stats", method=method)
+    with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+        data: dict[str, float] = json.loads(resp.read())
+        return data
+
+
+async def prepare(mongodb_uri: str, bootstrap: str, url: str) -> str:
+    channel_id = new_channel_id()
+    now = datetime.now(UTC)
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
+    await client.happ.channels.insert_one(
+        {
+            "_id": channel_id,
+            "name": "bench",
+            "status": "connected",
+            "outgoing_url": url,
+            "hmac_secret": new_channel_secret(),
+            "require_signature": False,
+            "rate_limit_per_second": 100_000,
+            "assistant": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    replies = [
+        OutboundReply(
+            channel_id=channel_id,
+            reply_id=f"rpl_bench{i:08d}",
+            in_reply_to=f"m{i}",
+            to=f"user{i % CONVERSATIONS}",
+            text=f"Reply number {i} to your question.",
+            metadata={"source": "bench"},
+            created_at=now,
+        )
+        for i in range(REPLIES)
+    ]
+    await client.happ.messages.insert_many(
+        [
+            {
+                "channel_id": channel_id,
+                "message_id": r.reply_id,
+                "sender_id": r.to,
+                "role": "assistant",
+                "text": r.text,
+                "status": "pending",
+                "created_at": now,
+            }
+            for r in replies
+        ]
+    )
+    await client.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                "outbound.replies",
+                r.model_dump_json().encode(),
+                key=conversation_key(channel_id, r.to),
+            )
+            for r in replies
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return channel_id
+
+
+def main() -> None:
+    data = Path(tempfile.mkdtemp(prefix="happ-bench-"))
+    tls = dev_tls(data / "tls")
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+    ports = {
+        "ingress": free_port(),
+        "admin": free_port(),
+        "assistant": free_port(),
+        "delivery": free_port(),
+    }
+    rport = free_port()
+    env = {
+        "HAPP_ADMIN_TOKEN": "bench",
+        "HAPP_ALLOW_PRIVATE_ENDPOINTS": "true",
+        "HAPP_DELIVERY_CA_FILE": str(tls.ca_file),
+    }
+    stack = LocalStack(StackConfig(data_dir=data, ports=ports, env=env))
+    receiver = Child(
+        "receiver",
+        [
+            PYTHON,
+            "-m",
+            "happ_devtools.receiver",
+            "--port",
+            str(rport),
+            "--cert",
+            str(tls.cert_file),
+            "--key",
+            str(tls.key_file),
+        ],
+        log_path=data / "logs" / "receiver.log",
+    )
+    url = f"https://localhost:{rport}/bench"
+    body = (
+        OutboundReply(
+            channel_id="cm_x",
+            reply_id="rpl_x",
+            in_reply_to="m",
+            to="u",
+            text="Reply number 1 to your question.",
+            metadata={"source": "bench"},
+            created_at=datetime.now(UTC),
+        )
+        .model_dump_json()
+        .encode()
+    )
+    try:
+        stack.start_infra()
+        receiver.start()
+        wait_until(lambda: port_open(rport), 30, "receiver", receiver)
+        wrk(url, body, seconds=2, connections=32)
+        ceiling = wrk(url, body, seconds=SECONDS, connections=32)
+        _stats(rport, ctx, "DELETE")
+        asyncio.run(prepare(stack.mongodb_uri, stack.kafka_bootstrap, url))
+        started = time.time()
+        cpu_before = {c.name: cpu_seconds(c.pid) for c in [*stack.infra_children, receiver]}
+        stack.start_service("delivery")
+        stack.wait_ready("delivery")
+        deadline = time.time() + 600
+        while (stats := _stats(rport, ctx))["count"] < REPLIES and time.time() < deadline:
+            time.sleep(0.5)
+        elapsed = stats["last"] - stats["first"]
+        wall = time.time() - started
+        cpu = {
+            c.name: (cpu_seconds(c.pid) - cpu_before.get(c.name, 0.0)) / wall
+            for c in [*stack.infra_children, receiver, stack.services["delivery"]]
+        }
+        rate = stats["count"] / elapsed if elapsed > 0 else 0.0
+        total = time.time() - started
+    finally:
+        stack.stop()
+        receiver.stop()
+    ratio = rate / ceiling.requests_per_s
+    report = "\n".join(
+        [
+            "## Delivery (`make bench-delivery`)",
+            "",
+            f"{REPLIES:,} replies over {CONVERSATIONS:,} conversations, already on `outbound.replies`, delivered by one",
+            "delivery process (aiohttp, TLS, both signatures, request log and status writes to the embedded database)",
+            "to a local aiohttp TLS receiver in its own process. Baseline: wrk, 32 connections, against the same receiver.",
+            "",
+            "| what | per second |",
+            "|---|---|",
+            f"| wrk ceiling against the receiver (baseline) | {ceiling.requests_per_s:,.0f} |",
+            f"| HAPP delivery, first to last request at the receiver | {rate:,.0f} |",
+            "",
+            f"**Ratio delivery / wrk ceiling: {ratio:.2f}** (goal ≥ 0.6). {stats['count']:,.0f} of {REPLIES:,} replies arrived;"
+            f" {total:.1f} s from starting the delivery process (consumer-group join included) to the last one.",
+            "",
+            "CPU used per process while delivering (cores, averaged from the delivery's start): "
+            + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items())
+            + ".",
+            "",
+            "Command: `make bench-delivery` (`BENCH_REPLIES`, `BENCH_CONVERSATIONS`, `BENCH_SECONDS` change the load).",
+        ]
+    )
+    print(report)
+    record("delivery", report)
+
+
+if __name__ == "__main__":
+    main()
