@@ -6,7 +6,8 @@ export UV_LINK_MODE := copy
 
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help bootstrap system-deps install run demo test lint format typecheck check clean
+.PHONY: help bootstrap system-deps install run demo test lint format typecheck check clean \
+	bench-ingress bench-delivery bench-assistant
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +50,17 @@ typecheck: install ## mypy --strict over every package and the tests
 	$(UV) run --frozen mypy
 
 check: lint typecheck test ## Everything CI would want
+
+bench-ingress: install ## Benchmark: webhooks/s (broker ack included) vs a bare FastAPI endpoint
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(UV) run --frozen python bench/ingress.py
+
+bench-delivery: install ## Benchmark: signed HTTPS deliveries/s vs wrk's ceiling on the same receiver
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(UV) run --frozen python bench/delivery.py
+
+bench-assistant: install ## Benchmark: replies/s of one assistant with a 1 s LLM, order checked
+	$(UV) run --frozen python bench/assistant.py
 
 clean: ## Remove local data, caches and the virtualenv
 	rm -rf .happ .venv .pytest_cache .mypy_cache .ruff_cache test-artifacts

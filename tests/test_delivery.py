@@ -182,14 +182,17 @@ async def test_a_timing_out_endpoint_does_not_slow_a_healthy_channel(system: Sys
 
 
 async def test_disconnecting_cancels_pending_retries(system: System) -> None:
-    system.receiver.behaviour["/cancel"] = (500, 0.0)
-    channel = await system.create_channel("/cancel")
+    system.receiver.behaviour["/dlv-cancel"] = (500, 0.0)
+    channel = await system.create_channel("/dlv-cancel")
     sent = await system.send(channel["id"], {"sender_id": "u", "text": "to cancel"})
-    await system.receiver.wait_for("/cancel", 1)
+    await system.receiver.wait_for("/dlv-cancel", 1)
     await system.admin.post(f"/api/channels/{channel['id']}/disconnect")
+    before = len(system.receiver.on_path("/dlv-cancel"))
     await _wait_status(system, channel["id"], sent.json()["message_id"], "canceled", timeout_s=20)
-    await asyncio.sleep(2.5)
-    assert len(system.receiver.on_path("/cancel")) == 1
+    await asyncio.sleep(RETRY_DELAYS[-1] + 1)
+    # A retry already due may have read the channel just before the disconnect
+    # (services see changes within HAPP_CHANNEL_CACHE_TTL_S); nothing after that.
+    assert len(system.receiver.on_path("/dlv-cancel")) <= before + 1
 
 
 async def test_resend_delivers_a_failed_reply_again_with_the_same_id(system: System) -> None:

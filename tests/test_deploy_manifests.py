@@ -202,7 +202,6 @@ def test_kustomize_renders_every_object_in_the_namespace(rendered: list[Doc]) ->
         ("ConfigMap", "happ-config"),
         ("Secret", "happ-secrets"),
         ("Job", "happ-create-topics"),
-        ("HorizontalPodAutoscaler", "happ-ingress"),
     }
     for name in SERVICES:
         expected |= {
@@ -349,17 +348,19 @@ def test_every_configured_variable_is_read_by_the_code(rendered: list[Doc], comp
     assert {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_PARTITIONS", "MONGODB_DB"} <= configured["configmap"]
 
 
-def test_ingress_autoscaling_and_the_per_replica_rate_limit(rendered: list[Doc]) -> None:
-    hpa = find(rendered, "HorizontalPodAutoscaler", "happ-ingress")
-    target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", "happ-ingress")
-    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-    # The HPA owns the replica count: a `replicas` field would reset it on every apply.
-    assert "replicas" not in find(rendered, "Deployment", "happ-ingress")["spec"]
-    # The rate limit is an in-memory token bucket per replica: the Deployment says so.
-    rate_limit = ROOT / "services/ingress/src/happ_ingress/rate_limit.py"
-    assert "class TokenBuckets" in rate_limit.read_text()
+def test_ingress_replicas_match_the_per_replica_rate_limit_share(rendered: list[Doc]) -> None:
+    deployment = find(rendered, "Deployment", "happ-ingress")
+    replicas = deployment["spec"]["replicas"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    # Each replica enforces 1/HAPP_INGRESS_REPLICAS of a channel's limit: the two
+    # must agree or a channel gets more (or less) than its limit.
+    assert env["HAPP_INGRESS_REPLICAS"] == str(replicas)
+    assert not [d for d in rendered if d["kind"] == "HorizontalPodAutoscaler"]
+    rate_limit = ROOT / "services/ingress/src/happ_ingress/settings.py"
+    assert "replicas: int" in rate_limit.read_text()
     deployment_text = (K8S / "ingress.yaml").read_text().split("\n---")[0]
     assert "RATE LIMIT IS PER REPLICA" in deployment_text
     assert "happ_ingress/rate_limit.py" in deployment_text

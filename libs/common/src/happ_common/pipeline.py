@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 IN_FLIGHT = Gauge(
     "happ_pipeline_in_flight", "Records held by a consumer (queued or running)", ["consumer"]
 )
+ASSIGNED = Gauge("happ_pipeline_assigned_partitions", "Partitions this member owns", ["consumer"])
 ACTIVE_KEYS = Gauge(
     "happ_pipeline_active_keys", "Keys (conversations) with work in flight", ["consumer"]
 )
@@ -92,6 +93,9 @@ class _Partition:
     """What this member holds of one assigned partition."""
 
     unfinished: dict[int, None] = field(default_factory=dict)  # insertion-ordered = offset order
+    # Records below this offset were on the log when we took the partition over,
+    # so an earlier owner may have handled them; later ones are new to everyone.
+    replay_below: float = float("inf")
     next_offset: int | None = None
     committed: int | None = None
     revoked: bool = False
@@ -192,6 +196,16 @@ class KeyedPipeline:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._partitions)
+
+    def may_be_replay(self, record: Record) -> bool:
+        """Could an earlier owner of the partition have handled this record?
+
+        False only for records written after this member took the partition
+        over: handlers may skip their "was this already done?" lookup for those,
+        which in steady state is nearly all of them.
+        """
+        part = self._partitions.get(TopicPartition(record.topic, record.partition))
+        return part is None or record.offset < part.replay_below
 
     # -- fetching ------------------------------------------------------------------
 
@@ -356,13 +370,25 @@ class KeyedPipeline:
             log.warning("%s: commit on revocation failed: %s", self.config.name, exc)
         for tp in owned:
             del self._partitions[tp]
+        ASSIGNED.labels(**self._labels).set(len(self._partitions))
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        ends: dict[TopicPartition, int] = {}
+        if self._consumer is not None and assigned:
+            try:
+                ends = await self._consumer.end_offsets(list(assigned))
+            except KafkaError as exc:
+                log.warning(
+                    "%s: end offsets unknown, treating all as replays: %s", self.config.name, exc
+                )
         for tp in assigned:
             if tp not in self._partitions:
                 part = _Partition()
                 part.idle.set()
+                if tp in ends:
+                    part.replay_below = ends[tp]
                 self._partitions[tp] = part
+        ASSIGNED.labels(**self._labels).set(len(self._partitions))
         if self._paused and self._consumer is not None:
             self._consumer.pause(*assigned)
         if self._on_assigned:

@@ -69,7 +69,8 @@ def create_app(
                 topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
                 max_in_flight=settings.max_in_flight,
             ),
-            delivery_handler(service),
+            # Late-bound: the pipeline being built here answers the handler later.
+            delivery_handler(service, lambda record: pipeline.may_be_replay(record)),  # noqa: PLW0108
             key_of=pipeline_key,
             on_assigned=on_assigned(service),
             on_revoked=on_revoked(service),

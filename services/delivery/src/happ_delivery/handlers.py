@@ -8,6 +8,7 @@ conversation it is holding back, or neither could move.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiokafka import TopicPartition
 from pydantic import ValidationError
@@ -26,7 +27,7 @@ def pipeline_key(record: Record) -> object:
     return record.key
 
 
-def delivery_handler(service: DeliveryService) -> Handler:
+def delivery_handler(service: DeliveryService, may_be_replay: Callable[[Record], bool]) -> Handler:
     async def handle(record: Record) -> None:
         try:
             if record.topic == DELIVERY_RETRY:
@@ -44,7 +45,7 @@ def delivery_handler(service: DeliveryService) -> Handler:
         if record.topic == DELIVERY_RETRY:
             await service.deliver_retry(retry, record.partition)
         else:
-            await service.deliver_new(reply, record.partition)
+            await service.deliver_new(reply, record.partition, may_be_replay(record))
 
     return handle
 

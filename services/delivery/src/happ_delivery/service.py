@@ -90,14 +90,19 @@ class DeliveryService:
     def max_attempts(self) -> int:
         return 1 + len(self._settings.retry_delays)
 
-    async def deliver_new(self, reply: OutboundReply, partition: int) -> None:
-        """First attempt of a reply (or of a resend), in its conversation's order."""
+    async def deliver_new(self, reply: OutboundReply, partition: int, may_be_replay: bool) -> None:
+        """First attempt of a reply (or of a resend), in its conversation's order.
+
+        ``may_be_replay``: the record was on the log before this member took its
+        partition, so an earlier owner may have sent it already; only then is the
+        stored state read (the pipeline knows; see ``KeyedPipeline.may_be_replay``).
+        """
         try:
             await self.gates.pass_through(_key(reply), reply.reply_id)
         except ConversationMoved:
             SKIPPED.labels(reason="partition_moved").inc()
             return
-        if not reply.resend:
+        if may_be_replay and not reply.resend:
             state = await self._repo.state(reply.channel_id, reply.reply_id)
             # Met again after a crash or rebalance: its series already ran or runs.
             if state.status in (*SERIES_ENDED, "retrying"):
