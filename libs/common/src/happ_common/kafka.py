@@ -6,9 +6,9 @@ callers never mistake "sent" for "stored".
 
 Two implementations of one interface. The workers publish through FastStream's
 ``KafkaBroker``. The ingress publishes once per webhook request, its hot path,
-and there aiokafka's producer is used directly: measured on this machine with 64
-publishes in flight, FastStream's publish path costs 41-47 µs of CPU per message
-against aiokafka's 29-30 µs (``docs/benchmarks.md``).
+and there aiokafka's producer is used directly: with 64 publishes in flight,
+FastStream's publish path costs about 25-50 % more CPU per message than
+aiokafka's (``make bench-publish``; numbers in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
