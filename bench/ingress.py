@@ -15,7 +15,7 @@ from pathlib import Path
 from pymongo import AsyncMongoClient
 
 from happ_common.ids import new_channel_id, new_channel_secret
-from happ_devtools.benchkit import constant_rate, record, wrk
+from happ_devtools.benchkit import constant_rate, cpu_seconds, record, wrk
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
 
@@ -79,7 +79,10 @@ def main() -> None:
         wrk(real_url, BODY, seconds=2)  # warm-up: connections, caches, producer batches
         wrk(bare_url, BODY, seconds=2)
         base = wrk(bare_url, BODY, seconds=SECONDS)
+        processes = [*stack.infra_children, stack.services["ingress"]]
+        cpu_before = {c.name: cpu_seconds(c.pid) for c in processes}
         real = wrk(real_url, BODY, seconds=SECONDS)
+        cpu = {c.name: (cpu_seconds(c.pid) - cpu_before[c.name]) / SECONDS for c in processes}
         half = real.requests_per_s / 2
         paced = asyncio.run(constant_rate(real_url, BODY, rate_per_s=half, seconds=SECONDS))
     finally:
@@ -98,6 +101,11 @@ def main() -> None:
         f"| HAPP ingress, broker ack included | {real.requests_per_s:,.0f} | {real.p50_ms:.1f} | {real.p99_ms:.1f} | {real.non_2xx} | {real.errors} |",
         "",
         f"**Ratio ingress / baseline: {ratio:.2f}** (goal ≥ 0.8).",
+        "",
+        "CPU used per process during the ingress run (cores, of the machine's "
+        f"{os.cpu_count()}; wrk takes the rest): "
+        + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items())
+        + ". The embedded database's share is the request log's `insert_many` (one entry per webhook).",
         "",
         f"At half the ingress's maximum rate ({paced.target_per_s:,.0f}/s, open-loop Python generator, {SECONDS} s):",
         f"achieved {paced.achieved_per_s:,.0f}/s, **p50 {paced.p50_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms** (goal p99 ≤ 25 ms),"
