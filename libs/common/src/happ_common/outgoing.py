@@ -1,14 +1,21 @@
-"""The body of an outgoing reply (SPEC §4) and its signed headers."""
+"""An outgoing reply (SPEC §4): its body, its signed headers, and one attempt to send it."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+import aiohttp
 from pydantic import BaseModel
 
 from happ_common.channels import Channel
 from happ_common.events import OutboundReply
+from happ_common.ids import new_log_id
+from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, cut
 from happ_common.signing import outgoing_headers
+from happ_common.webhook_client import AttemptOutcome, post_signed
 
 
 class OutgoingBody(BaseModel):
@@ -55,3 +62,52 @@ def signed_headers(
         attempt=attempt,
         body=body,
     )
+
+
+@dataclass(frozen=True)
+class SentAttempt:
+    outcome: AttemptOutcome
+    log_entry: LogEntry
+
+
+async def send_attempt(
+    session: aiohttp.ClientSession,
+    channel: Channel,
+    reply: OutboundReply,
+    attempt: int,
+    *,
+    timeout_s: float,
+    allow_private: bool,
+) -> SentAttempt:
+    """One signed POST of a reply (or a test send) and its request-log entry.
+
+    The delivery service and the admin's "Send test" both go through here, so a
+    test is signed, sent, classified and logged exactly like a real delivery.
+    """
+    timestamp = int(time.time())
+    body = render(reply, timestamp)
+    headers = signed_headers(channel, reply.reply_id, timestamp, attempt, body)
+    outcome = await post_signed(
+        session,
+        channel.outgoing_url,
+        body,
+        headers,
+        timeout_s=timeout_s,
+        allow_private=allow_private,
+    )
+    entry = LogEntry.model_construct(  # every field is ours: skip validation
+        id=new_log_id(),
+        channel_id=channel.id,
+        direction="outgoing",
+        created_at=datetime.now(UTC),
+        method="POST",
+        url=channel.outgoing_url,
+        status_code=outcome.status_code,
+        error_code=outcome.error_code,
+        duration_ms=outcome.duration_ms,
+        request_body=cut(body, MAX_REQUEST_BODY),
+        response_body=outcome.response_body or outcome.error_message,
+        message_id=reply.reply_id,
+        attempt=attempt,
+    )
+    return SentAttempt(outcome, entry)

@@ -74,7 +74,6 @@ def create_app(
             request_log=request_log,
             timeout_s=settings.delivery_timeout_s,
             allow_private=happ.allow_private_endpoints,
-            cache_ttl_s=happ.channel_cache_ttl_s,
         )
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
         try:

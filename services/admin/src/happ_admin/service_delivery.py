@@ -8,9 +8,7 @@ delivery service, so the new series gets the usual retries and request log.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -23,13 +21,12 @@ from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService, message_not_found
 from happ_common.errors import HappError, service_unavailable
 from happ_common.events import OutboundReply
-from happ_common.ids import conversation_key, new_log_id
+from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
 from happ_common.messages import MessageStatus
-from happ_common.outgoing import render, signed_headers
-from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
+from happ_common.outgoing import send_attempt
+from happ_common.request_log import RequestLogWriter
 from happ_common.topics import OUTBOUND_REPLIES
-from happ_common.webhook_client import post_signed
 
 TEST_RECIPIENT = "happ_test"
 TEST_TEXT = "This is a test message from HAPP Custom Messenger."
@@ -48,7 +45,6 @@ class DeliveryActions:
         request_log: RequestLogWriter,
         timeout_s: float,
         allow_private: bool,
-        cache_ttl_s: float,
     ) -> None:
         self._repo = repo
         self._channels = channels
@@ -58,14 +54,12 @@ class DeliveryActions:
         self._log = request_log
         self._timeout_s = timeout_s
         self._allow_private = allow_private
-        self._cache_ttl_s = cache_ttl_s
 
     async def send_test(self, channel_id: str) -> SendTestResult:
         # Allowed on a disconnected channel too: "confirm the endpoint, test,
         # then connect" is the product page's reconnect procedure.
         channel = await self._channels.get(channel_id)
         test_id = "tst_" + uuid.uuid4().hex
-        timestamp = int(time.time())
         reply = OutboundReply(
             channel_id=channel.id,
             reply_id=test_id,
@@ -76,34 +70,16 @@ class DeliveryActions:
             created_at=datetime.now(UTC),
             test=True,
         )
-        body = render(reply, timestamp)
-        headers = signed_headers(channel, test_id, timestamp, 1, body)
-        outcome = await post_signed(
+        sent = await send_attempt(
             self._session,
-            channel.outgoing_url,
-            body,
-            headers,
+            channel,
+            reply,
+            1,
             timeout_s=self._timeout_s,
             allow_private=self._allow_private,
         )
-        log_id = new_log_id()
-        self._log.add(
-            LogEntry(
-                id=log_id,
-                channel_id=channel.id,
-                direction="outgoing",
-                created_at=datetime.now(UTC),
-                method="POST",
-                url=channel.outgoing_url,
-                status_code=outcome.status_code,
-                error_code=outcome.error_code,
-                duration_ms=outcome.duration_ms,
-                request_body=cut(body, MAX_REQUEST_BODY),
-                response_body=outcome.response_body or outcome.error_message,
-                message_id=test_id,
-                attempt=1,
-            )
-        )
+        outcome, log_id = sent.outcome, sent.log_entry.id
+        self._log.add(sent.log_entry)
         # The operator looks at the log right after a test: write it now rather
         # than at the next batch. A failure leaves it buffered for the writer.
         with contextlib.suppress(PyMongoError):
@@ -132,12 +108,8 @@ class DeliveryActions:
                 "CHANNEL_DISCONNECTED",
                 "The channel is disconnected, so the reply would not be sent; connect it first.",
             )
-        # The delivery service reads channels through a cache up to
-        # channel_cache_ttl_s old: right after a connect it may still see the
-        # channel disconnected and cancel the resend. Wait that staleness out.
-        settle = self._cache_ttl_s - (datetime.now(UTC) - channel.updated_at).total_seconds()
-        if settle > 0:
-            await asyncio.sleep(settle + 0.05)
+        # Right after a connect the delivery service's cached copy may still say
+        # "disconnected"; it re-reads the channel before canceling anything.
         now = datetime.now(UTC)
         # Claiming the reply (finished → pending) first makes a double click, or
         # two operators, start one new series rather than two.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -23,13 +22,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from happ_common.channels import ChannelCache
 from happ_common.events import DeliveryRetry, OutboundReply
-from happ_common.ids import conversation_key, new_log_id
+from happ_common.ids import conversation_key
 from happ_common.kafka import Publisher
 from happ_common.messages import MessageStatus
-from happ_common.outgoing import render, signed_headers
-from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
+from happ_common.outgoing import send_attempt
+from happ_common.request_log import RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
-from happ_common.webhook_client import AttemptOutcome, post_signed
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
@@ -142,20 +140,18 @@ class DeliveryService:
             FINAL.labels(state="canceled").inc()
             self._open(reply)
             return
-        timestamp = int(time.time())
-        body = render(reply, timestamp)
-        headers = signed_headers(channel, reply.reply_id, timestamp, attempt, body)
-        outcome = await post_signed(
+        sent = await send_attempt(
             self._session,
-            channel.outgoing_url,
-            body,
-            headers,
+            channel,
+            reply,
+            attempt,
             timeout_s=self._settings.timeout_s,
             allow_private=self._allow_private,
         )
+        outcome = sent.outcome
+        self._log.add(sent.log_entry)
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
-        self._record(reply, channel.outgoing_url, attempt, body, outcome)
         if outcome.ok:
             await self._repo.record(
                 reply.channel_id, reply.reply_id, "delivered", attempt=attempt, outcome=outcome
@@ -215,24 +211,3 @@ class DeliveryService:
             if event is not None:
                 event.set()
         GATED.set(len(self.gates))
-
-    def _record(
-        self, reply: OutboundReply, url: str, attempt: int, body: bytes, outcome: AttemptOutcome
-    ) -> None:
-        self._log.add(
-            LogEntry.model_construct(  # every field is ours: skip validation
-                id=new_log_id(),
-                channel_id=reply.channel_id,
-                direction="outgoing",
-                created_at=datetime.now(UTC),
-                method="POST",
-                url=url,
-                status_code=outcome.status_code,
-                error_code=outcome.error_code,
-                duration_ms=outcome.duration_ms,
-                request_body=cut(body, MAX_REQUEST_BODY),
-                response_body=outcome.response_body or outcome.error_message,
-                message_id=reply.reply_id,
-                attempt=attempt,
-            )
-        )
