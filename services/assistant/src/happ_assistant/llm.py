@@ -7,14 +7,17 @@ instead, and says so in every reply: it never pretends to be an LLM.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import httpx2
 import openai
 from openai import AsyncOpenAI
 
 ChatMessage = dict[str, Any]
+HttpClient = Literal["aiohttp", "httpx"]
 
 OFFLINE_PROVIDER = "offline"
 OFFLINE_LABEL = "[HAPP offline responder: no LLM is configured]"
@@ -31,10 +34,13 @@ class Completion:
 
 
 class LlmCallFailed(Exception):
-    def __init__(self, kind: str, message: str, *, retryable: bool) -> None:
+    def __init__(
+        self, kind: str, message: str, *, retryable: bool, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class ChatModel(Protocol):
@@ -47,34 +53,75 @@ class ChatModel(Protocol):
     async def close(self) -> None: ...
 
 
+def _http_client(kind: HttpClient, max_connections: int) -> httpx2.AsyncClient:
+    # Keep-alive as large as the pool: hundreds of concurrent calls each taking
+    # seconds would otherwise reconnect on almost every call.
+    limits = httpx2.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    if kind == "aiohttp":
+        return openai.DefaultAioHttpClient(limits=limits)
+    return openai.DefaultAsyncHttpxClient(limits=limits)
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare from LLM APIs, our own backoff applies
+
+
 class OpenAIChat:
     provider = "openai"
 
-    def __init__(self, api_key: str, base_url: str | None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None,
+        *,
+        http_client: HttpClient = "aiohttp",
+        max_connections: int = 1024,
+    ) -> None:
         # Retries are ours (bounded by a time budget, then the fallback text),
         # so the SDK's own are off.
-        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+        self._client = AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=_http_client(http_client, max_connections),
+        )
 
     async def complete(
         self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
     ) -> Completion:
         started = time.perf_counter()
         try:
-            resp = await self._client.chat.completions.create(
-                model=model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=temperature,
-                timeout=timeout_s,
-            )
-        except openai.APITimeoutError as exc:
-            raise LlmCallFailed("timeout", str(exc), retryable=True) from exc
+            # The SDK's timeout bounds each socket operation; this bounds the call.
+            async with asyncio.timeout(timeout_s):
+                resp = await self._client.chat.completions.create(
+                    model=model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=temperature,
+                    timeout=timeout_s,
+                )
+        except (TimeoutError, openai.APITimeoutError) as exc:
+            message = f"no answer within {timeout_s:g} s"
+            raise LlmCallFailed("timeout", message, retryable=True) from exc
         except openai.APIConnectionError as exc:
             raise LlmCallFailed("connection", str(exc), retryable=True) from exc
         except openai.RateLimitError as exc:
-            raise LlmCallFailed("rate_limited", str(exc), retryable=True) from exc
+            raise LlmCallFailed(
+                "rate_limited", str(exc), retryable=True, retry_after_s=_retry_after(exc)
+            ) from exc
         except openai.APIStatusError as exc:
             retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-            raise LlmCallFailed(f"http_{exc.status_code}", str(exc), retryable=retryable) from exc
+            raise LlmCallFailed(
+                f"http_{exc.status_code}",
+                str(exc),
+                retryable=retryable,
+                retry_after_s=_retry_after(exc),
+            ) from exc
         except openai.OpenAIError as exc:
             raise LlmCallFailed("error", str(exc), retryable=False) from exc
         latency = (time.perf_counter() - started) * 1000
