@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 import httpx2
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 
 ChatMessage = dict[str, Any]
 HttpClient = Literal["aiohttp", "httpx"]
@@ -54,14 +55,20 @@ class ChatModel(Protocol):
 
 
 def _http_client(kind: HttpClient, max_connections: int) -> httpx2.AsyncClient:
-    # Keep-alive as large as the pool: hundreds of concurrent calls each taking
-    # seconds would otherwise reconnect on almost every call.
-    limits = httpx2.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
     if kind == "aiohttp":
-        return openai.DefaultAioHttpClient(limits=limits)
-    return openai.DefaultAsyncHttpxClient(limits=limits)
+        # aiohttp keeps every idle connection up to the limit: hundreds of calls
+        # taking seconds each reuse their connections instead of reconnecting.
+        return openai.DefaultAioHttpClient(
+            limits=httpx2.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
+        )
+    # httpx's pool does work per request in proportion to its kept-alive
+    # connections: with 600 of them it did 133 calls/s, with the SDK's default
+    # 100 it did 223/s (and reconnects the rest).
+    return openai.DefaultAsyncHttpxClient(
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=100)
+    )
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -99,11 +106,16 @@ class OpenAIChat:
         try:
             # The SDK's timeout bounds each socket operation; this bounds the call.
             async with asyncio.timeout(timeout_s):
-                resp = await self._client.chat.completions.create(
-                    model=model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=temperature,
-                    timeout=timeout_s,
+                # The SDK's documented raw request rather than chat.completions.create:
+                # create() walks the request through its TypedDict annotations, ~1 ms of
+                # CPU per call and most of this process's CPU at 200 calls/s. Our body
+                # is wire-format JSON already; errors, auth and the response model are
+                # the same.
+                resp = await self._client.post(
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body={"model": model, "messages": messages, "temperature": temperature},
+                    options={"timeout": timeout_s, "security": {"bearer_auth": True}},
                 )
         except (TimeoutError, openai.APITimeoutError) as exc:
             message = f"no answer within {timeout_s:g} s"

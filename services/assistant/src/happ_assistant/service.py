@@ -26,6 +26,8 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -70,6 +72,23 @@ REPLY_DELAY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300),
 )
 
+STAGE_TIME = Histogram(
+    "happ_assistant_stage_seconds",
+    "Time one message spends in each stage of its handling",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_TIME.labels(stage=name).observe(time.perf_counter() - started)
+
+
 # Answers whose storing failed, kept for the handler's retry so that one message
 # costs one LLM call even when the database hiccups.
 _UNSTORED_ANSWERS = 4096
@@ -95,7 +114,8 @@ class AssistantService:
         self._unstored: OrderedDict[str, StoredMessage] = OrderedDict()
 
     async def handle(self, msg: InboundMessage, partition: Partition) -> None:
-        channel = await self._channels.get(msg.channel_id)
+        with _stage("channel"):
+            channel = await self._channels.get(msg.channel_id)
         if channel is None:
             log.warning(
                 "dropping message %s: channel %s no longer exists", msg.message_id, msg.channel_id
@@ -106,7 +126,8 @@ class AssistantService:
         try:
             conversation = await self._conversation(key, partition, channel.assistant.max_history)
             reply = await self._reply(channel, msg, conversation)
-            await self._publish(msg, reply)
+            with _stage("publish"):
+                await self._publish(msg, reply)
         except BaseException:
             # Whatever this attempt left half done, the next one reads back from MongoDB.
             self._history.forget(key)
@@ -122,7 +143,8 @@ class AssistantService:
             return cached
         epoch = self._history.epoch(partition)
         asked = max_history + SLACK
-        stored = await self._repo.recent(key[0], key[1], asked)
+        with _stage("history"):
+            stored = await self._repo.recent(key[0], key[1], asked)
         HISTORY_LOADS.inc()
         conversation = self._history.loaded(stored, asked=asked)
         self._history.put(key, partition, epoch, conversation)
@@ -135,12 +157,18 @@ class AssistantService:
         user = _user_message(msg)
         stored = conversation.get(reply_id)
         if stored is None:
-            if not conversation.stored:
-                # A conversation without its document is read as empty
-                # (repository.recent): the document is written with its first message.
-                await self._touch(msg, msg.received_at)
-                conversation.stored = True
-            first_time = await self._repo.insert_once(user)
+            with _stage("store_message"):
+                if conversation.stored:
+                    first_time = await self._repo.insert_incoming(user)
+                else:
+                    # A conversation without its document is read as empty
+                    # (repository.recent), so the document comes with its first
+                    # message. (Should only the message get stored before a crash,
+                    # its redelivery is still the first message: empty history.)
+                    first_time, _ = await asyncio.gather(
+                        self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
+                    )
+                    conversation.stored = True
             if not first_time:
                 # Seen before: Kafka redelivered it, or its partition moved here.
                 stored = await self._repo.get(msg.channel_id, reply_id)
@@ -154,15 +182,17 @@ class AssistantService:
         reply = self._unstored.pop(reply_id, None)
         if reply is None:
             history = conversation.history_before(msg.message_id, channel.assistant.max_history)
-            reply = await self._answer(channel, msg, reply_id, history)
+            with _stage("llm"):
+                reply = await self._answer(channel, msg, reply_id, history)
         self._unstored[reply_id] = reply
         while len(self._unstored) > _UNSTORED_ANSWERS:
             self._unstored.popitem(last=False)
-        inserted, _, _ = await asyncio.gather(
-            self._repo.insert_once(reply),
-            self._repo.mark_replied(msg.channel_id, msg.message_id, reply_id),
-            self._touch(msg, reply.created_at),
-        )
+        with _stage("store_reply"):
+            inserted, _, _ = await asyncio.gather(
+                self._repo.insert_reply(reply),
+                self._repo.mark_replied(msg.channel_id, msg.message_id, reply_id),
+                self._touch(msg, reply.created_at),
+            )
         self._unstored.pop(reply_id, None)
         if not inserted:
             # Another instance stored its answer first (the partition moved while

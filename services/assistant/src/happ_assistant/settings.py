@@ -45,7 +45,11 @@ class AssistantServiceSettings(BaseSettings):
     llm_max_connections: int = Field(default=1024, ge=1)
     # History sent to the LLM is trimmed to this many characters, newest kept.
     context_chars: int = Field(default=24_000, ge=1_000)
-    max_in_flight: int = Field(default=1024, ge=1)
+    # Records held at once (fetching pauses above it). A conversation's queued
+    # messages count too, so with a backlog of 5 per conversation 1,024 records
+    # keep only ~200 conversations (LLM calls) busy; 4,096 keep ~800. Records are
+    # small (a few KB; ~80 KB at the ingress's limits).
+    max_in_flight: int = Field(default=4096, ge=1)
     # Recent history of this many conversations is kept in memory (least recently
     # used dropped first); each holds at most context_chars of it.
     history_cache_conversations: int = Field(default=10_000, ge=1)
