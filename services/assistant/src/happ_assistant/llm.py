@@ -8,7 +8,9 @@ instead, and says so in every reply: it never pretends to be an LLM.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -52,6 +54,60 @@ class ChatModel(Protocol):
     ) -> Completion: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long the LLM may take for one message: ``attempts`` calls of at most
+    ``timeout_s`` each, all within ``budget_s``, ``backoff_s`` doubling between them."""
+
+    attempts: int = 3
+    budget_s: float = 90.0
+    timeout_s: float = 30.0
+    backoff_s: float = 1.0
+
+
+async def complete_with_retries(
+    model: ChatModel,
+    messages: list[ChatMessage],
+    *,
+    model_name: str,
+    temperature: float,
+    policy: RetryPolicy,
+    on_error: Callable[[LlmCallFailed], None] = lambda _: None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Completion:
+    """The model's answer, retrying timeouts, 429s and 5xx with exponential backoff
+    until the attempts or the time budget run out; then the last failure is raised.
+
+    The backoff is jittered so a provider's hiccup is not answered by a
+    synchronized stampede of hundreds of conversations, and a ``Retry-After``
+    the provider sent is honoured when it fits the budget.
+    """
+    deadline = time.monotonic() + policy.budget_s
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - time.monotonic()
+        try:
+            return await model.complete(
+                messages,
+                model=model_name,
+                temperature=temperature,
+                timeout_s=min(policy.timeout_s, max(remaining, 0.1)),
+            )
+        except LlmCallFailed as exc:
+            on_error(exc)
+            pause = policy.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311
+            if exc.retry_after_s is not None:
+                pause = max(pause, exc.retry_after_s)
+            if (
+                not exc.retryable
+                or attempt >= policy.attempts
+                or time.monotonic() + pause >= deadline
+            ):
+                raise
+            await sleep(pause)
 
 
 def _http_client(kind: HttpClient, max_connections: int) -> httpx2.AsyncClient:

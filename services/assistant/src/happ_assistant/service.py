@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -33,7 +32,14 @@ from datetime import UTC, datetime
 from prometheus_client import Counter, Gauge, Histogram
 
 from happ_assistant.history import SLACK, Conversation, ConversationKey, HistoryCache, Partition
-from happ_assistant.llm import ChatMessage, ChatModel, Completion, LlmCallFailed
+from happ_assistant.llm import (
+    ChatMessage,
+    ChatModel,
+    Completion,
+    LlmCallFailed,
+    RetryPolicy,
+    complete_with_retries,
+)
 from happ_assistant.prompt import build_messages
 from happ_assistant.repository import ConversationRepository
 from happ_assistant.settings import AssistantServiceSettings
@@ -112,6 +118,12 @@ class AssistantService:
         self._model = model
         self._publisher = publisher
         self._unstored: OrderedDict[str, StoredMessage] = OrderedDict()
+        self._retry = RetryPolicy(
+            attempts=settings.llm_attempts,
+            budget_s=settings.llm_budget_s,
+            timeout_s=settings.llm_timeout_s,
+            backoff_s=settings.llm_backoff_s,
+        )
 
     async def handle(self, msg: InboundMessage, partition: Partition) -> None:
         with _stage("channel"):
@@ -286,41 +298,20 @@ class AssistantService:
     async def _complete(
         self, messages: list[ChatMessage], model: str, temperature: float
     ) -> Completion:
-        """The model's answer, retrying timeouts, 429s and 5xx with exponential backoff
-        (with jitter, so a provider's hiccup is not answered by a synchronized
-        stampede) until ``llm_attempts`` or ``llm_budget_s`` runs out."""
-        s = self._settings
-        deadline = time.monotonic() + s.llm_budget_s
-        attempt = 0
-        while True:
-            attempt += 1
-            remaining = deadline - time.monotonic()
-            try:
-                completion = await self._model.complete(
-                    messages,
-                    model=model,
-                    temperature=temperature,
-                    timeout_s=min(s.llm_timeout_s, max(remaining, 0.1)),
-                )
-            except LlmCallFailed as exc:
-                LLM_ERRORS.labels(kind=exc.kind).inc()
-                pause = s.llm_backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311
-                if exc.retry_after_s is not None:
-                    pause = max(pause, exc.retry_after_s)
-                if (
-                    not exc.retryable
-                    or attempt >= s.llm_attempts
-                    or time.monotonic() + pause >= deadline
-                ):
-                    raise
-                await asyncio.sleep(pause)
-                continue
-            LLM_LATENCY.labels(provider=completion.provider).observe(completion.latency_ms / 1000)
-            if completion.prompt_tokens:
-                LLM_TOKENS.labels(kind="prompt").inc(completion.prompt_tokens)
-            if completion.completion_tokens:
-                LLM_TOKENS.labels(kind="completion").inc(completion.completion_tokens)
-            return completion
+        completion = await complete_with_retries(
+            self._model,
+            messages,
+            model_name=model,
+            temperature=temperature,
+            policy=self._retry,
+            on_error=lambda exc: LLM_ERRORS.labels(kind=exc.kind).inc(),
+        )
+        LLM_LATENCY.labels(provider=completion.provider).observe(completion.latency_ms / 1000)
+        if completion.prompt_tokens:
+            LLM_TOKENS.labels(kind="prompt").inc(completion.prompt_tokens)
+        if completion.completion_tokens:
+            LLM_TOKENS.labels(kind="completion").inc(completion.completion_tokens)
+        return completion
 
 
 def _user_message(msg: InboundMessage) -> StoredMessage:
