@@ -35,10 +35,10 @@ class AssistantServiceSettings(BaseSettings):
     llm_attempts: int = Field(default=3, ge=1, le=10)
     llm_budget_s: float = Field(default=90.0, gt=0)
     llm_backoff_s: float = Field(default=1.0, ge=0)
-    # The HTTP transport under the OpenAI SDK. aiohttp by measurement: with 600
-    # calls in flight against a local server answering after 1 s, the SDK did
-    # ~360 calls/s at 1.3 ms of CPU per call over aiohttp, ~230/s at 3.6 ms over
-    # its default httpx pool (docs/benchmarks.md, `assistant` section).
+    # The HTTP transport under the OpenAI SDK. aiohttp by measurement
+    # (docs/benchmarks.md, `assistant`): with 600 conversations in flight and an
+    # LLM answering after 1 s, the assistant spent ~1.7 ms of CPU per reply over
+    # aiohttp and ~3.5 ms over httpx, and made 235 against 196 replies/s.
     llm_http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     # Every record in flight may be one LLM call (one per conversation), so the
     # pool must not be the bound: a call queued for a connection burns its timeout.
