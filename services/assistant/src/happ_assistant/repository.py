@@ -9,11 +9,11 @@ offset is committed only after its documents are durable.
 
 Writes are idempotent: a message document is created only if none has its
 ``(channel_id, message_id)`` (unique index), so a message redelivered by Kafka
-finds its documents there and is told so (``insert_incoming`` / ``insert_reply`` return ``False``).
-That is a plain insert whose duplicate-key error means "already there", not an
-upsert with ``$setOnInsert``: the guarantee is the same, and the embedded
-database inserts ~4,500 message documents/s in a bulk against ~1,400 upserts/s
-(the database, not the assistant, was the bottleneck of the benchmark).
+finds its documents there and is told so (the inserts return ``False``). That
+is a plain insert whose duplicate-key error means "already there", not an
+upsert with ``$setOnInsert``: the guarantee is the same, and in one bulk the
+embedded database inserts ~5,000 message documents/s but upserts ~1,400/s (its
+CPU per reply, not the assistant's, bounds the benchmark).
 """
 
 from __future__ import annotations
