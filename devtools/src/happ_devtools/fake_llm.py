@@ -3,6 +3,11 @@
 It answers ``POST /v1/chat/completions`` with a reply built from the last user
 message (``Echo: <text>``), records every request it got, and can be told to
 wait or to fail, to exercise the assistant's timeouts and fallbacks.
+
+The switches on ``FakeLlm`` itself act on every call. Tests share one fake for
+a whole session, so a test that wants failures or delays of its own scripts a
+model name instead (``fake.models["my-model"] = ModelScript(fail_with=500)``)
+and points its channel at that model: other tests' calls are unaffected.
 """
 
 from __future__ import annotations
@@ -10,10 +15,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+Body = dict[str, Any]
+
+# Hundreds of clients connect at once in a benchmark; aiohttp's default listen
+# backlog (128) drops the rest's SYNs, which the kernel retries a second later.
+BACKLOG = 4096
+
+
+@dataclass
+class ModelScript:
+    """How the fake answers the calls naming one model."""
+
+    fail_with: int | None = None  # answer every call with this HTTP status
+    fail_first: int = 0  # fail this many calls (with ``fail_first_with``) before answering
+    fail_first_with: int = 503
+    delay_s: float = 0.0
+    delay_for: Callable[[Body], float] | None = None  # per request, e.g. from its text
+    calls: int = 0
 
 
 @dataclass
@@ -23,23 +47,47 @@ class FakeLlm:
     fail_first: int = 0  # fail this many calls (with 503) before answering
     requests: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
+    models: dict[str, ModelScript] = field(default_factory=dict)
+    keep_requests: bool = True  # a long benchmark need not hold every request
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._complete)
         return app
+
+    def requests_for(self, model: str) -> list[Body]:
+        return [r for r in self.requests if r.get("model") == model]
 
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls += 1
-        self.requests.append(body)
+        if self.keep_requests:
+            self.requests.append(body)
+        script = self.models.get(body.get("model", ""))
+        if script is not None:
+            return await self._scripted(script, body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail_with is not None:
-            return web.json_response({"error": {"message": "fake failure"}}, status=self.fail_with)
+            return _error(self.fail_with, "fake failure")
         if self.fail_first > 0:
             self.fail_first -= 1
-            return web.json_response({"error": {"message": "fake overload"}}, status=503)
+            return _error(503, "fake overload")
+        return self._answer(body)
+
+    async def _scripted(self, script: ModelScript, body: Body) -> web.Response:
+        script.calls += 1
+        delay = script.delay_s + (script.delay_for(body) if script.delay_for else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        if script.fail_with is not None:
+            return _error(script.fail_with, "fake failure")
+        if script.fail_first > 0:
+            script.fail_first -= 1
+            return _error(script.fail_first_with, "fake overload")
+        return self._answer(body)
+
+    def _answer(self, body: Body) -> web.Response:
         last = body["messages"][-1]["content"]
         if isinstance(last, list):
             last = " ".join(p.get("text", "") for p in last if p.get("type") == "text")
@@ -61,10 +109,14 @@ class FakeLlm:
         )
 
 
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
 async def start(fake: FakeLlm, port: int, host: str = "127.0.0.1") -> web.AppRunner:
     runner = web.AppRunner(fake.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, backlog=BACKLOG).start()
     return runner
 
 
@@ -74,7 +126,12 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args()
     web.run_app(
-        FakeLlm(delay_s=args.delay).app(), host="127.0.0.1", port=args.port, access_log=None
+        FakeLlm(delay_s=args.delay, keep_requests=False).app(),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        backlog=BACKLOG,
     )
 
 

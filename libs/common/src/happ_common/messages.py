@@ -115,16 +115,31 @@ class MessageRepository:
     async def touch_conversation(
         self, channel_id: str, sender_id: str, sender_name: str | None, at: datetime
     ) -> None:
-        update: Document = {
-            "$max": {"last_message_at": at},
-            "$setOnInsert": {
-                "first_message_at": at,
-                "channel_id": channel_id,
-                "sender_id": sender_id,
-            },
-        }
-        if sender_name:
-            update["$set"] = {"sender_name": sender_name}
-        await self._conversations.update_one(
-            {"_id": f"{channel_id}\n{sender_id}"}, update, upsert=True
-        )
+        query, update = conversation_touch(channel_id, sender_id, sender_name, at)
+        await self._conversations.update_one(query, update, upsert=True)
+
+
+def conversation_id(channel_id: str, sender_id: str) -> str:
+    """The ``_id`` of a conversation's document in ``conversations``."""
+    return f"{channel_id}\n{sender_id}"
+
+
+def conversation_touch(
+    channel_id: str, sender_id: str, sender_name: str | None, at: datetime
+) -> tuple[Document, Document]:
+    """Filter and update (an upsert) recording activity at ``at`` in a conversation.
+
+    Separate from ``MessageRepository.touch_conversation`` so callers that batch
+    many writes into one ``bulk_write`` build the very same document.
+    """
+    update: Document = {
+        "$max": {"last_message_at": at},
+        "$setOnInsert": {
+            "first_message_at": at,
+            "channel_id": channel_id,
+            "sender_id": sender_id,
+        },
+    }
+    if sender_name:
+        update["$set"] = {"sender_name": sender_name}
+    return {"_id": conversation_id(channel_id, sender_id)}, update

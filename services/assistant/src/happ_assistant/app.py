@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from happ_assistant.handlers import inbound_handler
+from happ_assistant.history import HistoryCache
 from happ_assistant.llm import ChatModel, OfflineResponder, OpenAIChat
 from happ_assistant.repository import ConversationRepository
 from happ_assistant.service import AssistantService
@@ -26,7 +27,12 @@ from happ_common.topics import INBOUND_MESSAGES, ensure_topics
 
 def chat_model(settings: AssistantServiceSettings) -> ChatModel:
     if settings.openai_api_key:
-        return OpenAIChat(settings.openai_api_key, settings.openai_base_url)
+        return OpenAIChat(
+            settings.openai_api_key,
+            settings.openai_base_url,
+            http_client=settings.llm_http_client,
+            max_connections=settings.llm_max_connections,
+        )
     return OfflineResponder()
 
 
@@ -50,12 +56,19 @@ def create_app(
         publisher = EventPublisher(infra, client_id="happ-assistant")
         await publisher.start()
         model = chat_model(settings)
+        repository = ConversationRepository(
+            db, batch_wait_s=settings.db_batch_wait_s, batch_max=settings.db_batch_max
+        )
+        history = HistoryCache(
+            settings.history_cache_conversations, max_chars=settings.context_chars
+        )
         service = AssistantService(
-            settings,
-            ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
-            ConversationRepository(db),
-            model,
-            publisher,
+            settings=settings,
+            channels=ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
+            conversations=repository,
+            history=history,
+            model=model,
+            publisher=publisher,
         )
         pipeline = KeyedPipeline(
             PipelineConfig(
@@ -66,6 +79,8 @@ def create_app(
                 max_in_flight=settings.max_in_flight,
             ),
             inbound_handler(service),
+            # The next owner of a revoked partition writes to its conversations.
+            on_revoked=history.revoke,
         )
         await pipeline.start()
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
@@ -73,6 +88,7 @@ def create_app(
             yield
         finally:
             await pipeline.stop()
+            await repository.drain()
             await publisher.stop()
             await model.close()
             await client.close()

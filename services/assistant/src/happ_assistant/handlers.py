@@ -1,4 +1,5 @@
-"""The consumer's handler: decode the record, hand it to the service."""
+"""The consumer's handler: decode the record, hand it to the service with its partition
+(the service keeps conversations in memory per partition it owns)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,6 @@ def inbound_handler(service: AssistantService) -> Handler:
                 record.offset,
             )
             return
-        await service.handle(msg)
+        await service.handle(msg, (record.topic, record.partition))
 
     return handle

@@ -44,6 +44,11 @@ def history_message(m: StoredMessage) -> ChatMessage:
     return {"role": "user", "content": "\n".join(lines) or "(no text)"}
 
 
+def history_chars(m: StoredMessage) -> int:
+    """What ``m`` costs of the character budget as history."""
+    return len(str(history_message(m)["content"]))
+
+
 def build_messages(
     system_prompt: str,
     history: Sequence[StoredMessage],
@@ -56,10 +61,9 @@ def build_messages(
     budget = max_chars - len(system_prompt) - len(text)
     kept: list[ChatMessage] = []
     for m in reversed(history):
-        msg = history_message(m)
-        budget -= len(str(msg["content"]))
+        budget -= history_chars(m)
         if budget < 0:
             break
-        kept.append(msg)
+        kept.append(history_message(m))
     kept.reverse()
     return [{"role": "system", "content": system_prompt}, *kept, current]

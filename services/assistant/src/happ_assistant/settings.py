@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,6 +35,25 @@ class AssistantServiceSettings(BaseSettings):
     llm_attempts: int = Field(default=3, ge=1, le=10)
     llm_budget_s: float = Field(default=90.0, gt=0)
     llm_backoff_s: float = Field(default=1.0, ge=0)
+    # The HTTP transport under the OpenAI SDK. aiohttp by measurement
+    # (docs/benchmarks.md, `assistant`): with 600 conversations in flight and an
+    # LLM answering after 1 s, the assistant spent ~1.7 ms of CPU per reply over
+    # aiohttp and ~3.5 ms over httpx, and made 235 against 196 replies/s.
+    llm_http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    # Every record in flight may be one LLM call (one per conversation), so the
+    # pool must not be the bound: a call queued for a connection burns its timeout.
+    llm_max_connections: int = Field(default=1024, ge=1)
     # History sent to the LLM is trimmed to this many characters, newest kept.
     context_chars: int = Field(default=24_000, ge=1_000)
-    max_in_flight: int = Field(default=1024, ge=1)
+    # Records held at once (fetching pauses above it). A conversation's queued
+    # messages count too, so with a backlog of 5 per conversation 1,024 records
+    # keep only ~200 conversations (LLM calls) busy; 4,096 keep ~800. Records are
+    # small (a few KB; ~80 KB at the ingress's limits).
+    max_in_flight: int = Field(default=4096, ge=1)
+    # Recent history of this many conversations is kept in memory (least recently
+    # used dropped first); each holds at most context_chars of it.
+    history_cache_conversations: int = Field(default=10_000, ge=1)
+    # Database writes and reads of concurrent messages are gathered this long
+    # (or up to db_batch_max operations) into one round trip.
+    db_batch_wait_s: float = Field(default=0.005, ge=0, le=1)
+    db_batch_max: int = Field(default=500, ge=1, le=10_000)
