@@ -6,13 +6,23 @@ product: channel lookup, signature, rate limit, request log, broker ack."""
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
 
+from happ_common.service_runtime import freeze_startup_heap
 from happ_ingress.schemas import Accepted, WebhookPayload
 
-app = FastAPI()
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    freeze_startup_heap()  # the same GC treatment as the real services, for fairness
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
 
 
 @app.post("/webhook/{channel_id}")

@@ -4,19 +4,15 @@ measured in the same run; they never assert on time."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 import re
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import aiohttp
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
 
@@ -87,44 +83,56 @@ class RateResult:
     failures: int
 
 
-async def constant_rate(url: str, body: bytes, *, rate_per_s: float, seconds: float) -> RateResult:
-    """Open loop: requests start on schedule whether or not earlier ones finished,
-    so latency includes any queueing the server causes (no coordinated omission)."""
-    latencies: list[float] = []
-    failures = 0
-    total = int(rate_per_s * seconds)
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=2000)
-    async with aiohttp.ClientSession(connector=connector) as session:
+def hey_paced(
+    url: str, body: bytes, *, rate_per_s: float, seconds: int, workers: int = 50
+) -> RateResult:
+    """A paced run with hey (Go, from Debian): ``workers`` each limited to
+    rate/workers requests per second, so the load generator costs little CPU."""
+    if shutil.which("hey") is None:
+        raise SystemExit(
+            "hey is not installed: apt-get install -y hey (the Makefile's bench targets do it)"
+        )
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(body)
+    out = subprocess.run(
+        [
+            "hey",
+            "-z",
+            f"{seconds}s",
+            "-c",
+            str(workers),
+            "-q",
+            f"{rate_per_s / workers:.2f}",
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-D",
+            f.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    achieved = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    statuses = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    failures = sum(int(n) for code, n in statuses.items() if code != "200")
+    return RateResult(rate_per_s, achieved, p50, p99, failures)
 
-        async def one(scheduled: float) -> None:
-            nonlocal failures
-            try:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        failures += 1
-            except aiohttp.ClientError:
-                failures += 1
-            latencies.append(time.perf_counter() - scheduled)
 
-        start = time.perf_counter()
-        tasks = []
-        for i in range(total):
-            scheduled = start + i / rate_per_s
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return RateResult(
-        target_per_s=rate_per_s,
-        achieved_per_s=total / elapsed,
-        p50_ms=latencies[len(latencies) // 2] * 1000,
-        p99_ms=latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        failures=failures,
+def metric(port: int, name: str) -> float:
+    """Sum of a metric's samples on a service's /metrics."""
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and (line[len(name)] in " {")
     )
 
 

@@ -9,6 +9,7 @@ every replica within that time plus one read.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.mongo import CHANNELS, Document
+
+log = logging.getLogger(__name__)
 
 ChannelStatus = Literal["connected", "disconnected"]
 
@@ -105,23 +108,49 @@ class ChannelCache:
 
     Concurrent misses for one channel share a single read, and unknown ids are
     cached too, so a flood of requests to a bogus channel cannot flood MongoDB.
+
+    An entry past its TTL is still served while one background read refreshes
+    it (up to ``max_stale`` TTLs old, after which callers wait for the read):
+    otherwise every request of a busy channel would wait on the database once a
+    second, and while the embedded database is busy inserting a request-log
+    batch that wait was the ingress's p99. Changes still reach every replica
+    within about one TTL plus one read.
     """
 
-    def __init__(self, repo: ChannelRepository, ttl_s: float) -> None:
+    def __init__(self, repo: ChannelRepository, ttl_s: float, *, max_stale: float = 5.0) -> None:
         self._repo = repo
         self._ttl = ttl_s
+        self._max_age = ttl_s * max_stale
         self._entries: dict[str, tuple[float, Channel | None]] = {}
         self._loading: dict[str, asyncio.Future[Channel | None]] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     async def get(self, channel_id: str, *, fresh: bool = False) -> Channel | None:
-        """The channel, at most TTL old; ``fresh`` reads the database now (for
-        decisions that cannot be undone, such as canceling a reply)."""
+        """The channel, at most about TTL old; ``fresh`` reads the database now
+        (for decisions that cannot be undone, such as canceling a reply)."""
         entry = self._entries.get(channel_id)
-        if not fresh and entry is not None and time.monotonic() - entry[0] < self._ttl:
-            return entry[1]
+        if not fresh and entry is not None:
+            age = time.monotonic() - entry[0]
+            if age < self._ttl:
+                return entry[1]
+            if age < self._max_age:
+                if channel_id not in self._loading:
+                    task = asyncio.create_task(self._refresh(channel_id))
+                    self._refreshing.add(task)
+                    task.add_done_callback(self._refreshing.discard)
+                return entry[1]
         pending = self._loading.get(channel_id)
         if pending is not None:
             return await asyncio.shield(pending)
+        return await self._load(channel_id)
+
+    async def _refresh(self, channel_id: str) -> None:
+        try:
+            await self._load(channel_id)
+        except Exception as exc:  # keep serving the entry; the next get retries
+            log.warning("refreshing channel %s failed: %s", channel_id, exc)
+
+    async def _load(self, channel_id: str) -> Channel | None:
         future: asyncio.Future[Channel | None] = asyncio.get_running_loop().create_future()
         self._loading[channel_id] = future
         try:

@@ -70,8 +70,8 @@ class RequestLogWriter:
         self,
         db: AsyncDatabase[Document],
         *,
-        flush_interval_s: float = 0.25,
-        batch_size: int = 1000,
+        flush_interval_s: float = 0.05,
+        batch_size: int = 250,
         max_buffer: int = 100_000,
     ) -> None:
         self._coll = db[REQUEST_LOG]

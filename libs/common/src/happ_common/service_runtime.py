@@ -6,6 +6,7 @@ service runs one worker process and scales by replicas, not by forking.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -25,6 +26,18 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(
         logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
     )
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated at startup out of the collector's sight.
+
+    Called at the end of each lifespan's startup. Without it, full collections
+    walk every module, model and client object on each pass: in the ingress
+    under a steady 2,000 webhooks/s they were the p99 (65 ms, against 23 ms with
+    the startup heap frozen; ``make bench-ingress``).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: FastAPI, *, host: str, port: int, service: str, log_level: str) -> None:

@@ -23,6 +23,7 @@ from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.request_log import RequestLogWriter
+from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.webhook_client import new_session
 
@@ -76,6 +77,7 @@ def create_app(
             allow_private=happ.allow_private_endpoints,
         )
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
+        freeze_startup_heap()
         try:
             yield
         finally:

@@ -21,6 +21,7 @@ from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
+from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import INBOUND_MESSAGES, ensure_topics
 
@@ -84,6 +85,7 @@ def create_app(
         )
         await pipeline.start()
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
+        freeze_startup_heap()
         try:
             yield
         finally:

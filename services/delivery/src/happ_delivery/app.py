@@ -16,6 +16,7 @@ from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.request_log import RequestLogWriter
+from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES, ensure_topics
 from happ_common.webhook_client import new_session
@@ -77,6 +78,7 @@ def create_app(
         )
         await pipeline.start()
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
+        freeze_startup_heap()
         try:
             yield
         finally:

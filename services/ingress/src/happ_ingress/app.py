@@ -16,6 +16,7 @@ from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import DirectPublisher
 from happ_common.ops import ops_router
 from happ_common.request_log import RequestLogWriter
+from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import ensure_topics
 from happ_ingress.endpoints import WebhookRoutes
@@ -56,6 +57,7 @@ def create_app(
             request_log,
         )
         app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
+        freeze_startup_heap()
         try:
             yield
         finally:
