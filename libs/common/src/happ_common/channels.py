@@ -104,37 +104,33 @@ class ChannelRepository:
 
 
 class ChannelCache:
-    """Channel reads for hot paths: at most one database read per channel per TTL.
+    """Channel reads for hot paths: at most two database reads per channel per TTL.
 
     Concurrent misses for one channel share a single read, and unknown ids are
     cached too, so a flood of requests to a bogus channel cannot flood MongoDB.
 
-    An entry past its TTL is still served while one background read refreshes
-    it (up to ``max_stale`` TTLs old, after which callers wait for the read):
-    otherwise every request of a busy channel would wait on the database once a
-    second, and while the embedded database is busy inserting a request-log
-    batch that wait was the ingress's p99. Changes still reach every replica
-    within about one TTL plus one read.
+    An entry is never served past its TTL, but one read in its second half
+    refreshes it in the background: a busy channel's entry is renewed before it
+    expires, so its requests never wait on the database (while the embedded
+    database is busy inserting a request-log batch, that once-a-second wait was
+    the ingress's p99). A quiet channel's expired entry is read on its next use.
     """
 
-    def __init__(self, repo: ChannelRepository, ttl_s: float, *, max_stale: float = 5.0) -> None:
+    def __init__(self, repo: ChannelRepository, ttl_s: float) -> None:
         self._repo = repo
         self._ttl = ttl_s
-        self._max_age = ttl_s * max_stale
         self._entries: dict[str, tuple[float, Channel | None]] = {}
         self._loading: dict[str, asyncio.Future[Channel | None]] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
 
     async def get(self, channel_id: str, *, fresh: bool = False) -> Channel | None:
-        """The channel, at most about TTL old; ``fresh`` reads the database now
-        (for decisions that cannot be undone, such as canceling a reply)."""
+        """The channel, at most TTL old; ``fresh`` reads the database now (for
+        decisions that cannot be undone, such as canceling a reply)."""
         entry = self._entries.get(channel_id)
         if not fresh and entry is not None:
             age = time.monotonic() - entry[0]
             if age < self._ttl:
-                return entry[1]
-            if age < self._max_age:
-                if channel_id not in self._loading:
+                if age > self._ttl / 2 and channel_id not in self._loading:
                     task = asyncio.create_task(self._refresh(channel_id))
                     self._refreshing.add(task)
                     task.add_done_callback(self._refreshing.discard)

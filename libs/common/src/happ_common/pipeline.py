@@ -30,13 +30,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel, ValidationError
 
 
 class Record(Protocol):
@@ -55,6 +56,25 @@ Handler = Callable[[Record], Awaitable[None]]
 # newly assigned partitions is fetched (the delivery service rebuilds state there).
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None] | None]
 KeyFunction = Callable[[Record], object]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def decode(record: Record, model: type[M]) -> M | None:
+    """The record's event, or None (logged with its coordinates) if it is not
+    one: retrying cannot fix a record that does not parse, so it is skipped."""
+    try:
+        return model.model_validate_json(record.value or b"")
+    except ValidationError:
+        log.error(
+            "undecodable %s record %s[%d]@%d skipped",
+            model.__name__,
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        return None
 
 
 def record_key(record: Record) -> object:

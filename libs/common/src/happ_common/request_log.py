@@ -98,7 +98,11 @@ class RequestLogWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        try:
+            await self.flush()
+        except PyMongoError as exc:
+            LOG_DROPPED.inc(len(self._buffer))
+            log.error("request log: %d entries lost at shutdown: %s", len(self._buffer), exc)
 
     async def flush(self) -> None:
         while self._buffer:

@@ -16,13 +16,12 @@ from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
-from happ_common import mongo
 from happ_common.channels import ChannelRepository
+from happ_common.clients import shared_clients
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
-from happ_common.request_log import RequestLogWriter
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.webhook_client import new_session
@@ -43,48 +42,40 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = mongo.connect(infra)
-        db = mongo.database(client, infra)
-        await mongo.ensure_indexes(db, happ)
-        repo = AdminRepository(db)
-        sessions = SessionRepository(db)
-        await repo.ensure_indexes()
-        await sessions.ensure_indexes()
         publisher = EventPublisher(infra, client_id="happ-admin")
-        await publisher.start()
-        request_log = RequestLogWriter(db)
-        await request_log.start()
-        # Few requests (one per "Send test"), so a small pool.
-        http = new_session(
-            ca_file=settings.delivery_ca_file,
-            allow_private=happ.allow_private_endpoints,
-            max_connections=16,
-        )
-        channels = ChannelService(ChannelRepository(db), happ)
-        conversations = ConversationService(repo, channels)
-        app.state.auth = Authenticator(settings.tokens(), sessions, settings.session_ttl_hours)
-        app.state.channels = channels
-        app.state.logs = LogService(repo, channels)
-        app.state.conversations = conversations
-        app.state.delivery = DeliveryActions(
-            repo=repo,
-            channels=channels,
-            conversations=conversations,
-            publisher=publisher,
-            session=http,
-            request_log=request_log,
-            timeout_s=settings.delivery_timeout_s,
-            allow_private=happ.allow_private_endpoints,
-        )
-        app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
-        freeze_startup_heap()
-        try:
-            yield
-        finally:
-            await request_log.stop()
-            await http.close()
-            await publisher.stop()
-            await client.close()
+        async with shared_clients(infra, happ, publisher) as clients:
+            repo = AdminRepository(clients.db)
+            sessions = SessionRepository(clients.db)
+            await repo.ensure_indexes()
+            await sessions.ensure_indexes()
+            # Few requests (one per "Send test"), so a small pool.
+            http = new_session(
+                ca_file=settings.delivery_ca_file,
+                allow_private=happ.allow_private_endpoints,
+                max_connections=16,
+            )
+            channels = ChannelService(ChannelRepository(clients.db), happ)
+            conversations = ConversationService(repo, channels)
+            app.state.auth = Authenticator(settings.tokens(), sessions, settings.session_ttl_hours)
+            app.state.channels = channels
+            app.state.logs = LogService(repo, channels)
+            app.state.conversations = conversations
+            app.state.delivery = DeliveryActions(
+                repo=repo,
+                channels=channels,
+                conversations=conversations,
+                publisher=publisher,
+                session=http,
+                request_log=clients.request_log,
+                timeout_s=settings.delivery_timeout_s,
+                allow_private=happ.allow_private_endpoints,
+            )
+            app.state.checks = clients.readiness_checks()
+            freeze_startup_heap()
+            try:
+                yield
+            finally:
+                await http.close()
 
     app = FastAPI(
         title="HAPP admin",

@@ -14,8 +14,8 @@ from happ_assistant.llm import ChatModel, OfflineResponder, OpenAIChat
 from happ_assistant.repository import ConversationRepository
 from happ_assistant.service import AssistantService
 from happ_assistant.settings import AssistantServiceSettings
-from happ_common import mongo
 from happ_common.channels import ChannelCache, ChannelRepository
+from happ_common.clients import shared_clients
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
@@ -23,7 +23,7 @@ from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import INBOUND_MESSAGES, ensure_topics
+from happ_common.topics import INBOUND_MESSAGES
 
 
 def chat_model(settings: AssistantServiceSettings) -> ChatModel:
@@ -48,52 +48,44 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = mongo.connect(infra)
-        db = mongo.database(client, infra)
-        await mongo.ensure_indexes(db, happ)
-        # Topics are created with their final partition count before anything
-        # produces to them (a broker's auto-create would pick its own count).
-        await ensure_topics(infra)
         publisher = EventPublisher(infra, client_id="happ-assistant")
-        await publisher.start()
-        model = chat_model(settings)
-        repository = ConversationRepository(
-            db, batch_wait_s=settings.db_batch_wait_s, batch_max=settings.db_batch_max
-        )
-        history = HistoryCache(
-            settings.history_cache_conversations, max_chars=settings.context_chars
-        )
-        service = AssistantService(
-            settings=settings,
-            channels=ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
-            conversations=repository,
-            history=history,
-            model=model,
-            publisher=publisher,
-        )
-        pipeline = KeyedPipeline(
-            PipelineConfig(
-                name="assistant",
-                bootstrap_servers=infra.kafka_bootstrap_servers,
-                group_id=settings.group_id,
-                topics=(INBOUND_MESSAGES,),
-                max_in_flight=settings.max_in_flight,
-            ),
-            inbound_handler(service),
-            # The next owner of a revoked partition writes to its conversations.
-            on_revoked=history.revoke,
-        )
-        await pipeline.start()
-        app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
-        freeze_startup_heap()
-        try:
-            yield
-        finally:
-            await pipeline.stop()
-            await repository.drain()
-            await publisher.stop()
-            await model.close()
-            await client.close()
+        async with shared_clients(infra, happ, publisher) as clients:
+            model = chat_model(settings)
+            repository = ConversationRepository(
+                clients.db, batch_wait_s=settings.db_batch_wait_s, batch_max=settings.db_batch_max
+            )
+            history = HistoryCache(
+                settings.history_cache_conversations, max_chars=settings.context_chars
+            )
+            service = AssistantService(
+                settings=settings,
+                channels=ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
+                conversations=repository,
+                history=history,
+                model=model,
+                publisher=publisher,
+            )
+            pipeline = KeyedPipeline(
+                PipelineConfig(
+                    name="assistant",
+                    bootstrap_servers=infra.kafka_bootstrap_servers,
+                    group_id=settings.group_id,
+                    topics=(INBOUND_MESSAGES,),
+                    max_in_flight=settings.max_in_flight,
+                ),
+                inbound_handler(service),
+                # The next owner of a revoked partition writes to its conversations.
+                on_revoked=history.revoke,
+            )
+            await pipeline.start()
+            app.state.checks = clients.readiness_checks()
+            freeze_startup_heap()
+            try:
+                yield
+            finally:
+                await pipeline.stop()
+                await repository.drain()
+                await model.close()
 
     app = FastAPI(title="HAPP assistant", version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)

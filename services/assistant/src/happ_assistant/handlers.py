@@ -3,30 +3,15 @@
 
 from __future__ import annotations
 
-import logging
-
-from pydantic import ValidationError
-
 from happ_assistant.service import AssistantService
 from happ_common.events import InboundMessage
-from happ_common.pipeline import Handler, Record
-
-log = logging.getLogger(__name__)
+from happ_common.pipeline import Handler, Record, decode
 
 
 def inbound_handler(service: AssistantService) -> Handler:
     async def handle(record: Record) -> None:
-        try:
-            msg = InboundMessage.model_validate_json(record.value or b"")
-        except ValidationError:
-            # Not ours to fix by retrying: log it with its coordinates and move on.
-            log.error(
-                "undecodable record %s[%d]@%d skipped",
-                record.topic,
-                record.partition,
-                record.offset,
-            )
-            return
-        await service.handle(msg, (record.topic, record.partition))
+        msg = decode(record, InboundMessage)
+        if msg is not None:
+            await service.handle(msg, (record.topic, record.partition))
 
     return handle

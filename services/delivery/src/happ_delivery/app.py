@@ -8,17 +8,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_common import mongo
 from happ_common.channels import ChannelCache, ChannelRepository
+from happ_common.clients import shared_clients
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
-from happ_common.request_log import RequestLogWriter
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES, ensure_topics
+from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
 from happ_common.webhook_client import new_session
 from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.repository import DeliveryRepository
@@ -37,57 +36,46 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = mongo.connect(infra)
-        db = mongo.database(client, infra)
-        await mongo.ensure_indexes(db, happ)
-        # Topics are created with their final partition count before anything
-        # produces to them (a broker's auto-create would pick its own count).
-        await ensure_topics(infra)
         publisher = EventPublisher(infra, client_id="happ-delivery")
-        await publisher.start()
-        request_log = RequestLogWriter(db)
-        await request_log.start()
-        session = new_session(
-            ca_file=settings.ca_file,
-            allow_private=happ.allow_private_endpoints,
-            max_connections=settings.max_connections,
-        )
-        repository = DeliveryRepository(db)
-        service = DeliveryService(
-            settings=settings,
-            allow_private=happ.allow_private_endpoints,
-            channels=ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
-            repository=repository,
-            session=session,
-            publisher=publisher,
-            request_log=request_log,
-        )
-        pipeline = KeyedPipeline(
-            PipelineConfig(
-                name="delivery",
-                bootstrap_servers=infra.kafka_bootstrap_servers,
-                group_id=settings.group_id,
-                topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
-                max_in_flight=settings.max_in_flight,
-            ),
-            # Late-bound: the pipeline being built here answers the handler later.
-            delivery_handler(service, lambda record: pipeline.may_be_replay(record)),  # noqa: PLW0108
-            key_of=pipeline_key,
-            on_assigned=on_assigned(service),
-            on_revoked=on_revoked(service),
-        )
-        await pipeline.start()
-        app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
-        freeze_startup_heap()
-        try:
-            yield
-        finally:
-            await pipeline.stop()
-            await repository.drain()
-            await request_log.stop()
-            await session.close()
-            await publisher.stop()
-            await client.close()
+        async with shared_clients(infra, happ, publisher) as clients:
+            session = new_session(
+                ca_file=settings.ca_file,
+                allow_private=happ.allow_private_endpoints,
+                max_connections=settings.max_connections,
+            )
+            repository = DeliveryRepository(clients.db)
+            service = DeliveryService(
+                settings=settings,
+                allow_private=happ.allow_private_endpoints,
+                channels=ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
+                repository=repository,
+                session=session,
+                publisher=publisher,
+                request_log=clients.request_log,
+            )
+            pipeline = KeyedPipeline(
+                PipelineConfig(
+                    name="delivery",
+                    bootstrap_servers=infra.kafka_bootstrap_servers,
+                    group_id=settings.group_id,
+                    topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
+                    max_in_flight=settings.max_in_flight,
+                ),
+                # Late-bound: the pipeline being built here answers the handler later.
+                delivery_handler(service, lambda record: pipeline.may_be_replay(record)),  # noqa: PLW0108
+                key_of=pipeline_key,
+                on_assigned=on_assigned(service),
+                on_revoked=on_revoked(service),
+            )
+            await pipeline.start()
+            app.state.checks = clients.readiness_checks()
+            freeze_startup_heap()
+            try:
+                yield
+            finally:
+                await pipeline.stop()
+                await repository.drain()
+                await session.close()
 
     app = FastAPI(title="HAPP delivery", version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)

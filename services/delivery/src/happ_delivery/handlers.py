@@ -11,10 +11,9 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import TopicPartition
-from pydantic import ValidationError
 
 from happ_common.events import DeliveryRetry, OutboundReply
-from happ_common.pipeline import Handler, PartitionsCallback, Record
+from happ_common.pipeline import Handler, PartitionsCallback, Record, decode
 from happ_common.topics import DELIVERY_RETRY
 from happ_delivery.service import DeliveryService
 
@@ -29,22 +28,13 @@ def pipeline_key(record: Record) -> object:
 
 def delivery_handler(service: DeliveryService, may_be_replay: Callable[[Record], bool]) -> Handler:
     async def handle(record: Record) -> None:
-        try:
-            if record.topic == DELIVERY_RETRY:
-                retry = DeliveryRetry.model_validate_json(record.value or b"")
-            else:
-                reply = OutboundReply.model_validate_json(record.value or b"")
-        except ValidationError:
-            log.error(
-                "undecodable record %s[%d]@%d skipped",
-                record.topic,
-                record.partition,
-                record.offset,
-            )
-            return
         if record.topic == DELIVERY_RETRY:
-            await service.deliver_retry(retry, record.partition)
-        else:
+            retry = decode(record, DeliveryRetry)
+            if retry is not None:
+                await service.deliver_retry(retry, record.partition)
+            return
+        reply = decode(record, OutboundReply)
+        if reply is not None:
             await service.deliver_new(reply, record.partition, may_be_replay(record))
 
     return handle

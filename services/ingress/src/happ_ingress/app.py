@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_common import mongo
 from happ_common.channels import ChannelCache, ChannelRepository
+from happ_common.clients import shared_clients
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import DirectPublisher
 from happ_common.ops import ops_router
-from happ_common.request_log import RequestLogWriter
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import ensure_topics
 from happ_ingress.endpoints import WebhookRoutes
 from happ_ingress.openapi import document_webhook
 from happ_ingress.repository import IdempotencyRepository
@@ -37,33 +33,28 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = mongo.connect(infra)
-        db = mongo.database(client, infra)
         publisher = DirectPublisher(
             infra, client_id="happ-ingress", timeout_s=settings.publish_timeout_s
         )
-        request_log = RequestLogWriter(db)
-        # Best effort: the ingress must come up (and answer 503) even while
-        # Kafka is away; the workers create the topics too.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ensure_topics(infra), settings.publish_timeout_s)
-        await publisher.start()
-        await request_log.start()
-        app.state.service = IngressService(
-            settings,
-            ChannelCache(ChannelRepository(db), happ.channel_cache_ttl_s),
-            IdempotencyRepository(db),
+        # Not waiting for Kafka or MongoDB: the ingress must come up and answer
+        # 503 while either is away, and recover by itself.
+        async with shared_clients(
+            infra,
+            happ,
             publisher,
-            request_log,
-        )
-        app.state.checks = {"kafka": publisher.ping, "mongodb": lambda: mongo.ping(db)}
-        freeze_startup_heap()
-        try:
+            wait_for_infrastructure=False,
+            setup_timeout_s=settings.publish_timeout_s,
+        ) as clients:
+            app.state.service = IngressService(
+                settings,
+                ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
+                IdempotencyRepository(clients.db),
+                publisher,
+                clients.request_log,
+            )
+            app.state.checks = clients.readiness_checks()
+            freeze_startup_heap()
             yield
-        finally:
-            await request_log.stop()
-            await publisher.stop()
-            await client.close()
 
     app = FastAPI(
         title="HAPP ingress",
