@@ -86,7 +86,11 @@ class RequestLogWriter:
         if len(self._buffer) >= self._max_buffer:
             self._buffer.popleft()
             LOG_DROPPED.inc()
-        self._buffer.append(entry.model_dump(by_alias=True))
+        # Every field is a scalar, so the instance's own dict is the document:
+        # cheaper than model_dump on the ingress's hot path, same content.
+        doc = dict(entry.__dict__)
+        doc["_id"] = doc.pop("id")
+        self._buffer.append(doc)
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
 

@@ -49,5 +49,7 @@ def serve(app: FastAPI, *, host: str, port: int, service: str, log_level: str) -
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=15,
+        # Nothing reads the client address, so no X-Forwarded-* rewriting per request.
+        proxy_headers=False,
         server_header=False,
     )
