@@ -25,12 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pymongo import AsyncMongoClient
 
 from happ_common.events import InboundMessage, OutboundReply
-from happ_common.ids import conversation_key, new_channel_id, new_channel_secret
+from happ_common.ids import conversation_key
 from happ_common.topics import INBOUND_MESSAGES, OUTBOUND_REPLIES
-from happ_devtools.benchkit import record
+from happ_devtools.benchkit import add_channel, cpu_seconds, record
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
 
@@ -60,33 +59,6 @@ class Run:
     @property
     def per_s(self) -> float:
         return self.replies / self.seconds
-
-
-async def add_channel(mongodb_uri: str) -> str:
-    channel_id = new_channel_id()
-    now = datetime.now(UTC)
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
-    await client.happ.channels.insert_one(
-        {
-            "_id": channel_id,
-            "name": "bench",
-            "status": "connected",
-            "outgoing_url": "https://localhost/x",
-            "hmac_secret": new_channel_secret(),
-            "require_signature": False,
-            "rate_limit_per_second": 100_000,
-            "assistant": {},
-            "created_at": now,
-            "updated_at": now,
-        }
-    )
-    await client.close()
-    return channel_id
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 Snapshot = dict[str, tuple[float, float]]  # label -> (sum, count)

@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from happ_common.events import OutboundReply
-from happ_common.ids import conversation_key, new_channel_id, new_channel_secret
-from happ_devtools.benchkit import cpu_seconds, record, wrk
+from happ_common.ids import conversation_key
+from happ_devtools.benchkit import add_channel, cpu_seconds, record, wrk
 from happ_devtools.certs import dev_tls
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
@@ -38,23 +38,9 @@ def _stats(port: int, ctx: ssl.SSLContext, method: str = "GET") -> dict[str, flo
 
 
 async def prepare(mongodb_uri: str, url: str) -> tuple[str, list[OutboundReply]]:
-    channel_id = new_channel_id()
+    channel_id = await add_channel(mongodb_uri, url)
     now = datetime.now(UTC)
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
-    await client.happ.channels.insert_one(
-        {
-            "_id": channel_id,
-            "name": "bench",
-            "status": "connected",
-            "outgoing_url": url,
-            "hmac_secret": new_channel_secret(),
-            "require_signature": False,
-            "rate_limit_per_second": 100_000,
-            "assistant": {},
-            "created_at": now,
-            "updated_at": now,
-        }
-    )
     replies = [
         OutboundReply(
             channel_id=channel_id,

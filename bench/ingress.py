@@ -9,13 +9,17 @@ import json
 import os
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
-from pymongo import AsyncMongoClient
-
-from happ_common.ids import new_channel_id, new_channel_secret
-from happ_devtools.benchkit import WrkResult, cpu_seconds, hey_paced, metric, record, wrk
+from happ_devtools.benchkit import (
+    WrkResult,
+    add_channel,
+    cpu_seconds,
+    hey_paced,
+    metric,
+    record,
+    wrk,
+)
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
 
@@ -31,28 +35,6 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # The machine is noisy (two cores shared by wrk, the services, the broker and the
 # database): several rounds, each measuring both endpoints back to back.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-
-
-async def add_channel(mongodb_uri: str) -> str:
-    channel_id = new_channel_id()
-    now = datetime.now(UTC)
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
-    await client.happ.channels.insert_one(
-        {
-            "_id": channel_id,
-            "name": "bench",
-            "status": "connected",
-            "outgoing_url": "https://localhost/x",
-            "hmac_secret": new_channel_secret(),
-            "require_signature": False,
-            "rate_limit_per_second": 100_000,
-            "assistant": {},
-            "created_at": now,
-            "updated_at": now,
-        }
-    )
-    await client.close()
-    return channel_id
 
 
 def main() -> None:

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pymongo import AsyncMongoClient
+
+from happ_common.channels import Channel
+from happ_common.ids import new_channel_id, new_channel_secret
+
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
 
 
@@ -134,6 +139,27 @@ def metric(port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name) and not line.startswith("#") and (line[len(name)] in " {")
     )
+
+
+async def add_channel(mongodb_uri: str, outgoing_url: str = "https://localhost/x") -> str:
+    """A connected channel written straight to the database, its rate limit out
+    of the way; returns its id."""
+    now = datetime.now(UTC)
+    channel = Channel(
+        id=new_channel_id(),
+        name="bench",
+        outgoing_url=outgoing_url,
+        hmac_secret=new_channel_secret(),
+        rate_limit_per_second=100_000,
+        created_at=now,
+        updated_at=now,
+    )
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
+    try:
+        await client.happ.channels.insert_one(channel.to_document())
+    finally:
+        await client.close()
+    return channel.id
 
 
 def cpu_seconds(pid: int | None) -> float:
