@@ -12,6 +12,7 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
+from happ_common.deliveries import delivery_id
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import DirectPublisher
@@ -26,10 +27,16 @@ TIMEOUT_S = 2.0  # HAPP_DELIVERY_TIMEOUT_S in conftest
 
 
 async def _reply_doc(system: System, channel_id: str, in_reply_to: str) -> dict[str, Any] | None:
-    doc: dict[str, Any] | None = await system.db.messages.find_one(
+    """The reply to ``in_reply_to`` with its delivery state."""
+    reply: dict[str, Any] | None = await system.db.messages.find_one(
         {"channel_id": channel_id, "in_reply_to": in_reply_to, "role": "assistant"}
     )
-    return doc
+    if reply is None:
+        return None
+    state = await system.db.deliveries.find_one(
+        {"_id": delivery_id(channel_id, reply["message_id"])}, {"_id": 0}
+    )
+    return {**reply, "status": "pending", **(state or {})}
 
 
 async def _wait_status(

@@ -84,8 +84,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_keeps_order(system: System) 
     assert repeats <= CONVERSATIONS + 1, per_id
 
     async def all_delivered() -> bool:
-        n = await system.db.messages.count_documents(
-            {"channel_id": channel["id"], "role": "assistant", "status": "delivered"}
+        n = await system.db.deliveries.count_documents(
+            {"channel_id": channel["id"], "status": "delivered"}
         )
         return n == expected
 

@@ -120,6 +120,36 @@ def _counting_app() -> web.Application:
     return app
 
 
+def _counting_asgi() -> Any:
+    """The same counting receiver as a FastAPI app, for uvicorn: the endpoint a
+    FastAPI integrator runs, and the receiver GUIDE.md's client numbers used."""
+    from fastapi import FastAPI, Request  # noqa: PLC0415
+    from fastapi.responses import Response  # noqa: PLC0415
+
+    stats = {"count": 0, "first": 0.0, "last": 0.0}
+    app = FastAPI()
+
+    @app.get("/stats")
+    async def report() -> dict[str, float]:
+        return stats
+
+    @app.delete("/stats")
+    async def reset() -> dict[str, float]:
+        stats.update(count=0, first=0.0, last=0.0)
+        return stats
+
+    @app.post("/{tail:path}")
+    async def receive(request: Request) -> Response:
+        await request.body()
+        now = time.time()
+        stats["count"] += 1
+        stats["first"] = stats["first"] or now
+        stats["last"] = now
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    return app
+
+
 def main() -> None:
     import argparse  # noqa: PLC0415
 
@@ -127,7 +157,21 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--server", choices=("aiohttp", "uvicorn"), default="aiohttp")
     args = parser.parse_args()
+    if args.server == "uvicorn":
+        import uvicorn  # noqa: PLC0415
+
+        uvicorn.run(
+            _counting_asgi(),
+            host="127.0.0.1",
+            port=args.port,
+            ssl_certfile=str(args.cert),
+            ssl_keyfile=str(args.key),
+            access_log=False,
+            log_level="warning",
+        )
+        return
     web.run_app(
         _counting_app(),
         host="127.0.0.1",

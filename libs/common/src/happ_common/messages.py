@@ -1,7 +1,8 @@
 """Conversation messages: both sides of every conversation, and their status.
 
-The assistant writes them, the delivery service updates the delivery status of
-replies, the admin API reads them. A message is identified by
+The assistant writes them, the admin API reads them. A reply's delivery state
+lives in ``deliveries`` (happ_common.deliveries); the admin API shows it on the
+reply through the delivery fields below. A message is identified by
 ``(channel_id, message_id)`` (unique index): writes are upserts keyed on that
 pair, so a redelivered Kafka message rewrites the same document instead of
 adding a second one.
@@ -57,11 +58,10 @@ class StoredMessage(BaseModel):
     last_error_code: str | None = None
     last_status_code: int | None = None
     updated_at: datetime | None = None
-    # Delivery bookkeeping on replies.
+    # A reply's delivery state, filled in from ``deliveries`` by the admin API.
     delivered_at: datetime | None = None
     last_attempt_at: datetime | None = None
     next_attempt_at: datetime | None = None
-    delivery_partition: int | None = None
 
 
 class MessageRepository:

@@ -18,6 +18,10 @@ MESSAGES = "messages"
 CONVERSATIONS = "conversations"
 REQUEST_LOG = "request_log"
 IDEMPOTENCY = "idempotency"
+# Reply delivery state and the retries pending (happ_common.deliveries): only
+# their _id index, so their writes stay cheap.
+DELIVERIES = "deliveries"
+PENDING_RETRIES = "pending_retries"
 
 Document = dict[str, Any]
 
@@ -46,13 +50,6 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
     await messages.create_index(
         [("channel_id", ASCENDING), ("sender_id", ASCENDING), ("created_at", ASCENDING)],
         name="conversation",
-    )
-    # Replies waiting for a retry, looked up per partition when the delivery
-    # service takes a partition over; partial, so other status changes cost nothing.
-    await messages.create_index(
-        [("delivery_partition", ASCENDING)],
-        name="retrying",
-        partialFilterExpression={"status": "retrying"},
     )
     await db[CONVERSATIONS].create_index(
         [("channel_id", ASCENDING), ("last_message_at", DESCENDING)], name="recent"

@@ -16,7 +16,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_admin.cursors import Keyset
-from happ_common.messages import MessageStatus, StoredMessage
+from happ_common.deliveries import DeliveryState, DeliveryStates, DeliveryStatus
+from happ_common.messages import StoredMessage
 from happ_common.mongo import CONVERSATIONS, MESSAGES, REQUEST_LOG, Document
 from happ_common.request_log import Direction, LogEntry
 
@@ -42,6 +43,7 @@ class AdminRepository:
         self._log = db[REQUEST_LOG]
         self._messages = db[MESSAGES]
         self._conversations = db[CONVERSATIONS]
+        self._deliveries = DeliveryStates(db)
 
     async def ensure_indexes(self) -> None:
         # Message status looks up a message's log entries (its webhook request,
@@ -164,38 +166,51 @@ class AdminRepository:
             .sort([("created_at", DESCENDING), ("message_id", DESCENDING)])
             .limit(limit)
         )
-        return [StoredMessage.model_validate(d) async for d in cursor]
+        return await self._with_delivery([StoredMessage.model_validate(d) async for d in cursor])
 
     async def message(self, channel_id: str, message_id: str) -> StoredMessage | None:
         doc = await self._messages.find_one({"channel_id": channel_id, "message_id": message_id})
-        return StoredMessage.model_validate(doc) if doc else None
+        if doc is None:
+            return None
+        return (await self._with_delivery([StoredMessage.model_validate(doc)]))[0]
 
-    async def reset_for_resend(
-        self, channel_id: str, reply_id: str, from_states: Sequence[MessageStatus], now: datetime
-    ) -> MessageStatus | None:
+    async def _with_delivery(self, messages: list[StoredMessage]) -> list[StoredMessage]:
+        """Replies with their delivery state (kept in ``deliveries``, not on the
+        message document: see happ_common.deliveries)."""
+        keys = [(m.channel_id, m.message_id) for m in messages if m.role == "assistant"]
+        states = await self._deliveries.many(keys)
+        return [
+            _delivered(m, states[(m.channel_id, m.message_id)])
+            if (m.channel_id, m.message_id) in states
+            else m
+            for m in messages
+        ]
+
+    async def claim_for_resend(
+        self, channel_id: str, reply_id: str, from_states: Sequence[DeliveryStatus], now: datetime
+    ) -> DeliveryStatus | None:
         """Move a finished reply back to ``pending``; the previous status, or None
         if the reply was not in one of ``from_states`` (a concurrent resend won)."""
-        before = await self._messages.find_one_and_update(
-            {
-                "channel_id": channel_id,
-                "message_id": reply_id,
-                "role": "assistant",
-                "status": {"$in": list(from_states)},
-            },
-            {"$set": {"status": "pending", "resend_requested_at": now, "updated_at": now}},
-        )
-        if before is None:
-            return None
-        previous: MessageStatus = before["status"]
-        return previous
+        return await self._deliveries.claim_for_resend(channel_id, reply_id, from_states, now)
 
-    async def restore_status(
-        self, channel_id: str, reply_id: str, status: MessageStatus, now: datetime
+    async def restore_delivery(
+        self, channel_id: str, reply_id: str, status: DeliveryStatus, now: datetime
     ) -> None:
-        await self._messages.update_one(
-            {"channel_id": channel_id, "message_id": reply_id, "status": "pending"},
-            {"$set": {"status": status, "updated_at": now}},
-        )
+        await self._deliveries.restore(channel_id, reply_id, status, now)
+
+
+def _delivered(reply: StoredMessage, state: DeliveryState) -> StoredMessage:
+    return reply.model_copy(
+        update={
+            "status": state.status,
+            "attempts": state.attempts,
+            "last_status_code": state.last_status_code,
+            "last_error_code": state.last_error_code,
+            "last_attempt_at": state.last_attempt_at,
+            "delivered_at": state.delivered_at,
+            "next_attempt_at": state.next_attempt_at,
+        }
+    )
 
 
 class SessionRepository:

@@ -19,18 +19,18 @@ from happ_admin.repository import AdminRepository
 from happ_admin.schemas import MessageStatusOut, SendTestResult
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService, message_not_found
+from happ_common.deliveries import DeliveryStatus
 from happ_common.errors import HappError, service_unavailable
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
-from happ_common.messages import MessageStatus
 from happ_common.outgoing import send_attempt
 from happ_common.request_log import RequestLogWriter
 from happ_common.topics import OUTBOUND_REPLIES
 
 TEST_RECIPIENT = "happ_test"
 TEST_TEXT = "This is a test message from HAPP Custom Messenger."
-RESENDABLE: tuple[MessageStatus, ...] = ("delivered", "failed", "canceled")
+RESENDABLE: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
 
 
 class DeliveryActions:
@@ -113,7 +113,7 @@ class DeliveryActions:
         now = datetime.now(UTC)
         # Claiming the reply (finished → pending) first makes a double click, or
         # two operators, start one new series rather than two.
-        previous = await self._repo.reset_for_resend(channel_id, reply.message_id, RESENDABLE, now)
+        previous = await self._repo.claim_for_resend(channel_id, reply.message_id, RESENDABLE, now)
         if previous is None:
             raise HappError(
                 409,
@@ -136,7 +136,7 @@ class DeliveryActions:
                 OUTBOUND_REPLIES, event, key=conversation_key(channel_id, reply.sender_id)
             )
         except PublishFailed as exc:
-            await self._repo.restore_status(channel_id, reply.message_id, previous, now)
+            await self._repo.restore_delivery(channel_id, reply.message_id, previous, now)
             raise service_unavailable(
                 "The resend could not be queued right now; retry after Retry-After seconds."
             ) from exc

@@ -21,10 +21,10 @@ import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
 from happ_common.channels import ChannelCache
+from happ_common.deliveries import SERIES_ENDED
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import Publisher
-from happ_common.messages import MessageStatus
 from happ_common.outgoing import send_attempt
 from happ_common.request_log import RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
@@ -53,11 +53,14 @@ END_TO_END = Histogram(
 )
 GATED = Gauge("happ_delivery_conversations_waiting_for_retry", "Conversations held by a retry")
 
-SERIES_ENDED: tuple[MessageStatus, ...] = ("delivered", "failed", "canceled")
-
 
 def _key(reply: OutboundReply) -> ConversationKey:
     return (reply.channel_id, reply.to)
+
+
+def _first(reply: OutboundReply, attempt: int) -> bool:
+    """The reply's very first outcome: its state is inserted, not updated."""
+    return attempt == 1 and not reply.resend
 
 
 class DeliveryService:
@@ -136,7 +139,9 @@ class DeliveryService:
             # resend right after a reconnect must not be canceled).
             channel = await self._channels.get(reply.channel_id, fresh=True)
         if channel is None or channel.status != "connected":
-            await self._repo.record(reply.channel_id, reply.reply_id, "canceled")
+            await self._repo.record(
+                reply.channel_id, reply.reply_id, "canceled", first=_first(reply, attempt)
+            )
             FINAL.labels(state="canceled").inc()
             self._open(reply)
             return
@@ -154,7 +159,12 @@ class DeliveryService:
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         if outcome.ok:
             await self._repo.record(
-                reply.channel_id, reply.reply_id, "delivered", attempt=attempt, outcome=outcome
+                reply.channel_id,
+                reply.reply_id,
+                "delivered",
+                attempt=attempt,
+                outcome=outcome,
+                first=_first(reply, attempt),
             )
             FINAL.labels(state="delivered").inc()
             END_TO_END.observe(max(0.0, (datetime.now(UTC) - reply.created_at).total_seconds()))
@@ -174,14 +184,21 @@ class DeliveryService:
                 reply.channel_id,
                 reply.reply_id,
                 "retrying",
+                sender_id=reply.to,
                 partition=partition,
                 next_attempt_at=due,
                 attempt=attempt,
                 outcome=outcome,
+                first=_first(reply, attempt),
             )
         else:
             await self._repo.record(
-                reply.channel_id, reply.reply_id, "failed", attempt=attempt, outcome=outcome
+                reply.channel_id,
+                reply.reply_id,
+                "failed",
+                attempt=attempt,
+                outcome=outcome,
+                first=_first(reply, attempt),
             )
             FINAL.labels(state="failed").inc()
             log.warning(
@@ -200,7 +217,7 @@ class DeliveryService:
     async def restore_gates(self, partitions: set[int]) -> None:
         """Close the gates of conversations whose retries were pending in these
         partitions when their previous owner stopped."""
-        for r in await self._repo.retrying_in(partitions):
+        for r in await self._repo.pending_retries(partitions):
             self.gates.close((r.channel_id, r.sender_id), r.reply_id, r.partition)
         GATED.set(len(self.gates))
 

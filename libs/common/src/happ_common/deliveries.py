@@ -1,0 +1,132 @@
+"""Where each reply's delivery stands: one small document per reply.
+
+The delivery service writes it, the admin API reads it (and resets it for a
+resend). It is kept apart from the reply's message document on purpose: the
+``messages`` collection carries several indexes, and the embedded database runs
+every update in a transaction of its own, so a status update there costs ~0.7 ms
+(~1,400/s at best), below what one delivery process sends. ``deliveries`` has
+only its ``_id``: a reply's first outcome is part of an ``insert_many``
+(~20,000 documents/s measured), only later attempts and resends are updates.
+``make bench-delivery`` shows the difference (docs/benchmarks.md).
+
+Replies whose next attempt is scheduled are also listed in ``pending_retries``
+(by partition), so a delivery member that takes a partition over can close
+those conversations' gates before it handles anything. Only failing deliveries
+touch that collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from pymongo.asynchronous.database import AsyncDatabase
+
+from happ_common.mongo import DELIVERIES, PENDING_RETRIES, Document
+
+DeliveryStatus = Literal["pending", "delivered", "retrying", "failed", "canceled"]
+SERIES_ENDED: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
+
+
+def delivery_id(channel_id: str, reply_id: str) -> str:
+    """The ``_id`` of a reply's documents in ``deliveries`` and ``pending_retries``."""
+    return f"{channel_id}/{reply_id}"
+
+
+class DeliveryState(BaseModel):
+    """A reply's delivery: the status of its current series and its last attempt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: DeliveryStatus = "pending"
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error_code: str | None = None
+    last_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class PendingRetry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    channel_id: str
+    sender_id: str
+    reply_id: str
+    partition: int
+
+
+class DeliveryStates:
+    """Reads of the delivery state, and the admin's resend claim."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._deliveries = db[DELIVERIES]
+        self._pending = db[PENDING_RETRIES]
+
+    async def get(self, channel_id: str, reply_id: str) -> DeliveryState | None:
+        doc = await self._deliveries.find_one({"_id": delivery_id(channel_id, reply_id)})
+        return DeliveryState.model_validate(doc) if doc else None
+
+    async def many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeliveryState]:
+        """The states found for ``(channel_id, reply_id)`` keys; a reply with none
+        has not been attempted yet."""
+        if not keys:
+            return {}
+        ids = {delivery_id(c, r): (c, r) for c, r in keys}
+        cursor = self._deliveries.find({"_id": {"$in": list(ids)}})
+        return {ids[d["_id"]]: DeliveryState.model_validate(d) async for d in cursor}
+
+    async def claim_for_resend(
+        self, channel_id: str, reply_id: str, from_states: Sequence[DeliveryStatus], now: datetime
+    ) -> DeliveryStatus | None:
+        """Move a finished delivery back to ``pending``; the status it had, or None
+        if it was not in one of ``from_states`` (still running, never attempted,
+        or a concurrent resend won).
+
+        Read, then a conditional update on the status just read: a compare-and-set,
+        so two resends racing start one series. (A ``$in`` on the status inside the
+        filter would make the embedded database scan the collection.)"""
+        _id = delivery_id(channel_id, reply_id)
+        doc = await self._deliveries.find_one({"_id": _id}, {"status": 1})
+        if doc is None or doc.get("status") not in from_states:
+            return None
+        previous: DeliveryStatus = doc["status"]
+        claimed = await self._deliveries.update_one(
+            {"_id": _id, "status": previous},
+            {"$set": {"status": "pending", "resend_requested_at": now, "updated_at": now}},
+        )
+        return previous if claimed.modified_count == 1 else None
+
+    async def restore(
+        self, channel_id: str, reply_id: str, status: DeliveryStatus, now: datetime
+    ) -> None:
+        """Undo ``claim_for_resend`` when the resend could not be queued."""
+        await self._deliveries.update_one(
+            {"_id": delivery_id(channel_id, reply_id), "status": "pending"},
+            {"$set": {"status": status, "updated_at": now}},
+        )
+
+    async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:
+        """Replies of these partitions whose retry series is still going.
+
+        A ``pending_retries`` entry is removed after its series ends, in a second
+        write: one left behind by a crash in between is recognised here by the
+        ended state and removed, so it can never hold a conversation back."""
+        # No index: the collection holds only the retries now pending, and a
+        # partition is taken over rarely; every write to it stays cheap.
+        found = [
+            (d["_id"], PendingRetry.model_validate(d))
+            async for d in self._pending.find({"partition": {"$in": sorted(partitions)}})
+        ]
+        states = await self.many([(p.channel_id, p.reply_id) for _, p in found])
+        stale = [
+            _id
+            for _id, p in found
+            if (s := states.get((p.channel_id, p.reply_id))) and s.status in SERIES_ENDED
+        ]
+        if stale:
+            await self._pending.delete_many({"_id": {"$in": stale}})
+        return [p for _id, p in found if _id not in stale]
