@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from aiohttp import web
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from happ_common.signing import verify_happ_signature
 
@@ -123,9 +126,6 @@ def _counting_app() -> web.Application:
 def _counting_asgi() -> Any:
     """The same counting receiver as a FastAPI app, for uvicorn: the endpoint a
     FastAPI integrator runs, and the receiver GUIDE.md's client numbers used."""
-    from fastapi import FastAPI, Request  # noqa: PLC0415
-    from fastapi.responses import Response  # noqa: PLC0415
-
     stats = {"count": 0, "first": 0.0, "last": 0.0}
     app = FastAPI()
 
@@ -160,8 +160,6 @@ def main() -> None:
     parser.add_argument("--server", choices=("aiohttp", "uvicorn"), default="aiohttp")
     args = parser.parse_args()
     if args.server == "uvicorn":
-        import uvicorn  # noqa: PLC0415
-
         uvicorn.run(
             _counting_asgi(),
             host="127.0.0.1",
