@@ -52,7 +52,7 @@ typecheck: install ## mypy --strict over every package and the tests
 check: lint typecheck test ## Everything CI would want
 
 bench-ingress: install ## Benchmark: webhooks/s (broker ack included) vs a bare FastAPI endpoint
-	@command -v wrk >/dev/null 2>&1 && command -v hey >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk hey >/dev/null)
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(UV) run --frozen python bench/ingress.py
 
 bench-delivery: install ## Benchmark: signed HTTPS deliveries/s vs wrk's ceiling on the same receiver
