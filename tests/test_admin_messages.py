@@ -234,6 +234,30 @@ async def test_failed_reply_is_retried_then_failed_then_resent(system: System) -
     await system.receiver.wait_for("/flaky", 6)
 
 
+async def test_a_resent_reply_gets_its_own_retries(system: System) -> None:
+    # The resend's series counts its attempts from one again: its first retry
+    # must not be taken for one of the four the failed series already made.
+    system.receiver.behaviour["/resend-retry"] = (500, 0.0)
+    c = await system.create_channel("/resend-retry")
+    sent = await system.send(c["id"], {"sender_id": "rr", "text": "fail, then resend"})
+    message_id = sent.json()["message_id"]
+    failed = await _wait_status(system, c["id"], message_id, "failed")
+    reply_id = failed["reply"]["message_id"]
+    assert failed["reply"]["delivery"]["attempts"] == 4
+
+    seen = len(system.receiver.on_path("/resend-retry"))
+    system.receiver.decide["/resend-retry"] = lambda _: (
+        (503, 0.0) if len(system.receiver.on_path("/resend-retry")) <= seen + 1 else (200, 0.0)
+    )
+    resp = await system.admin.post(f"/api/channels/{c['id']}/messages/{reply_id}/resend")
+    assert resp.status_code == 202, resp.text
+
+    delivered = await _wait_status(system, c["id"], message_id, "delivered")
+    assert delivered["reply"]["delivery"]["attempts"] == 2
+    series = system.receiver.on_path("/resend-retry")[seen:]
+    assert [r.headers["X-HAPP-Attempt"] for r in series] == ["1", "2"]
+
+
 async def test_reply_to_a_disconnected_channel_is_canceled_and_resendable(system: System) -> None:
     system.receiver.behaviour["/cancel"] = (502, 0.0)
     c = await system.create_channel("/cancel")

@@ -1,16 +1,27 @@
 """The delivery state store (happ_common.deliveries, happ_delivery.repository)
 against the real database: first outcomes inserted, replays falling back to
-updates, the pending-retry list and the resend claim."""
+updates, the pending-retry list, the resend claim, and the order of a reply's
+outcomes when its retry is consumed before its "retrying" record is written."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from pydantic import BaseModel
+
+from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.deliveries import DeliveryStates, delivery_id
-from happ_common.webhook_client import AttemptOutcome
+from happ_common.events import DeliveryRetry, OutboundReply
+from happ_common.mongo import ensure_indexes
+from happ_common.request_log import RequestLogWriter
+from happ_common.settings import HappSettings
+from happ_common.webhook_client import AttemptOutcome, new_session
 from happ_delivery.repository import DeliveryRepository
+from happ_delivery.service import DeliveryService
+from happ_delivery.settings import DeliverySettings
 from tests.conftest import System
 
 OK = AttemptOutcome(True, 200, None, None, 3.0, "ok")
@@ -100,10 +111,98 @@ async def test_two_racing_resend_claims_start_one_series(system: System) -> None
     claims = await asyncio.gather(
         *(states.claim_for_resend(channel, "rpl_f", ("failed", "delivered"), now) for _ in range(4))
     )
-    assert sorted(claims, key=str) == [None, None, None, "failed"]
-    assert (await repo.state(channel, "rpl_f")).status == "pending"
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1 and won[0].status == "failed" and won[0].attempts == 1
+    # The new series counts from zero, so its retries are not taken for done ones.
+    claimed = await repo.state(channel, "rpl_f")
+    assert claimed.status == "pending" and claimed.attempts == 0
     # Not finished (pending) and never attempted: nothing to claim.
     assert await states.claim_for_resend(channel, "rpl_f", ("failed",), now) is None
     assert await states.claim_for_resend(channel, "rpl_none", ("failed",), now) is None
-    await states.restore(channel, "rpl_f", "failed", now)
-    assert (await repo.state(channel, "rpl_f")).status == "failed"
+    await states.restore(channel, "rpl_f", won[0], now)
+    restored = await repo.state(channel, "rpl_f")
+    assert restored.status == "failed" and restored.attempts == 1
+
+
+async def test_the_old_retrying_index_on_messages_is_dropped(system: System) -> None:
+    # A database from before the delivery state had its own collection.
+    await system.db.messages.create_index(
+        [("delivery_partition", 1)],
+        name="retrying",
+        partialFilterExpression={"status": "retrying"},
+    )
+    await ensure_indexes(system.db, HappSettings())
+    assert "retrying" not in await system.db.messages.index_information()
+    await ensure_indexes(system.db, HappSettings())  # and again: nothing to drop
+
+
+class _SlowRetryingRecord(DeliveryRepository):
+    """Writes "retrying" late, as a slow database batch would."""
+
+    async def record(self, *args: Any, **kw: Any) -> None:
+        if args[2] == "retrying":
+            await asyncio.sleep(0.5)
+        await super().record(*args, **kw)
+
+
+class _DeliverRetryAtOnce:
+    """A publisher whose retries are consumed the moment they are published."""
+
+    def __init__(self) -> None:
+        self.service: DeliveryService | None = None
+        self.handled: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def publish(self, topic: str, event: BaseModel, key: bytes) -> None:
+        assert self.service is not None and isinstance(event, DeliveryRetry)
+        self.handled.append(asyncio.create_task(self.service.deliver_retry(event, 0)))
+
+
+async def test_a_retry_consumed_before_its_retrying_record_landed_waits_for_it(
+    system: System,
+) -> None:
+    # Without the wait, attempt 2's "delivered" would land first and the late
+    # "retrying" would overwrite it, leaving a delivered reply shown as retrying
+    # and listed in pending_retries (its conversation held at the next takeover).
+    path = "/retry-overtakes-record"
+    system.receiver.decide[path] = lambda _: (
+        (500, 0.0) if len(system.receiver.on_path(path)) == 1 else (200, 0.0)
+    )
+    channel = await system.create_channel(path)
+    publisher = _DeliverRetryAtOnce()
+    session = new_session(ca_file=str(system.tls.ca_file), allow_private=True)
+    request_log = RequestLogWriter(system.db)
+    try:
+        service = DeliveryService(
+            settings=DeliverySettings(retry_delays=[0.0, 0.0, 0.0], timeout_s=2.0),
+            allow_private=True,
+            channels=ChannelCache(ChannelRepository(system.db), 1.0),
+            repository=_SlowRetryingRecord(system.db),
+            session=session,
+            publisher=publisher,
+            request_log=request_log,
+        )
+        publisher.service = service
+        reply = OutboundReply(
+            channel_id=channel["id"],
+            reply_id="rpl_" + uuid.uuid4().hex,
+            in_reply_to="m1",
+            to="overtaken",
+            text="hello",
+            metadata=None,
+            created_at=datetime.now(UTC),
+        )
+        await service.deliver_new(reply, 0, may_be_replay=False)
+        await asyncio.gather(*publisher.handled)
+    finally:
+        await session.close()
+    state = await DeliveryRepository(system.db).state(channel["id"], reply.reply_id)
+    assert (state.status, state.attempts) == ("delivered", 2)
+    pending = await DeliveryStates(system.db).pending_retries({0})
+    assert reply.reply_id not in {p.reply_id for p in pending}
+    assert [r.headers["X-HAPP-Attempt"] for r in system.receiver.on_path(path)] == ["1", "2"]

@@ -81,8 +81,8 @@ class DeliveryStates:
 
     async def claim_for_resend(
         self, channel_id: str, reply_id: str, from_states: Sequence[DeliveryStatus], now: datetime
-    ) -> DeliveryStatus | None:
-        """Move a finished delivery back to ``pending``; the status it had, or None
+    ) -> DeliveryState | None:
+        """Move a finished delivery back to ``pending``; the state it had, or None
         if it was not in one of ``from_states`` (still running, never attempted,
         or a concurrent resend won).
 
@@ -90,23 +90,40 @@ class DeliveryStates:
         so two resends racing start one series. (A ``$in`` on the status inside the
         filter would make the embedded database scan the collection.)"""
         _id = delivery_id(channel_id, reply_id)
-        doc = await self._deliveries.find_one({"_id": _id}, {"status": 1})
+        doc = await self._deliveries.find_one({"_id": _id})
         if doc is None or doc.get("status") not in from_states:
             return None
-        previous: DeliveryStatus = doc["status"]
+        previous = DeliveryState.model_validate(doc)
+        # The new series counts its attempts from zero: a retry of it is told
+        # apart from one already done by its attempt number (delivery service).
         claimed = await self._deliveries.update_one(
-            {"_id": _id, "status": previous},
-            {"$set": {"status": "pending", "resend_requested_at": now, "updated_at": now}},
+            {"_id": _id, "status": previous.status},
+            {
+                "$set": {
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": None,
+                    "resend_requested_at": now,
+                    "updated_at": now,
+                }
+            },
         )
         return previous if claimed.modified_count == 1 else None
 
     async def restore(
-        self, channel_id: str, reply_id: str, status: DeliveryStatus, now: datetime
+        self, channel_id: str, reply_id: str, previous: DeliveryState, now: datetime
     ) -> None:
         """Undo ``claim_for_resend`` when the resend could not be queued."""
         await self._deliveries.update_one(
             {"_id": delivery_id(channel_id, reply_id), "status": "pending"},
-            {"$set": {"status": status, "updated_at": now}},
+            {
+                "$set": {
+                    "status": previous.status,
+                    "attempts": previous.attempts,
+                    "next_attempt_at": previous.next_attempt_at,
+                    "updated_at": now,
+                }
+            },
         )
 
     async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:

@@ -6,10 +6,12 @@ idempotent, so every service may call ``ensure_indexes``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from happ_common.settings import HappSettings, InfraSettings
 
@@ -51,6 +53,12 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
         [("channel_id", ASCENDING), ("sender_id", ASCENDING), ("created_at", ASCENDING)],
         name="conversation",
     )
+    # Delivery state moved to its own collections (happ_common.deliveries); a
+    # database from before that still has this index on messages, where every
+    # reply insert would keep paying for it.
+    if "retrying" in await messages.index_information():
+        with contextlib.suppress(OperationFailure):  # another service dropped it first
+            await messages.drop_index("retrying")
     await db[CONVERSATIONS].create_index(
         [("channel_id", ASCENDING), ("last_message_at", DESCENDING)], name="recent"
     )

@@ -188,15 +188,15 @@ class AdminRepository:
 
     async def claim_for_resend(
         self, channel_id: str, reply_id: str, from_states: Sequence[DeliveryStatus], now: datetime
-    ) -> DeliveryStatus | None:
-        """Move a finished reply back to ``pending``; the previous status, or None
+    ) -> DeliveryState | None:
+        """Move a finished reply back to ``pending``; the previous state, or None
         if the reply was not in one of ``from_states`` (a concurrent resend won)."""
         return await self._deliveries.claim_for_resend(channel_id, reply_id, from_states, now)
 
     async def restore_delivery(
-        self, channel_id: str, reply_id: str, status: DeliveryStatus, now: datetime
+        self, channel_id: str, reply_id: str, previous: DeliveryState, now: datetime
     ) -> None:
-        await self._deliveries.restore(channel_id, reply_id, status, now)
+        await self._deliveries.restore(channel_id, reply_id, previous, now)
 
 
 def _delivered(reply: StoredMessage, state: DeliveryState) -> StoredMessage:

@@ -8,8 +8,9 @@ wait here: they are keyed apart in the pipeline, so no reply waits for a retry
 that waits for it.
 
 The state is this member's knowledge of its own partitions. After a restart or a
-rebalance it is rebuilt from MongoDB (replies marked ``retrying`` carry their
-partition) before any record of the newly assigned partitions is handled.
+rebalance it is rebuilt from MongoDB (``pending_retries`` lists the replies whose
+retry is scheduled, with their partition) before any record of the newly
+assigned partitions is handled.
 """
 
 from __future__ import annotations

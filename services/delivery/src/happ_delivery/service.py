@@ -86,6 +86,8 @@ class DeliveryService:
         # Set when a partition is revoked: wakes the retries sleeping in it, which
         # then leave the retry to the partition's new owner.
         self._revoked: dict[int, asyncio.Event] = {}
+        # Replies whose "retrying" state is being written, by reply id.
+        self._recording: dict[str, asyncio.Future[None]] = {}
 
     @property
     def max_attempts(self) -> int:
@@ -113,6 +115,9 @@ class DeliveryService:
 
     async def deliver_retry(self, retry: DeliveryRetry, partition: int) -> None:
         reply = retry.reply
+        previous = self._recording.get(reply.reply_id)
+        if previous is not None:
+            await previous  # the failed attempt's own record (see attempt)
         state = await self._repo.state(reply.channel_id, reply.reply_id)
         if state.status in SERIES_ENDED or state.attempts >= retry.attempt:
             SKIPPED.labels(reason="retry_already_done").inc()
@@ -175,22 +180,33 @@ class DeliveryService:
             # reply is handled right after it and must find the gate closed.
             self.gates.close(_key(reply), reply.reply_id, partition)
             GATED.set(len(self.gates))
-            await self._publisher.publish(
-                DELIVERY_RETRY,
-                DeliveryRetry(reply=reply, attempt=attempt + 1, due_at=due),
-                key=conversation_key(reply.channel_id, reply.to),
-            )
-            await self._repo.record(
-                reply.channel_id,
-                reply.reply_id,
-                "retrying",
-                sender_id=reply.to,
-                partition=partition,
-                next_attempt_at=due,
-                attempt=attempt,
-                outcome=outcome,
-                first=_first(reply, attempt),
-            )
+            # The retry is published before "retrying" is recorded (a crash in
+            # between must not leave a reply marked retrying with no retry on the
+            # log), so its handler may start first: it waits for this record
+            # (deliver_retry), and the next outcome never lands before it.
+            recorded = asyncio.get_running_loop().create_future()
+            self._recording[reply.reply_id] = recorded
+            try:
+                await self._publisher.publish(
+                    DELIVERY_RETRY,
+                    DeliveryRetry(reply=reply, attempt=attempt + 1, due_at=due),
+                    key=conversation_key(reply.channel_id, reply.to),
+                )
+                await self._repo.record(
+                    reply.channel_id,
+                    reply.reply_id,
+                    "retrying",
+                    sender_id=reply.to,
+                    partition=partition,
+                    next_attempt_at=due,
+                    attempt=attempt,
+                    outcome=outcome,
+                    first=_first(reply, attempt),
+                )
+            finally:
+                recorded.set_result(None)
+                if self._recording.get(reply.reply_id) is recorded:
+                    del self._recording[reply.reply_id]
         else:
             await self._repo.record(
                 reply.channel_id,
