@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from happ_devtools.benchkit import (
@@ -35,6 +36,14 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # The machine is noisy (two cores shared by wrk, the services, the broker and the
 # database): several rounds, each measuring both endpoints back to back.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+@dataclass(frozen=True)
+class Round:
+    base: WrkResult
+    real: WrkResult
+    cpu: dict[str, float]  # cores per process during the ingress run
+    per_request: dict[str, float]  # CPU seconds per request, by process
 
 
 def main() -> None:
@@ -64,15 +73,17 @@ def main() -> None:
         wrk(real_url, BODY, seconds=2)  # warm-up: connections, caches, producer batches
         wrk(bare_url, BODY, seconds=2)
         processes = [*stack.infra_children, stack.services["ingress"]]
-        rounds: list[tuple[WrkResult, WrkResult, dict[str, float]]] = []
+        rounds: list[Round] = []
         for _ in range(ROUNDS):
+            bare_cpu = cpu_seconds(bare.pid)
             base = wrk(bare_url, BODY, seconds=SECONDS)
+            bare_cpu = cpu_seconds(bare.pid) - bare_cpu
             cpu_before = {c.name: cpu_seconds(c.pid) for c in processes}
             real = wrk(real_url, BODY, seconds=SECONDS)
             cpu = {c.name: (cpu_seconds(c.pid) - cpu_before[c.name]) / SECONDS for c in processes}
-            rounds.append((base, real, cpu))
             # Let the request log written during the run reach the database, so
-            # the next measurement does not pay for this one's backlog.
+            # the next measurement does not pay for this one's backlog; the CPU
+            # spent draining it belongs to this run's requests.
             wait_until(
                 lambda: (
                     metric(ports["ingress"], "happ_request_log_written_total")
@@ -81,9 +92,20 @@ def main() -> None:
                 120,
                 "request-log backlog",
             )
-        base, real, cpu = sorted(rounds, key=lambda r: r[1].requests_per_s / r[0].requests_per_s)[
+            per_request = {
+                "bare app": bare_cpu / base.requests,
+                "wrk (baseline run)": base.cpu_s / base.requests,
+                **{
+                    c.name.split(" ")[0]: (cpu_seconds(c.pid) - cpu_before[c.name]) / real.requests
+                    for c in processes
+                },
+                "wrk (ingress run)": real.cpu_s / real.requests,
+            }
+            rounds.append(Round(base, real, cpu, per_request))
+        median = sorted(rounds, key=lambda r: r.real.requests_per_s / r.base.requests_per_s)[
             len(rounds) // 2
         ]
+        base, real, cpu, per_request = median.base, median.real, median.cpu, median.per_request
         half = real.requests_per_s / 2
         paced = wrk_paced(real_url, BODY, rate_per_s=half, seconds=SECONDS)
         paced_bare = wrk_paced(bare_url, BODY, rate_per_s=half, seconds=SECONDS)
@@ -91,7 +113,12 @@ def main() -> None:
         bare.stop()
         stack.stop()
     ratio = real.requests_per_s / base.requests_per_s
-    ratios = ", ".join(f"{r.requests_per_s / b.requests_per_s:.2f}" for b, r, _ in rounds)
+    ratios = ", ".join(f"{r.real.requests_per_s / r.base.requests_per_s:.2f}" for r in rounds)
+    us = {name: v * 1e6 for name, v in per_request.items()}
+    baseline_us = us["bare app"] + us["wrk (baseline run)"]
+    ingress_us = sum(v for k, v in us.items() if k not in ("bare app", "wrk (baseline run)"))
+    goal_rate = 0.8 * base.requests_per_s
+    cores = os.cpu_count() or 1
     lines = [
         "## Ingress (`make bench-ingress`)",
         "",
@@ -111,6 +138,26 @@ def main() -> None:
         f"{os.cpu_count()}; wrk takes the rest): "
         + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items())
         + ". The embedded database's share is the request log's `insert_many` (one entry per webhook).",
+        "",
+        "CPU per request, µs (process CPU over the run, and for the database until the run's"
+        " request log was written, divided by the requests served):",
+        "",
+        "| run | " + " | ".join(us) + " | total |",
+        "|---|" + "---|" * (len(us) + 1),
+        "| baseline | "
+        + " | ".join(
+            f"{v:.0f}" if k in ("bare app", "wrk (baseline run)") else "" for k, v in us.items()
+        )
+        + f" | {baseline_us:.0f} |",
+        "| ingress | "
+        + " | ".join(
+            "" if k in ("bare app", "wrk (baseline run)") else f"{v:.0f}" for k, v in us.items()
+        )
+        + f" | {ingress_us:.0f} |",
+        "",
+        f"The budget: 0.8 x {base.requests_per_s:,.0f}/s = {goal_rate:,.0f} requests/s at"
+        f" {ingress_us:.0f} µs each needs {goal_rate * ingress_us / 1e6:.2f} cores; the machine"
+        f" has {cores}, shared by wrk, the ingress, the broker and the database.",
         "",
         f"At half the ingress's maximum rate ({half:,.0f}/s; wrk, 50 connections, each waiting a random"
         f" 0 to 2x{50 / half * 1000:.0f} ms between requests so they never tick together; {SECONDS} s):",

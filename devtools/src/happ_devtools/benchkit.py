@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,17 @@ class WrkResult:
     p99_ms: float
     non_2xx: int
     errors: int
+    seconds: float = 0.0
+    cpu_s: float = 0.0  # wrk's own CPU time (user + system)
+
+    @property
+    def requests(self) -> float:
+        return self.requests_per_s * self.seconds
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ms(value: str) -> float:
@@ -64,6 +76,7 @@ def wrk(
             script.write(
                 f"function delay()\n  return math.random(0, {round(2 * mean_delay_ms)})\nend\n"
             )
+    cpu_before = _children_cpu_s()
     out = subprocess.run(
         [
             "wrk",
@@ -90,6 +103,8 @@ def wrk(
         p99_ms=p99,
         non_2xx=int(non2xx.group(1)) if non2xx else 0,
         errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        seconds=seconds,
+        cpu_s=_children_cpu_s() - cpu_before,
     )
 
 
