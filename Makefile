@@ -7,7 +7,7 @@ export UV_LINK_MODE := copy
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .PHONY: help bootstrap system-deps install run demo test lint format typecheck check clean \
-	bench-ingress bench-delivery bench-assistant bench-publish
+	bench-ingress bench-delivery bench-assistant bench-publish bench-db
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-ingress: install ## Benchmark: webhooks/s (broker ack included) vs a bare 
 bench-delivery: install ## Benchmark: signed HTTPS deliveries/s vs wrk's ceiling on the same receiver
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(UV) run --frozen python bench/delivery.py
+
+bench-db: install ## Benchmark: the embedded database's writes in HAPP's shapes
+	$(UV) run --frozen python bench/db_writes.py
 
 bench-publish: install ## Benchmark: CPU per Kafka publish, FastStream vs aiokafka
 	$(UV) run --frozen python bench/publish.py

@@ -2,12 +2,11 @@
 
 The delivery service writes it, the admin API reads it (and resets it for a
 resend). It is kept apart from the reply's message document on purpose: the
-``messages`` collection carries several indexes, and the embedded database runs
-every update in a transaction of its own, so a status update there costs ~0.7 ms
-(~1,400/s at best), below what one delivery process sends. ``deliveries`` has
-only its ``_id``: a reply's first outcome is part of an ``insert_many``
-(~20,000 documents/s measured), only later attempts and resends are updates.
-``make bench-delivery`` shows the difference (docs/benchmarks.md).
+embedded database runs every update in a transaction of its own, so a status
+update on ``messages`` ran at ~1,200-1,700/s in bulk, below what one delivery
+process sends, while ``insert_many`` into a collection with only its ``_id``
+ran at ~13,000-29,000 documents/s (``make bench-db``). So a reply's first
+outcome is an insert, and only later attempts and resends are updates.
 
 Replies whose next attempt is scheduled are also listed in ``pending_retries``
 (by partition), so a delivery member that takes a partition over can close

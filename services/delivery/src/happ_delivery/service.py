@@ -21,13 +21,14 @@ import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
 from happ_common.channels import ChannelCache
-from happ_common.deliveries import SERIES_ENDED
+from happ_common.deliveries import SERIES_ENDED, DeliveryStatus
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import Publisher
 from happ_common.outgoing import send_attempt
 from happ_common.request_log import RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
+from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
@@ -163,14 +164,7 @@ class DeliveryService:
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         if outcome.ok:
-            await self._repo.record(
-                reply.channel_id,
-                reply.reply_id,
-                "delivered",
-                attempt=attempt,
-                outcome=outcome,
-                first=_first(reply, attempt),
-            )
+            await self._record_attempt(reply, "delivered", attempt, outcome)
             FINAL.labels(state="delivered").inc()
             END_TO_END.observe(max(0.0, (datetime.now(UTC) - reply.created_at).total_seconds()))
             self._open(reply)
@@ -192,30 +186,15 @@ class DeliveryService:
                     DeliveryRetry(reply=reply, attempt=attempt + 1, due_at=due),
                     key=conversation_key(reply.channel_id, reply.to),
                 )
-                await self._repo.record(
-                    reply.channel_id,
-                    reply.reply_id,
-                    "retrying",
-                    sender_id=reply.to,
-                    partition=partition,
-                    next_attempt_at=due,
-                    attempt=attempt,
-                    outcome=outcome,
-                    first=_first(reply, attempt),
+                await self._record_attempt(
+                    reply, "retrying", attempt, outcome, partition=partition, next_attempt_at=due
                 )
             finally:
                 recorded.set_result(None)
                 if self._recording.get(reply.reply_id) is recorded:
                     del self._recording[reply.reply_id]
         else:
-            await self._repo.record(
-                reply.channel_id,
-                reply.reply_id,
-                "failed",
-                attempt=attempt,
-                outcome=outcome,
-                first=_first(reply, attempt),
-            )
+            await self._record_attempt(reply, "failed", attempt, outcome)
             FINAL.labels(state="failed").inc()
             log.warning(
                 "reply %s to %s failed after %d attempts: %s",
@@ -225,6 +204,28 @@ class DeliveryService:
                 outcome.error_code,
             )
             self._open(reply)
+
+    async def _record_attempt(
+        self,
+        reply: OutboundReply,
+        status: DeliveryStatus,
+        attempt: int,
+        outcome: AttemptOutcome,
+        *,
+        partition: int | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        await self._repo.record(
+            reply.channel_id,
+            reply.reply_id,
+            status,
+            attempt=attempt,
+            outcome=outcome,
+            sender_id=reply.to,
+            partition=partition,
+            next_attempt_at=next_attempt_at,
+            first=_first(reply, attempt),
+        )
 
     def _open(self, reply: OutboundReply) -> None:
         self.gates.open(_key(reply), reply.reply_id)
