@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from happ_common.events import InboundMessage, OutboundReply
 from happ_common.ids import conversation_key
-from happ_common.topics import INBOUND_MESSAGES, OUTBOUND_REPLIES
+from happ_common.topics import INBOUND_MESSAGES
 from happ_devtools.benchkit import add_channel, cpu_seconds, record
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
+from happ_devtools.reply_tap import ReplyTap
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "3000"))
 CONVERSATIONS = int(os.environ.get("BENCH_CONVERSATIONS", "600"))
@@ -84,39 +85,6 @@ def means(before: Snapshot, after: Snapshot) -> dict[str, float]:
     return out
 
 
-class ReplyTap:
-    """Every partition of outbound.replies from its current end, no consumer group
-    (a group join takes seconds on the embedded broker)."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        self.seen: list[tuple[float, OutboundReply]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(OUTBOUND_REPLIES) or set()
-        self._consumer.assign([TopicPartition(OUTBOUND_REPLIES, p) for p in partitions])
-        await self._consumer.seek_to_end()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
-            now = time.monotonic()
-            for records in batches.values():
-                for r in records:
-                    self.seen.append((now, OutboundReply.model_validate_json(r.value)))
-
-    def for_channel(self, channel_id: str) -> list[tuple[float, OutboundReply]]:
-        return [(t, r) for t, r in self.seen if r.channel_id == channel_id]
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        await self._consumer.stop()
-
-
 async def produce(
     bootstrap: str, channel_id: str, conversations: int, per_conversation: int
 ) -> tuple[dict[str, list[str]], dict[str, float]]:
@@ -156,7 +124,7 @@ async def produce(
 
 async def wait_for(tap: ReplyTap, channel_id: str, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while len({r.reply_id for _, r in tap.for_channel(channel_id)}) < count:
+    while len({r.reply_id for _, r in tap.timed(channel_id)}) < count:
         if time.monotonic() > deadline:
             return
         await asyncio.sleep(0.05)
@@ -197,7 +165,7 @@ async def one_round(stack: LocalStack, client: str, assistant: Child, tap: Reply
     await wait_for(tap, channel, total, 60 + total / 20)
     cpu = cpu_seconds(assistant.pid) - cpu_before
     db_cpu = cpu_seconds(db_pid) - db_before if db_pid else 0.0
-    seen = tap.for_channel(channel)
+    seen = tap.timed(channel)
 
     first: dict[str, tuple[float, OutboundReply]] = {}
     for at, reply in seen:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from happ_assistant.history import HistoryCache
 from happ_assistant.llm import OFFLINE_LABEL, LlmCallFailed, OfflineResponder, OpenAIChat
@@ -34,43 +34,16 @@ from happ_common.ids import conversation_key, new_message_id, reply_id_for
 from happ_common.kafka import EventPublisher
 from happ_common.messages import conversation_id
 from happ_common.settings import InfraSettings
-from happ_common.topics import INBOUND_MESSAGES, OUTBOUND_REPLIES
+from happ_common.topics import INBOUND_MESSAGES
 from happ_devtools.fake_llm import Body, ModelScript
+from happ_devtools.reply_tap import ReplyTap as _ReplyTap
 from tests.conftest import System, eventually
 
 # -- helpers -----------------------------------------------------------------------
 
 
-class ReplyTap:
-    """Everything published to outbound.replies from now on. Partitions are assigned
-    by hand, not through a consumer group: a group join takes seconds here."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        self.replies: list[OutboundReply] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(OUTBOUND_REPLIES) or set()
-        self._consumer.assign([TopicPartition(OUTBOUND_REPLIES, p) for p in partitions])
-        await self._consumer.seek_to_end()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=100)
-            for records in batches.values():
-                for r in records:
-                    self.replies.append(OutboundReply.model_validate_json(r.value))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self._consumer.stop()
-
-    def of(self, channel_id: str) -> list[OutboundReply]:
-        return [r for r in self.replies if r.channel_id == channel_id]
+class ReplyTap(_ReplyTap):
+    """The shared tap, plus waiting for a channel's replies."""
 
     async def wait(
         self, channel_id: str, distinct: int, timeout_s: float = 30
