@@ -12,7 +12,7 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
-from happ_common.deliveries import delivery_id
+from happ_common.deliveries import DeliveryStates, delivery_id
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import DirectPublisher
@@ -216,6 +216,11 @@ async def test_resend_delivers_a_failed_reply_again_with_the_same_id(system: Sys
         system, channel["id"], sent.json()["message_id"], "failed", timeout_s=40
     )
 
+    # The admin's half of a resend: claim the ended series, then queue the reply.
+    claimed = await DeliveryStates(system.db).claim_for_resend(
+        channel["id"], doc["message_id"], ("failed",), datetime.now(UTC)
+    )
+    assert claimed is not None
     publisher = DirectPublisher(
         InfraSettings(kafka_bootstrap_servers=system.stack.kafka_bootstrap), client_id="test"
     )

@@ -1,20 +1,24 @@
-"""The delivery state store (happ_common.deliveries, happ_delivery.repository)
-against the real database: first outcomes inserted, replays falling back to
-updates, the pending-retry list, the resend claim, and the order of a reply's
-outcomes when its retry is consumed before its "retrying" record is written."""
+"""A reply's delivery as a state machine (happ_delivery.service, .repository)
+against the real database and TLS receiver, in-process so each failure can be
+placed exactly: claims, duplicates, a crash mid-attempt, failures after the
+POST, the pending-retry list and the resend claim."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest_asyncio
 from pydantic import BaseModel
 
 from happ_common.channels import ChannelCache, ChannelRepository
-from happ_common.deliveries import DeliveryStates, delivery_id
+from happ_common.deliveries import DeliveryState, DeliveryStates, delivery_id
 from happ_common.events import DeliveryRetry, OutboundReply
+from happ_common.kafka import PublishFailed
 from happ_common.mongo import ensure_indexes
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings
@@ -32,31 +36,35 @@ def _channel() -> str:
     return "cm_" + uuid.uuid4().hex[:12]
 
 
-async def test_a_first_outcome_met_again_updates_the_state(system: System) -> None:
-    repo, states = DeliveryRepository(system.db), DeliveryStates(system.db)
+async def _state(repo: DeliveryRepository, channel: str, reply: str) -> DeliveryState:
+    state = await repo.state(channel, reply)
+    assert state is not None
+    return state
+
+
+async def test_a_reply_is_claimed_once_and_its_next_attempt_by_compare_and_set(
+    system: System,
+) -> None:
+    repo = DeliveryRepository(system.db)
     channel = _channel()
-    # One batch: two new replies, and one whose state exists already (a replay
-    # after a crash): the insert's duplicate falls back to an update.
-    await repo.record(channel, "rpl_old", "retrying", attempt=1, outcome=HTTP_500, first=True)
-    await asyncio.gather(
-        repo.record(channel, "rpl_a", "delivered", attempt=1, outcome=OK, first=True),
-        repo.record(channel, "rpl_old", "delivered", attempt=1, outcome=OK, first=True),
-        repo.record(channel, "rpl_b", "failed", attempt=1, outcome=HTTP_500, first=True),
-    )
-    found = await states.many([(channel, "rpl_a"), (channel, "rpl_old"), (channel, "rpl_b")])
-    assert found[(channel, "rpl_a")].status == "delivered"
-    assert found[(channel, "rpl_old")].status == "delivered"
-    assert found[(channel, "rpl_old")].last_status_code == 200
-    assert found[(channel, "rpl_b")].status == "failed"
-    assert found[(channel, "rpl_b")].last_error_code == "HTTP_500"
-    assert await repo.state(channel, "rpl_never") == await repo.state(channel, "rpl_never2")
-    assert (await repo.state(channel, "rpl_never")).status == "pending"
+    first = await asyncio.gather(*(repo.claim_first(channel, "rpl_a") for _ in range(3)))
+    assert sorted(first) == [False, False, True]
+    assert (await _state(repo, channel, "rpl_a")).status == "sending"
+    assert await repo.state(channel, "rpl_never") is None
+
+    await repo.record(channel, "rpl_a", "retrying", attempt=1, outcome=HTTP_500, partition=1)
+    seen = await _state(repo, channel, "rpl_a")
+    claims = await asyncio.gather(*(repo.claim_next(channel, "rpl_a", seen, 2) for _ in range(3)))
+    assert sorted(claims) == [False, False, True]
+    claimed = await _state(repo, channel, "rpl_a")
+    assert (claimed.status, claimed.attempts) == ("sending", 2)
 
 
 async def test_a_retry_is_listed_for_its_partition_until_its_series_ends(system: System) -> None:
     repo = DeliveryRepository(system.db)
     channel = _channel()
     due = datetime.now(UTC) + timedelta(seconds=5)
+    assert await repo.claim_first(channel, "rpl_r")
     await repo.record(
         channel,
         "rpl_r",
@@ -66,17 +74,16 @@ async def test_a_retry_is_listed_for_its_partition_until_its_series_ends(system:
         sender_id="alice",
         partition=7,
         next_attempt_at=due,
-        first=True,
     )
     listed = [p for p in await repo.pending_retries({7}) if p.channel_id == channel]
     assert [(p.reply_id, p.sender_id, p.partition) for p in listed] == [("rpl_r", "alice", 7)]
     assert not [p for p in await repo.pending_retries({8}) if p.channel_id == channel]
-    state = await repo.state(channel, "rpl_r")
+    state = await _state(repo, channel, "rpl_r")
     assert state.status == "retrying" and state.next_attempt_at is not None
 
     await repo.record(channel, "rpl_r", "delivered", attempt=2, outcome=OK)
     assert not [p for p in await repo.pending_retries({7}) if p.channel_id == channel]
-    state = await repo.state(channel, "rpl_r")
+    state = await _state(repo, channel, "rpl_r")
     assert state.status == "delivered" and state.attempts == 2 and state.next_attempt_at is None
 
 
@@ -106,7 +113,8 @@ async def test_an_entry_left_by_a_crash_after_the_series_ended_holds_nothing_bac
 async def test_two_racing_resend_claims_start_one_series(system: System) -> None:
     repo, states = DeliveryRepository(system.db), DeliveryStates(system.db)
     channel = _channel()
-    await repo.record(channel, "rpl_f", "failed", attempt=1, outcome=HTTP_500, first=True)
+    assert await repo.claim_first(channel, "rpl_f")
+    await repo.record(channel, "rpl_f", "failed", attempt=1, outcome=HTTP_500)
     now = datetime.now(UTC)
     claims = await asyncio.gather(
         *(states.claim_for_resend(channel, "rpl_f", ("failed", "delivered"), now) for _ in range(4))
@@ -114,13 +122,12 @@ async def test_two_racing_resend_claims_start_one_series(system: System) -> None
     won = [c for c in claims if c is not None]
     assert len(won) == 1 and won[0].status == "failed" and won[0].attempts == 1
     # The new series counts from zero, so its retries are not taken for done ones.
-    claimed = await repo.state(channel, "rpl_f")
+    claimed = await _state(repo, channel, "rpl_f")
     assert claimed.status == "pending" and claimed.attempts == 0
-    # Not finished (pending) and never attempted: nothing to claim.
     assert await states.claim_for_resend(channel, "rpl_f", ("failed",), now) is None
     assert await states.claim_for_resend(channel, "rpl_none", ("failed",), now) is None
     await states.restore(channel, "rpl_f", won[0], now)
-    restored = await repo.state(channel, "rpl_f")
+    restored = await _state(repo, channel, "rpl_f")
     assert restored.status == "failed" and restored.attempts == 1
 
 
@@ -136,21 +143,29 @@ async def test_the_old_retrying_index_on_messages_is_dropped(system: System) -> 
     await ensure_indexes(system.db, HappSettings())  # and again: nothing to drop
 
 
-class _SlowRetryingRecord(DeliveryRepository):
-    """Writes "retrying" late, as a slow database batch would."""
+# -- the service, in-process ------------------------------------------------------
+
+
+class _FlakyRecords(DeliveryRepository):
+    """Fails the first write of each listed outcome, as a database outage would."""
+
+    def __init__(self, db: Any, fail_once: set[str]) -> None:
+        super().__init__(db)
+        self.fail_once = set(fail_once)
 
     async def record(self, *args: Any, **kw: Any) -> None:
-        if args[2] == "retrying":
-            await asyncio.sleep(0.5)
+        if args[2] in self.fail_once:
+            self.fail_once.discard(args[2])
+            raise ConnectionError("database away")
         await super().record(*args, **kw)
 
 
-class _DeliverRetryAtOnce:
-    """A publisher whose retries are consumed the moment they are published."""
+@dataclass
+class _Retries:
+    """A publisher that keeps the retries instead of putting them on the broker."""
 
-    def __init__(self) -> None:
-        self.service: DeliveryService | None = None
-        self.handled: list[asyncio.Task[None]] = []
+    published: list[DeliveryRetry] = field(default_factory=list)
+    failures: int = 0
 
     async def start(self) -> None: ...
 
@@ -159,50 +174,140 @@ class _DeliverRetryAtOnce:
     async def ping(self) -> None: ...
 
     async def publish(self, topic: str, event: BaseModel, key: bytes) -> None:
-        assert self.service is not None and isinstance(event, DeliveryRetry)
-        self.handled.append(asyncio.create_task(self.service.deliver_retry(event, 0)))
+        if self.failures:
+            self.failures -= 1
+            raise PublishFailed("broker away")
+        assert isinstance(event, DeliveryRetry)
+        self.published.append(event)
+
+    async def publish_raw(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
+        raise AssertionError("no dead letters here")
 
 
-async def test_a_retry_consumed_before_its_retrying_record_landed_waits_for_it(
-    system: System,
-) -> None:
-    # Without the wait, attempt 2's "delivered" would land first and the late
-    # "retrying" would overwrite it, leaving a delivered reply shown as retrying
-    # and listed in pending_retries (its conversation held at the next takeover).
-    path = "/retry-overtakes-record"
-    system.receiver.decide[path] = lambda _: (
-        (500, 0.0) if len(system.receiver.on_path(path)) == 1 else (200, 0.0)
-    )
+@dataclass
+class _Rig:
+    system: System
+    channel_id: str
+    path: str
+    repo: DeliveryRepository
+    retries: _Retries
+    service: DeliveryService
+
+    def reply(self, to: str = "alice", text: str = "hello") -> OutboundReply:
+        return OutboundReply(
+            channel_id=self.channel_id,
+            reply_id="rpl_" + uuid.uuid4().hex,
+            in_reply_to="msg_" + uuid.uuid4().hex[:8],
+            to=to,
+            text=text,
+            metadata=None,
+            created_at=datetime.now(UTC),
+        )
+
+    def posts(self) -> list[tuple[str, str]]:
+        return [
+            (g.headers["X-HAPP-Delivery-Id"], g.headers["X-HAPP-Attempt"])
+            for g in self.system.receiver.on_path(self.path)
+        ]
+
+    async def state(self, reply: OutboundReply) -> DeliveryState:
+        return await _state(self.repo, self.channel_id, reply.reply_id)
+
+
+@pytest_asyncio.fixture
+async def rig(system: System, request: Any) -> AsyncIterator[_Rig]:
+    path = f"/state-{uuid.uuid4().hex[:8]}"
     channel = await system.create_channel(path)
-    publisher = _DeliverRetryAtOnce()
+    fail_once: set[str] = getattr(request, "param", set())
+    repo = _FlakyRecords(system.db, fail_once)
+    retries = _Retries()
     session = new_session(ca_file=str(system.tls.ca_file), allow_private=True)
-    request_log = RequestLogWriter(system.db)
     try:
         service = DeliveryService(
             settings=DeliverySettings(retry_delays=[0.0, 0.0, 0.0], timeout_s=2.0),
             allow_private=True,
             channels=ChannelCache(ChannelRepository(system.db), 1.0),
-            repository=_SlowRetryingRecord(system.db),
+            repository=repo,
             session=session,
-            publisher=publisher,
-            request_log=request_log,
+            publisher=retries,
+            request_log=RequestLogWriter(system.db),
         )
-        publisher.service = service
-        reply = OutboundReply(
-            channel_id=channel["id"],
-            reply_id="rpl_" + uuid.uuid4().hex,
-            in_reply_to="m1",
-            to="overtaken",
-            text="hello",
-            metadata=None,
-            created_at=datetime.now(UTC),
-        )
-        await service.deliver_new(reply, 0, may_be_replay=False)
-        await asyncio.gather(*publisher.handled)
+        yield _Rig(system, channel["id"], path, repo, retries, service)
     finally:
         await session.close()
-    state = await DeliveryRepository(system.db).state(channel["id"], reply.reply_id)
+
+
+async def test_a_reply_met_twice_is_posted_once(rig: _Rig) -> None:
+    first, second = rig.reply(text="one"), rig.reply(text="two")
+    await rig.service.deliver_new(first, 0)
+    await rig.service.deliver_new(second, 0)
+    # The assistant republished the first (a redelivery): it must neither be
+    # posted again nor arrive after the second.
+    await rig.service.deliver_new(first, 0)
+    assert rig.posts() == [(first.reply_id, "1"), (second.reply_id, "1")]
+    assert (await rig.state(first)).status == "delivered"
+
+
+async def test_an_attempt_in_flight_at_a_crash_is_repeated_with_the_same_delivery_id(
+    rig: _Rig,
+) -> None:
+    reply = rig.reply()
+    # The previous owner claimed attempt 1 and died before recording its outcome.
+    assert await rig.repo.claim_first(reply.channel_id, reply.reply_id)
+    await rig.service.deliver_new(reply, 0)
+    assert rig.posts() == [(reply.reply_id, "1")]
+    assert ((await rig.state(reply)).status, (await rig.state(reply)).attempts) == (
+        "delivered",
+        1,
+    )
+
+
+async def test_a_failed_outcome_write_after_the_post_does_not_post_again(
+    system: System, rig: _Rig
+) -> None:
+    assert isinstance(rig.repo, _FlakyRecords)
+    rig.repo.fail_once = {"delivered"}
+    reply = rig.reply()
+    await rig.service.deliver_new(reply, 0)
+    assert rig.posts() == [(reply.reply_id, "1")]
+    assert (await rig.state(reply)).status == "delivered"
+    assert not rig.repo.fail_once  # the failure happened, and was retried
+
+
+async def test_a_failed_retry_publish_is_retried_and_a_recorded_retry_is_republished(
+    system: System, rig: _Rig
+) -> None:
+    system.receiver.decide[rig.path] = lambda _: (500, 0.0)
+    reply = rig.reply()
+    rig.retries.failures = 2
+    await rig.service.deliver_new(reply, 3)
+    assert [(r.attempt, r.reply.reply_id) for r in rig.retries.published] == [(2, reply.reply_id)]
+    state = await rig.state(reply)
+    assert (state.status, state.attempts) == ("retrying", 1)
+    assert rig.service.gates.closed_by((reply.channel_id, reply.to)) == reply.reply_id
+
+    # A crash after "retrying" was recorded but before its retry was on the log:
+    # the reply's record comes again and puts the retry on the log (no POST).
+    await rig.service.deliver_new(reply, 3)
+    assert [r.attempt for r in rig.retries.published] == [2, 2]
+    assert rig.posts() == [(reply.reply_id, "1")]
+
+    # Both copies of the retry: attempt 2 is sent once.
+    system.receiver.decide[rig.path] = lambda _: (200, 0.0)
+    await asyncio.gather(*(rig.service.deliver_retry(r, 3) for r in rig.retries.published))
+    assert rig.posts() == [(reply.reply_id, "1"), (reply.reply_id, "2")]
+    state = await rig.state(reply)
     assert (state.status, state.attempts) == ("delivered", 2)
-    pending = await DeliveryStates(system.db).pending_retries({0})
+    assert rig.service.gates.closed_by((reply.channel_id, reply.to)) is None
+    pending = await DeliveryStates(system.db).pending_retries({3})
     assert reply.reply_id not in {p.reply_id for p in pending}
-    assert [r.headers["X-HAPP-Attempt"] for r in system.receiver.on_path(path)] == ["1", "2"]
+
+
+async def test_a_stale_retry_of_an_ended_series_sends_nothing(rig: _Rig) -> None:
+    reply = rig.reply()
+    await rig.service.deliver_new(reply, 0)
+    stale = DeliveryRetry(reply=reply, attempt=2, due_at=datetime.now(UTC))
+    await rig.service.deliver_retry(stale, 0)
+    assert rig.posts() == [(reply.reply_id, "1")]

@@ -46,7 +46,7 @@ import happ_ingress.service
 from happ_admin.settings import AdminSettings
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import ALL_TOPICS
+from happ_common.topics import ALL_TOPICS, PIPELINE_TOPICS
 from happ_delivery.settings import DeliverySettings
 from happ_ingress.settings import IngressSettings
 
@@ -377,7 +377,8 @@ def test_topics_job_creates_the_topics(rendered: list[Doc]) -> None:
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     config = find(rendered, "ConfigMap", "happ-config")["data"]
     assert config["KAFKA_PARTITIONS"] == "12"
-    assert set(ALL_TOPICS) == {"inbound.messages", "outbound.replies", "delivery.retry"}
+    assert set(PIPELINE_TOPICS) == {"inbound.messages", "outbound.replies", "delivery.retry"}
+    assert set(ALL_TOPICS) - set(PIPELINE_TOPICS) == {f"{t}.dlq" for t in PIPELINE_TOPICS}
 
 
 def test_overlay_from_the_readme_replaces_secret_and_merges_config(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from happ_common.pipeline import KeyedPipeline, PipelineConfig, Record
+from happ_common.pipeline import KeyedPipeline, PipelineConfig, PoisonRecord, Record, parked
 from tests.conftest import System, eventually
 
 PARTITIONS = 4
@@ -198,3 +198,253 @@ async def test_a_member_that_dies_mid_stream_loses_nothing(system: System) -> No
 
 async def _no_commit(*_: Any, **__: Any) -> None:
     return None
+
+
+# -- what the pipeline must never do, each placed exactly ----------------------------
+
+
+async def _one_partition_topic(system: System) -> str:
+    name = f"pipeline-fault-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=system.stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def _send_values(system: System, topic: str, pairs: list[tuple[str, str]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=system.stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in pairs:
+            await producer.send_and_wait(topic, value.encode(), key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def _committed(pipeline: KeyedPipeline, topic: str) -> int | None:
+    assert pipeline._consumer is not None
+    value = await pipeline._consumer.committed(TopicPartition(topic, 0))
+    return int(value) if value is not None else None
+
+
+def _value(record: Record) -> str:
+    assert record.value is not None
+    return record.value.decode()
+
+
+async def test_a_revocation_never_commits_records_queued_behind_a_running_one(
+    system: System,
+) -> None:
+    topic = await _one_partition_topic(system)
+    # Offsets: 0 k:0 (running at the revocation), 1 k:1 (queued behind it), 2 j:0.
+    await _send_values(system, topic, [("k", "k:0"), ("k", "k:1"), ("j", "j:0")])
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(record: Record) -> None:
+        if _value(record) == "k:0":
+            await release.wait()
+        handled.append(_value(record))
+
+    first = KeyedPipeline(_config(system, topic, revoke_grace_s=5.0), handler)
+    await first.start()
+    await eventually(lambda: _true(handled == ["j:0"]), timeout_s=30)
+    tp = TopicPartition(topic, 0)
+    revoking = asyncio.create_task(first._revoked({tp}))
+    await asyncio.sleep(0.2)
+    release.set()  # k:0 finishes within the grace period; k:1 is never started
+    await revoking
+    assert handled == ["j:0", "k:0"]
+    assert await _committed(first, topic) == 1  # not 3: k:1 was never handled
+    await first.stop()
+
+    second_handled: list[str] = []
+
+    async def second_handler(record: Record) -> None:
+        second_handled.append(_value(record))
+
+    second = KeyedPipeline(_config(system, topic), second_handler)
+    await second.start()
+    try:
+        await eventually(lambda: _true("k:1" in second_handled), timeout_s=30)
+    finally:
+        await second.stop()
+    assert second_handled[0] == "k:1"
+
+
+async def test_work_still_running_after_the_grace_period_is_cut_off_and_left_unfinished(
+    system: System,
+) -> None:
+    topic = await _one_partition_topic(system)
+    await _send_values(system, topic, [("slow", "s:0"), ("fast", "f:0")])
+    started, cut_off = asyncio.Event(), asyncio.Event()
+
+    async def handler(record: Record) -> None:
+        if _value(record) == "s:0":
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cut_off.set()
+                raise
+
+    pipeline = KeyedPipeline(_config(system, topic, revoke_grace_s=0.3), handler)
+    await pipeline.start()
+    try:
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.wait_for(pipeline._revoked({TopicPartition(topic, 0)}), 10)
+        assert cut_off.is_set()
+        assert await _committed(pipeline, topic) in (None, 0)
+    finally:
+        await pipeline.stop()
+
+
+async def test_an_outage_is_retried_for_as_long_as_it_lasts_and_never_skipped(
+    system: System,
+) -> None:
+    topic = await _one_partition_topic(system)
+    await _send_values(system, topic, [("k", "k:0"), ("k", "k:1"), ("j", "j:0")])
+    failures = {"k:0": 12}  # more than any fixed number of attempts would allow
+    handled: list[str] = []
+    commits_during_outage: list[int | None] = []
+
+    async def handler(record: Record) -> None:
+        value = _value(record)
+        if failures.get(value, 0) > 0:
+            failures[value] -= 1
+            commits_during_outage.append(await _committed(pipeline, topic))
+            raise ConnectionError("database away")
+        handled.append(value)
+
+    pipeline = KeyedPipeline(
+        _config(system, topic, retry_backoff_s=0.01, retry_backoff_max_s=0.05), handler
+    )
+    await pipeline.start()
+    try:
+        await eventually(lambda: _true(len(handled) == 3), timeout_s=30)
+        await eventually(lambda: _committed_is(pipeline, topic, 3), timeout_s=10)
+    finally:
+        await pipeline.stop()
+    assert [v for v in handled if v.startswith("k")] == ["k:0", "k:1"]
+    assert failures["k:0"] == 0
+    assert all(c in (None, 0) for c in commits_during_outage), commits_during_outage
+
+
+async def _committed_is(pipeline: KeyedPipeline, topic: str, offset: int) -> bool:
+    return await _committed(pipeline, topic) == offset
+
+
+async def test_a_poison_record_is_dead_lettered_once_the_sink_takes_it(system: System) -> None:
+    topic = await _one_partition_topic(system)
+    await _send_values(system, topic, [("k", "poison"), ("k", "k:1")])
+    parked: list[tuple[str, str]] = []
+    sink_failures = [2]  # the dead-letter topic is unreachable at first
+    handled: list[str] = []
+
+    async def handler(record: Record) -> None:
+        if _value(record) == "poison":
+            raise PoisonRecord("does not decode")
+        handled.append(_value(record))
+
+    async def sink(record: Record, error: BaseException) -> None:
+        if sink_failures[0]:
+            sink_failures[0] -= 1
+            raise ConnectionError("broker away")
+        parked.append((_value(record), str(error)))
+
+    pipeline = KeyedPipeline(
+        _config(system, topic, retry_backoff_s=0.01), handler, dead_letters=sink
+    )
+    await pipeline.start()
+    try:
+        await eventually(lambda: _true(handled == ["k:1"]), timeout_s=30)
+        await eventually(lambda: _committed_is(pipeline, topic, 2), timeout_s=10)
+    finally:
+        await pipeline.stop()
+    assert parked == [("poison", "does not decode")]
+
+
+async def test_records_waiting_on_each_other_do_not_deadlock_the_budget(system: System) -> None:
+    topic = await _one_partition_topic(system)
+    # Four conversations wait for a gate that only a record behind them opens:
+    # with a budget of 4 that record would never be fetched unless they park.
+    waiting = [(f"g{i}", f"g{i}:{n}") for n in range(3) for i in range(4)]
+    await _send_values(system, topic, [*waiting, ("opener", "open")])
+    gate = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(record: Record) -> None:
+        value = _value(record)
+        if value == "open":
+            gate.set()
+        else:
+            async with parked():
+                await gate.wait()
+        handled.append(value)
+
+    pipeline = KeyedPipeline(_config(system, topic, max_in_flight=4), handler)
+    await pipeline.start()
+    try:
+        await eventually(lambda: _true(len(handled) == len(waiting) + 1), timeout_s=30)
+        assert pipeline.in_flight == 0 and pipeline.parked_bytes == 0
+    finally:
+        await pipeline.stop()
+    for i in range(4):
+        assert [v for v in handled if v.startswith(f"g{i}:")] == [f"g{i}:{n}" for n in range(3)]
+
+
+async def test_nothing_is_handed_out_before_the_assignment_callback_has_finished(
+    system: System,
+) -> None:
+    topic = await _one_partition_topic(system)
+    await _send_values(system, topic, [(f"k{i}", f"v{i}") for i in range(20)])
+    restored = asyncio.Event()
+    calls = [0]
+    early: list[str] = []
+    handled: list[str] = []
+
+    async def on_assigned(_: set[TopicPartition]) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ConnectionError("database away")  # retried, not skipped
+        await asyncio.sleep(1.0)  # the fetcher has records meanwhile
+        restored.set()
+
+    async def handler(record: Record) -> None:
+        if not restored.is_set():
+            early.append(_value(record))
+        handled.append(_value(record))
+
+    pipeline = KeyedPipeline(
+        _config(system, topic, retry_backoff_s=0.01), handler, on_assigned=on_assigned
+    )
+    await pipeline.start()
+    try:
+        await eventually(lambda: _true(len(handled) >= 20), timeout_s=30)
+        await asyncio.sleep(0.3)
+    finally:
+        await pipeline.stop()
+    assert not early
+    assert sorted(handled) == sorted(f"v{i}" for i in range(20))  # each once
+    assert calls[0] == 2
+
+
+async def test_a_dead_fetch_loop_makes_the_member_unhealthy(system: System) -> None:
+    topic = await _one_partition_topic(system)
+
+    async def handler(record: Record) -> None:
+        return None
+
+    pipeline = KeyedPipeline(_config(system, topic), handler)
+    await pipeline.start()
+    try:
+        assert pipeline.healthy()
+        assert pipeline._fetch_task is not None
+        pipeline._fetch_task.cancel()
+        await asyncio.sleep(0.05)
+        assert not pipeline.healthy()
+    finally:
+        await pipeline.stop()

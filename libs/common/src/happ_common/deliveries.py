@@ -25,7 +25,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.mongo import DELIVERIES, PENDING_RETRIES, Document
 
-DeliveryStatus = Literal["pending", "delivered", "retrying", "failed", "canceled"]
+# "sending": an attempt was claimed and may be on the wire; a member that finds
+# it so after a crash repeats that attempt (same delivery id). Shown as
+# "pending" outside the delivery service.
+DeliveryStatus = Literal["pending", "sending", "delivered", "retrying", "failed", "canceled"]
 SERIES_ENDED: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
 
 
@@ -47,6 +50,10 @@ class DeliveryState(BaseModel):
     delivered_at: datetime | None = None
     next_attempt_at: datetime | None = None
     updated_at: datetime | None = None
+
+    @property
+    def shown_status(self) -> DeliveryStatus:
+        return "pending" if self.status == "sending" else self.status
 
 
 class PendingRetry(BaseModel):

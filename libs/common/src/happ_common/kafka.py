@@ -50,6 +50,10 @@ class Publisher(Protocol):
 
     async def publish(self, topic: str, event: BaseModel, key: bytes) -> None: ...
 
+    async def publish_raw(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None: ...
+
     async def ping(self) -> None: ...
 
 
@@ -107,6 +111,16 @@ class DirectPublisher:
             await self._producer.stop()
 
     async def publish(self, topic: str, event: BaseModel, key: bytes) -> None:
+        await self._send(topic, event.model_dump_json().encode(), key, _HEADERS)
+
+    async def publish_raw(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
+        await self._send(topic, value, key, [(k, v.encode()) for k, v in headers.items()])
+
+    async def _send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         producer = self._producer
         if producer is None:
             PUBLISH_FAILURES.labels(topic).inc()
@@ -114,9 +128,7 @@ class DirectPublisher:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                await producer.send_and_wait(
-                    topic, event.model_dump_json().encode(), key=key, headers=_HEADERS
-                )
+                await producer.send_and_wait(topic, value, key=key, headers=headers)
         except Exception as exc:
             PUBLISH_FAILURES.labels(topic).inc()
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -152,15 +164,17 @@ class EventPublisher:
         await self.broker.stop()
 
     async def publish(self, topic: str, event: BaseModel, key: bytes) -> None:
+        await self.publish_raw(
+            topic, event.model_dump_json().encode(), key, {"content-type": "application/json"}
+        )
+
+    async def publish_raw(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                await self.broker.publish(
-                    event.model_dump_json().encode(),
-                    topic,
-                    key=key,
-                    headers={"content-type": "application/json"},
-                )
+                await self.broker.publish(value, topic, key=key, headers=headers)
         except Exception as exc:
             PUBLISH_FAILURES.labels(topic).inc()
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -1,7 +1,9 @@
 """The operational endpoints every service exposes on its port.
 
-``/healthz`` says the process is alive; ``/readyz`` runs the service's readiness
-checks (Kafka and MongoDB reachable) and answers 503 naming the failed ones;
+``/healthz`` says the process is alive (503 once a part it cannot work without,
+such as a consumer's fetch or commit loop, has died, so Kubernetes restarts it);
+``/readyz`` runs the service's readiness checks (Kafka and MongoDB reachable)
+and answers 503 naming the failed ones;
 ``/metrics`` is the Prometheus text format, every metric prefixed ``happ_``.
 """
 
@@ -16,13 +18,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
+def _always() -> bool:
+    return True
+
+
 def ops_router(
-    checks: Callable[[], Mapping[str, ReadinessCheck]], timeout_s: float = 2.0
+    checks: Callable[[], Mapping[str, ReadinessCheck]],
+    timeout_s: float = 2.0,
+    alive: Callable[[], bool] = _always,
 ) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
+    async def healthz(response: Response) -> dict[str, str]:
+        if not alive():
+            response.status_code = 503
+            return {"status": "dead"}
         return {"status": "ok"}
 
     @router.get("/readyz")

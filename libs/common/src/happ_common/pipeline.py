@@ -1,21 +1,35 @@
-"""A keyed, ordered, concurrent Kafka consumer with safe commits.
+"""A keyed, ordered, concurrent Kafka consumer that never commits work not done.
 
 The assistant and the delivery service both need it: LLM calls take seconds and
 endpoints may take ten, so one record at a time per partition cannot keep up,
-yet one conversation's records must be handled in order and a crash must lose
-nothing. FastStream's subscribers offer either ordered-and-serial or
+yet one conversation's records must be handled in order and nothing may be
+lost. FastStream's subscribers offer either ordered-and-serial or
 concurrent-and-unordered with at-most-once acks, so this consumer drives
 aiokafka directly:
 
 * per key a FIFO whose head alone runs: keys run concurrently, one key in order;
 * per partition the set of unfinished offsets: the committed offset is the lowest
-  unfinished one (or the last fetched + 1), so a commit never passes a record
-  whose work is not done;
-* a global bound on records held (queued or running): when reached, fetching
-  pauses (``consumer.pause``) while the poll loop keeps the membership alive;
-* on revocation, no new work starts for the partition, running work gets a short
-  grace period, what is finished is committed and the rest is dropped: the new
-  owner redoes it, and handlers are idempotent.
+  unfinished one (or the last fetched + 1). A record leaves that set only when
+  its handler returned, or after it was parked on the dead-letter topic. Work
+  skipped or abandoned on revocation or shutdown stays unfinished, so the
+  partition's next owner gets it;
+* failures are classified: a record that will fail the same way every time
+  (``PoisonRecord``, a validation error) is parked on ``<topic>.dlq``; anything
+  else (database, broker, timeouts) is retried with backoff for as long as it
+  lasts, never skipped, while the partition's fetching is paused;
+* a global bound on active records (queued or running): when reached, fetching
+  pauses (``consumer.pause``) while the poll loop keeps the membership alive. A
+  handler that waits on something other than this consumer's capacity (a
+  closed conversation gate, a retry not yet due, a channel's share of
+  connections) marks its key ``parked()``: the key's records then count against
+  a separate byte budget, so they can neither starve the others nor deadlock
+  the records that would release them;
+* newly assigned partitions are held (paused, and anything fetched early sought
+  back) until the assignment callback has finished: the delivery service
+  restores its conversation gates there;
+* on revocation: the service's callback first (work waiting on partition state
+  lets go), running work gets a grace period, what still runs is cancelled
+  (abandoned: unfinished), and the commit covers only finished work.
 
 Topics read together are assigned with the range assignor so equal partition
 numbers of co-partitioned topics land on the same member.
@@ -28,13 +42,14 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
@@ -53,28 +68,36 @@ class Record(Protocol):
 
 Handler = Callable[[Record], Awaitable[None]]
 # May be async: an assignment callback is awaited before any record of the
-# newly assigned partitions is fetched (the delivery service rebuilds state there).
+# newly assigned partitions is handed to the handler.
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None] | None]
 KeyFunction = Callable[[Record], object]
+# Parks a record that can never be handled on its dead-letter topic.
+DeadLetterSink = Callable[[Record, BaseException], Awaitable[None]]
 
+
+class PoisonRecord(Exception):
+    """The record will fail the same way however often it is tried (it does not
+    decode, or it breaks a rule of its event): park it, do not retry it."""
+
+
+class Abandoned(Exception):
+    """The handler let go of its record without finishing it (its partition was
+    revoked while it waited): the record stays unfinished, and the partition's
+    next owner handles it."""
+
+
+# Errors that retrying cannot fix. Everything else is taken for an outage.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (PoisonRecord, ValidationError)
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def decode(record: Record, model: type[M]) -> M | None:
-    """The record's event, or None (logged with its coordinates) if it is not
-    one: retrying cannot fix a record that does not parse, so it is skipped."""
+def decode(record: Record, model: type[M]) -> M:
+    """The record's event; ``PoisonRecord`` if it is not one."""
     try:
         return model.model_validate_json(record.value or b"")
-    except ValidationError:
-        log.error(
-            "undecodable %s record %s[%d]@%d skipped",
-            model.__name__,
-            record.topic,
-            record.partition,
-            record.offset,
-        )
-        return None
+    except ValidationError as exc:
+        raise PoisonRecord(f"not a {model.__name__}: {exc.error_count()} errors: {exc}") from exc
 
 
 def record_key(record: Record) -> object:
@@ -87,13 +110,39 @@ def record_key(record: Record) -> object:
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = Gauge(
-    "happ_pipeline_in_flight", "Records held by a consumer (queued or running)", ["consumer"]
+    "happ_pipeline_in_flight", "Active records held by a consumer (queued or running)", ["consumer"]
 )
+PARKED_BYTES = Gauge(
+    "happ_pipeline_parked_bytes",
+    "Bytes of records whose key waits on something other than the consumer (gate, due time)",
+    ["consumer"],
+)
+PARKED_KEYS = Gauge("happ_pipeline_parked_keys", "Keys parked now", ["consumer"])
 ASSIGNED = Gauge("happ_pipeline_assigned_partitions", "Partitions this member owns", ["consumer"])
 ACTIVE_KEYS = Gauge(
     "happ_pipeline_active_keys", "Keys (conversations) with work in flight", ["consumer"]
 )
 PROCESSED = Counter("happ_pipeline_processed_total", "Records handled", ["consumer", "outcome"])
+RETRYING = Gauge(
+    "happ_pipeline_retrying_records",
+    "Records whose handler failed on an outage and waits to be tried again",
+    ["consumer"],
+)
+DEAD_LETTERS = Counter(
+    "happ_pipeline_dead_letters_total",
+    "Records parked on a dead-letter topic",
+    ["consumer", "topic"],
+)
+OLDEST_UNFINISHED = Gauge(
+    "happ_pipeline_oldest_unfinished_age_seconds",
+    "Age (from its broker timestamp) of the oldest record not yet finished, per partition",
+    ["consumer", "topic", "partition"],
+)
+LAG = Gauge(
+    "happ_pipeline_lag_records",
+    "Records on the log past the committed offset, per partition",
+    ["consumer", "topic", "partition"],
+)
 DELAY = Histogram(
     "happ_pipeline_processing_delay_seconds",
     "From the record's broker timestamp to the start of its handling",
@@ -107,25 +156,44 @@ HANDLE_TIME = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 90),
 )
 
+# What a record costs while parked beyond its key and value (the record object,
+# its queue entry and bookkeeping), so that empty records still count.
+_RECORD_OVERHEAD = 256
+
 
 @dataclass(eq=False)
 class _Partition:
     """What this member holds of one assigned partition."""
 
-    unfinished: dict[int, None] = field(default_factory=dict)  # insertion-ordered = offset order
-    # Records below this offset were on the log when we took the partition over,
-    # so an earlier owner may have handled them; later ones are new to everyone.
-    replay_below: float = float("inf")
+    # offset -> broker timestamp (ms); insertion-ordered = offset order.
+    unfinished: dict[int, int] = field(default_factory=dict)
     next_offset: int | None = None
     committed: int | None = None
+    # False until the assignment callback has finished: nothing is handed out.
+    ready: bool = False
     revoked: bool = False
-    running: int = 0
+    retrying: int = 0  # records failing on an outage: fetching is paused meanwhile
+    running: set[asyncio.Task[None]] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
 
     def commit_point(self) -> int | None:
         if self.unfinished:
             return next(iter(self.unfinished))
         return self.next_offset
+
+
+@dataclass(eq=False)
+class _Work:
+    record: Record
+    part: _Partition
+    size: int
+
+
+@dataclass(eq=False)
+class _Key:
+    queue: deque[_Work] = field(default_factory=deque)
+    parked: bool = False
 
 
 @dataclass
@@ -135,12 +203,36 @@ class PipelineConfig:
     group_id: str
     topics: tuple[str, ...]
     max_in_flight: int = 1024
+    max_parked_bytes: int = 64 * 1024 * 1024
     commit_interval_s: float = 0.5
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
-    handler_attempts: int = 5
     revoke_grace_s: float = 5.0
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 10.0
     consumer_options: dict[str, Any] = field(default_factory=dict)
+
+
+# The key whose record the current task is handling (see ``parked``).
+_CURRENT: ContextVar[tuple[KeyedPipeline, _Key] | None] = ContextVar("pipeline_key", default=None)
+
+
+@contextlib.asynccontextmanager
+async def parked() -> AsyncIterator[None]:
+    """Inside a handler: while in this block, the handler's key waits on something
+    other than this consumer (a gate another record opens, a due time, a
+    channel's share of connections), so its records leave the active budget for
+    the parked one. Outside a pipeline's handler it does nothing."""
+    current = _CURRENT.get()
+    if current is None or current[1].parked:
+        yield
+        return
+    pipeline, key = current
+    pipeline._park(key, True)
+    try:
+        yield
+    finally:
+        pipeline._park(key, False)
 
 
 class KeyedPipeline:
@@ -152,22 +244,26 @@ class KeyedPipeline:
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
         key_of: KeyFunction = record_key,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.config = config
         self._handler = handler
         self._key_of = key_of
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._dead_letters = dead_letters
         self._partitions: dict[TopicPartition, _Partition] = {}
-        self._queues: dict[object, deque[tuple[Record, _Partition]]] = {}
+        self._keys: dict[object, _Key] = {}
         self._key_tasks: set[asyncio.Task[None]] = set()
+        self._abandoning: set[asyncio.Task[None]] = set()
         self._in_flight = 0
-        self._room = asyncio.Event()
+        self._parked_bytes = 0
+        self._parked_keys = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._paused = False
+        self._paused: set[TopicPartition] = set()
         self.assigned_event = asyncio.Event()
         self._labels = {"consumer": config.name}
 
@@ -192,13 +288,18 @@ class KeyedPipeline:
         self._commit_task = asyncio.create_task(self._commit_loop(), name=f"{cfg.name}-commit")
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop fetching, let running work finish (bounded), commit, leave the group."""
+        """Stop fetching, let running work finish (bounded), commit what is done,
+        leave the group. What did not finish stays uncommitted for the next owner."""
         self._stopping = True
         for task in (self._fetch_task, self._commit_task):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        owned = set(self._partitions)
+        for part in self._partitions.values():
+            part.gone.set()
+        await self._call(self._on_revoked, owned)
         if self._key_tasks:
             _, pending = await asyncio.wait(set(self._key_tasks), timeout=grace_s)
             for task in pending:
@@ -210,134 +311,227 @@ class KeyedPipeline:
                 await self._commit()
             await self._consumer.stop()
 
+    def healthy(self) -> bool:
+        """False once the fetch or commit loop has died: nothing would move again,
+        so the process should be restarted (``/healthz``)."""
+        return all(
+            task is not None and not task.done() for task in (self._fetch_task, self._commit_task)
+        )
+
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def parked_bytes(self) -> int:
+        return self._parked_bytes
+
     def assignment(self) -> set[TopicPartition]:
         return set(self._partitions)
 
-    def may_be_replay(self, record: Record) -> bool:
-        """Could an earlier owner of the partition have handled this record?
-
-        False only for records written after this member took the partition
-        over: handlers may skip their "was this already done?" lookup for those,
-        which in steady state is nearly all of them.
-        """
-        part = self._partitions.get(TopicPartition(record.topic, record.partition))
-        return part is None or record.offset < part.replay_below
-
     # -- fetching ------------------------------------------------------------------
+
+    def _apply_pauses(self, consumer: AIOKafkaConsumer, full: bool) -> None:
+        assigned = consumer.assignment()
+        if full:
+            want = set(assigned)
+        else:
+            want = {
+                tp
+                for tp in assigned
+                if (p := self._partitions.get(tp)) is None or not p.ready or p.retrying
+            }
+        if want == self._paused:
+            return
+        if resume := self._paused - want:
+            consumer.resume(*(tp for tp in resume if tp in assigned))
+        if pause := want - self._paused:
+            consumer.pause(*pause)
+        self._paused = want
 
     async def _fetch_loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        limit = self.config.max_in_flight
+        cfg = self.config
         while not self._stopping:
-            room = limit - self._in_flight
-            if room <= 0:
-                # Keep polling (it keeps us in the group) but take nothing new.
-                if not self._paused:
-                    consumer.pause(*consumer.assignment())
-                    self._paused = True
-            elif self._paused:
-                consumer.resume(*consumer.assignment())
-                self._paused = False
+            room = cfg.max_in_flight - self._in_flight
+            full = room <= 0 or self._parked_bytes >= cfg.max_parked_bytes
+            # Keep polling even when full: it keeps us in the group.
+            self._apply_pauses(consumer, full)
             try:
                 batches = await consumer.getmany(timeout_ms=100, max_records=max(room, 1))
             except KafkaError as exc:
-                log.warning("%s: fetch failed: %s", self.config.name, exc)
+                log.warning("%s: fetch failed: %s", cfg.name, exc)
                 await asyncio.sleep(0.5)
-                continue
-            if room <= 0:
                 continue
             for tp, records in batches.items():
                 part = self._partitions.get(tp)
-                if part is None or part.revoked:
+                if part is None or not part.ready or part.revoked or full:
+                    # Not ours to hand out (yet): fetch these again later. A
+                    # revoked partition's position no longer matters.
+                    if records and (part is None or not part.revoked):
+                        with contextlib.suppress(IllegalStateError, AssertionError):
+                            consumer.seek(tp, records[0].offset)
                     continue
                 for record in records:
-                    part.unfinished[record.offset] = None
+                    part.unfinished[record.offset] = record.timestamp
                     part.next_offset = record.offset + 1
                     self._enqueue(record, part)
             IN_FLIGHT.labels(**self._labels).set(self._in_flight)
 
     def _enqueue(self, record: Record, part: _Partition) -> None:
-        self._in_flight += 1
         key = self._key_of(record)
-        queue = self._queues.get(key)
-        if queue is not None:
-            queue.append((record, part))
+        entry = self._keys.get(key)
+        fresh = entry is None
+        if entry is None:
+            entry = self._keys[key] = _Key()
+        work = _Work(
+            record, part, len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD
+        )
+        entry.queue.append(work)
+        if entry.parked:
+            self._parked_bytes += work.size
+        else:
+            self._in_flight += 1
+        if fresh:
+            task = asyncio.create_task(self._drain(key, entry))
+            self._key_tasks.add(task)
+            task.add_done_callback(self._key_tasks.discard)
+            ACTIVE_KEYS.labels(**self._labels).set(len(self._keys))
+
+    def _release(self, entry: _Key, work: _Work) -> None:
+        if entry.parked:
+            self._parked_bytes -= work.size
+        else:
+            self._in_flight -= 1
+
+    def _park(self, entry: _Key, parked: bool) -> None:
+        if entry.parked == parked:
             return
-        self._queues[key] = deque([(record, part)])
-        task = asyncio.create_task(self._drain(key))
-        self._key_tasks.add(task)
-        task.add_done_callback(self._key_tasks.discard)
-        ACTIVE_KEYS.labels(**self._labels).set(len(self._queues))
+        size = sum(w.size for w in entry.queue)
+        sign = 1 if parked else -1
+        self._parked_bytes += sign * size
+        self._in_flight -= sign * len(entry.queue)
+        self._parked_keys += sign
+        entry.parked = parked
+        PARKED_BYTES.labels(**self._labels).set(self._parked_bytes)
+        PARKED_KEYS.labels(**self._labels).set(self._parked_keys)
+        IN_FLIGHT.labels(**self._labels).set(self._in_flight)
 
     # -- handling ------------------------------------------------------------------
 
-    async def _drain(self, key: object) -> None:
-        queue = self._queues[key]
+    async def _drain(self, key: object, entry: _Key) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        _CURRENT.set((self, entry))
         try:
-            while queue:
-                record, part = queue[0]
-                if not part.revoked:
-                    part.running += 1
+            while entry.queue:
+                work = entry.queue[0]
+                part = work.part
+                if not part.revoked and not self._stopping:
+                    part.running.add(task)
                     part.idle.clear()
+                    done = False
                     try:
-                        await self._handle(record)
+                        done = await self._handle(work.record, part)
+                    except asyncio.CancelledError:
+                        if task not in self._abandoning:
+                            raise
+                        # Cut off after the revocation's grace period: unfinished.
+                        self._abandoning.discard(task)
+                        task.uncancel()
                     finally:
-                        part.running -= 1
-                        if part.running == 0:
+                        part.running.discard(task)
+                        if not part.running:
                             part.idle.set()
-                queue.popleft()
-                part.unfinished.pop(record.offset, None)
-                self._in_flight -= 1
+                    if done:
+                        part.unfinished.pop(work.record.offset, None)
+                entry.queue.popleft()
+                self._release(entry, work)
         finally:
-            # Cancelled at shutdown: what is left stays uncommitted and is redone.
-            self._in_flight -= len(queue)
-            del self._queues[key]
-            ACTIVE_KEYS.labels(**self._labels).set(len(self._queues))
+            # Cancelled at shutdown: what is left stays unfinished and is redone.
+            for work in entry.queue:
+                self._release(entry, work)
+            if entry.parked:
+                self._park(entry, False)
+            del self._keys[key]
+            ACTIVE_KEYS.labels(**self._labels).set(len(self._keys))
             IN_FLIGHT.labels(**self._labels).set(self._in_flight)
 
-    async def _handle(self, record: Record) -> None:
+    async def _handle(self, record: Record, part: _Partition) -> bool:
+        """Handle one record until it is done (True) or let go of (False)."""
         if record.timestamp:
             DELAY.labels(**self._labels).observe(max(0.0, time.time() - record.timestamp / 1000))
         started = time.perf_counter()
-        attempts = self.config.handler_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                await self._handler(record)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if attempt == attempts:
-                    # A poison record must not stall its partition forever: give up
-                    # on it loudly, with its coordinates, and move on.
-                    log.exception(
-                        "%s: giving up on %s[%d]@%d after %d attempts",
-                        self.config.name,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        attempts,
-                    )
-                    PROCESSED.labels(outcome="failed", **self._labels).inc()
-                    break
+        failures = 0
+        try:
+            while True:
+                try:
+                    await self._handler(record)
+                except Abandoned:
+                    PROCESSED.labels(outcome="abandoned", **self._labels).inc()
+                    return False
+                except PERMANENT_ERRORS as exc:
+                    if await self._dead_letter(record, exc):
+                        return True
+                    error: BaseException = exc
+                except Exception as exc:
+                    error = exc
+                else:
+                    PROCESSED.labels(outcome="ok", **self._labels).inc()
+                    return True
+                # An outage (or a sink that could not take a poison record):
+                # try again for as long as it lasts, never skip.
+                failures += 1
+                if failures == 1:
+                    part.retrying += 1
+                    RETRYING.labels(**self._labels).inc()
                 log.warning(
-                    "%s: handler failed on %s[%d]@%d (attempt %d), retrying",
+                    "%s: handler failed on %s[%d]@%d (failure %d), retrying: %s: %s",
                     self.config.name,
                     record.topic,
                     record.partition,
                     record.offset,
-                    attempt,
-                    exc_info=True,
+                    failures,
+                    type(error).__name__,
+                    error,
+                    exc_info=failures == 1,
                 )
-                await asyncio.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
-            else:
-                PROCESSED.labels(outcome="ok", **self._labels).inc()
-                break
-        HANDLE_TIME.labels(**self._labels).observe(time.perf_counter() - started)
+                PROCESSED.labels(outcome="retried", **self._labels).inc()
+                backoff = min(
+                    self.config.retry_backoff_s * 2 ** (failures - 1),
+                    self.config.retry_backoff_max_s,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(part.gone.wait(), backoff)
+                if part.revoked or self._stopping:
+                    PROCESSED.labels(outcome="abandoned", **self._labels).inc()
+                    return False
+        finally:
+            if failures:
+                part.retrying -= 1
+                RETRYING.labels(**self._labels).dec()
+            HANDLE_TIME.labels(**self._labels).observe(time.perf_counter() - started)
+
+    async def _dead_letter(self, record: Record, error: BaseException) -> bool:
+        """Park a record that can never be handled; False if the sink failed."""
+        log.error(
+            "%s: %s[%d]@%d cannot be handled, dead-lettered: %s",
+            self.config.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            error,
+        )
+        if self._dead_letters is not None:
+            try:
+                await self._dead_letters(record, error)
+            except Exception:
+                log.warning("%s: dead-letter publish failed", self.config.name, exc_info=True)
+                return False
+        DEAD_LETTERS.labels(topic=record.topic, **self._labels).inc()
+        PROCESSED.labels(outcome="dead_lettered", **self._labels).inc()
+        return True
 
     # -- committing ----------------------------------------------------------------
 
@@ -348,6 +542,21 @@ class KeyedPipeline:
                 await self._commit()
             except KafkaError as exc:
                 log.warning("%s: commit failed (will retry): %s", self.config.name, exc)
+            self._observe_partitions()
+
+    def _observe_partitions(self) -> None:
+        consumer = self._consumer
+        now_ms = time.time() * 1000
+        for tp, part in list(self._partitions.items()):
+            labels = {"topic": tp.topic, "partition": str(tp.partition), **self._labels}
+            oldest = next(iter(part.unfinished.values()), None)
+            OLDEST_UNFINISHED.labels(**labels).set(
+                max(0.0, (now_ms - oldest) / 1000) if oldest else 0.0
+            )
+            if consumer is not None and part.committed is not None:
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    LAG.labels(**labels).set(max(0, highwater - part.committed))
 
     async def _commit(self, only: Iterable[TopicPartition] | None = None) -> None:
         assert self._consumer is not None
@@ -370,51 +579,96 @@ class KeyedPipeline:
 
     # -- rebalancing ---------------------------------------------------------------
 
-    async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        owned = [tp for tp in revoked if tp in self._partitions]
-        for tp in owned:
-            self._partitions[tp].revoked = True
-        # The service first: work that waits on partition state (a gate, a
-        # scheduled retry) must let go before we wait for running work.
-        if self._on_revoked and owned:
-            result = self._on_revoked(set(owned))
+    async def _call(self, callback: PartitionsCallback | None, tps: set[TopicPartition]) -> None:
+        if callback is not None and tps:
+            result = callback(set(tps))
             if result is not None:
                 await result
-        running = [self._partitions[tp].idle.wait() for tp in owned if self._partitions[tp].running]
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        owned = [tp for tp in revoked if tp in self._partitions]
+        parts = [self._partitions[tp] for tp in owned]
+        for part in parts:
+            part.revoked = True
+            part.gone.set()
+        # The service first: work that waits on partition state (a gate, a
+        # scheduled retry) must let go before we wait for running work.
+        await self._call(self._on_revoked, set(owned))
+        running = [p.idle.wait() for p in parts if p.running]
         if running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*running), self.config.revoke_grace_s)
+        # Still running after the grace period: cut off, left unfinished, so the
+        # new owner never runs a record while this member still does.
+        cut_off = {task for p in parts for task in p.running}
+        for task in cut_off:
+            self._abandoning.add(task)
+            task.cancel()
+        if cut_off:
+            log.warning("%s: %d records cut off by revocation", self.config.name, len(cut_off))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.idle.wait() for p in parts if p.running)), 5.0
+                )
         try:
             await self._commit(owned)
         except KafkaError as exc:
             log.warning("%s: commit on revocation failed: %s", self.config.name, exc)
         for tp in owned:
             del self._partitions[tp]
+            for gauge in (OLDEST_UNFINISHED, LAG):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.config.name, tp.topic, str(tp.partition))
         ASSIGNED.labels(**self._labels).set(len(self._partitions))
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
-        ends: dict[TopicPartition, int] = {}
-        if self._consumer is not None and assigned:
-            try:
-                ends = await self._consumer.end_offsets(list(assigned))
-            except KafkaError as exc:
-                log.warning(
-                    "%s: end offsets unknown, treating all as replays: %s", self.config.name, exc
-                )
-        for tp in assigned:
-            if tp not in self._partitions:
-                part = _Partition()
-                part.idle.set()
-                if tp in ends:
-                    part.replay_below = ends[tp]
-                self._partitions[tp] = part
+        new = [tp for tp in assigned if tp not in self._partitions]
+        for tp in new:
+            part = _Partition()
+            part.idle.set()
+            self._partitions[tp] = part
+        # Held until the service's callback has finished: nothing of these
+        # partitions is handed out before (the fetch loop seeks back what came).
+        if self._consumer is not None and new:
+            self._consumer.pause(*new)
+            self._paused |= set(new)
         ASSIGNED.labels(**self._labels).set(len(self._partitions))
-        if self._paused and self._consumer is not None:
-            self._consumer.pause(*assigned)
-        if self._on_assigned:
-            result = self._on_assigned(set(assigned))
-            if result is not None:
-                await result
+        if new:
+            # Not awaited here: the callback may need the database, which may be
+            # away; the rebalance must not wait for it (the partitions stay held).
+            task = asyncio.create_task(self._make_ready({tp: self._partitions[tp] for tp in new}))
+            self._key_tasks.add(task)
+            task.add_done_callback(self._key_tasks.discard)
+        else:
+            self.assigned_event.set()
+
+    async def _make_ready(self, parts: dict[TopicPartition, _Partition]) -> None:
+        failures = 0
+        while True:
+            live = {tp for tp, part in parts.items() if not part.revoked}
+            if not live or self._stopping:
+                return
+            try:
+                await self._call(self._on_assigned, live)
+                break
+            except Exception:
+                failures += 1
+                log.warning(
+                    "%s: assignment callback failed (failure %d), retrying",
+                    self.config.name,
+                    failures,
+                    exc_info=failures == 1,
+                )
+                await asyncio.sleep(
+                    min(self.config.retry_backoff_s * 2**failures, self.config.retry_backoff_max_s)
+                )
+        # Revoked while the callback ran: the revocation callback may have run
+        # before the state it undoes was built, so it runs again.
+        # (Not if the partition is ours again: its state is valid for us.)
+        moved = {tp for tp, part in parts.items() if part.revoked and tp not in self._partitions}
+        await self._call(self._on_revoked, moved)
+        for part in parts.values():
+            part.ready = True
         self.assigned_event.set()
 
 

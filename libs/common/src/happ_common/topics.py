@@ -19,7 +19,17 @@ INBOUND_MESSAGES = "inbound.messages"
 OUTBOUND_REPLIES = "outbound.replies"
 DELIVERY_RETRY = "delivery.retry"
 
-ALL_TOPICS = (INBOUND_MESSAGES, OUTBOUND_REPLIES, DELIVERY_RETRY)
+# Read together, keyed alike: these must have the same number of partitions.
+PIPELINE_TOPICS = (INBOUND_MESSAGES, OUTBOUND_REPLIES, DELIVERY_RETRY)
+
+
+# Where each consumer parks the records it can never handle (``dead_letters``).
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+DEAD_LETTER_TOPICS = tuple(dead_letter_topic(t) for t in PIPELINE_TOPICS)
+ALL_TOPICS = (*PIPELINE_TOPICS, *DEAD_LETTER_TOPICS)
 
 log = logging.getLogger(__name__)
 

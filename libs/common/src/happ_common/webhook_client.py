@@ -87,13 +87,17 @@ def ssl_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def new_session(
-    *, ca_file: str | None, allow_private: bool, max_connections: int = 512
+    *,
+    ca_file: str | None,
+    allow_private: bool,
+    max_connections: int = 512,
+    max_connections_per_host: int = 64,
 ) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         ssl=ssl_context(ca_file),
         resolver=GuardedResolver(allow_private),
         limit=max_connections,
-        limit_per_host=64,
+        limit_per_host=max_connections_per_host,
         ttl_dns_cache=10,
         enable_cleanup_closed=True,
     )

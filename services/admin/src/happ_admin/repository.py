@@ -202,7 +202,7 @@ class AdminRepository:
 def _delivered(reply: StoredMessage, state: DeliveryState) -> StoredMessage:
     return reply.model_copy(
         update={
-            "status": state.status,
+            "status": state.shown_status,
             "attempts": state.attempts,
             "last_status_code": state.last_status_code,
             "last_error_code": state.last_error_code,

@@ -16,6 +16,7 @@ from happ_assistant.service import AssistantService
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
+from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
@@ -76,8 +77,10 @@ def create_app(
                 inbound_handler(service),
                 # The next owner of a revoked partition writes to its conversations.
                 on_revoked=history.revoke,
+                dead_letters=DeadLetterPublisher(publisher, "assistant"),
             )
             await pipeline.start()
+            app.state.alive = pipeline.healthy
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
@@ -90,5 +93,6 @@ def create_app(
     app = FastAPI(title="HAPP assistant", version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(HttpMetrics, service="assistant")
-    app.include_router(ops_router(lambda: app.state.checks))
+    # Late-bound: the lifespan sets both.
+    app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
     return app

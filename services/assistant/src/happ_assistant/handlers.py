@@ -10,8 +10,6 @@ from happ_common.pipeline import Handler, Record, decode
 
 def inbound_handler(service: AssistantService) -> Handler:
     async def handle(record: Record) -> None:
-        msg = decode(record, InboundMessage)
-        if msg is not None:
-            await service.handle(msg, (record.topic, record.partition))
+        await service.handle(decode(record, InboundMessage), (record.topic, record.partition))
 
     return handle

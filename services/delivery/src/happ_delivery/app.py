@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
+from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
@@ -42,6 +43,7 @@ def create_app(
                 ca_file=settings.ca_file,
                 allow_private=happ.allow_private_endpoints,
                 max_connections=settings.max_connections,
+                max_connections_per_host=settings.max_connections_per_host,
             )
             repository = DeliveryRepository(clients.db)
             service = DeliveryService(
@@ -60,14 +62,16 @@ def create_app(
                     group_id=settings.group_id,
                     topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
                     max_in_flight=settings.max_in_flight,
+                    max_parked_bytes=settings.max_parked_bytes,
                 ),
-                # Late-bound: the pipeline being built here answers the handler later.
-                delivery_handler(service, lambda record: pipeline.may_be_replay(record)),  # noqa: PLW0108
+                delivery_handler(service),
                 key_of=pipeline_key,
                 on_assigned=on_assigned(service),
                 on_revoked=on_revoked(service),
+                dead_letters=DeadLetterPublisher(publisher, "delivery"),
             )
             await pipeline.start()
+            app.state.alive = pipeline.healthy
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
@@ -80,5 +84,6 @@ def create_app(
     app = FastAPI(title="HAPP delivery", version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(HttpMetrics, service="delivery")
-    app.include_router(ops_router(lambda: app.state.checks))
+    # Late-bound: the lifespan sets both.
+    app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
     return app

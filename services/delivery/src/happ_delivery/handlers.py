@@ -8,7 +8,6 @@ conversation it is holding back, or neither could move.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from aiokafka import TopicPartition
 
@@ -26,16 +25,12 @@ def pipeline_key(record: Record) -> object:
     return record.key
 
 
-def delivery_handler(service: DeliveryService, may_be_replay: Callable[[Record], bool]) -> Handler:
+def delivery_handler(service: DeliveryService) -> Handler:
     async def handle(record: Record) -> None:
         if record.topic == DELIVERY_RETRY:
-            retry = decode(record, DeliveryRetry)
-            if retry is not None:
-                await service.deliver_retry(retry, record.partition)
-            return
-        reply = decode(record, OutboundReply)
-        if reply is not None:
-            await service.deliver_new(reply, record.partition, may_be_replay(record))
+            await service.deliver_retry(decode(record, DeliveryRetry), record.partition)
+        else:
+            await service.deliver_new(decode(record, OutboundReply), record.partition)
 
     return handle
 

@@ -1,10 +1,18 @@
 """The delivery state of replies (``happ_common.deliveries``): written here.
 
-Reads and writes go through batchers: with thousands of replies in flight, each
-delivery's state check and state write share round trips with the others. A
-reply's first outcome is an insert (one ``insert_many`` for the whole batch);
-an insert that finds the reply's document already there (a replay after a
-crash) falls back to the update that every later outcome is.
+A reply's delivery is a small state machine, each step recorded before the
+next one starts (``service.py``):
+
+* ``claim_first`` / ``claim_next`` mark an attempt ``sending`` before its POST.
+  The first claim is an insert, batched with other replies' (``insert_many``);
+  a duplicate key means the reply was met before (a redelivered or republished
+  record), and the caller reads the state instead. Later claims are
+  compare-and-set updates on the (status, attempts) just read, so two records
+  of one reply never both send the same attempt.
+* ``record`` writes the attempt's outcome, batched: ``delivered``, ``failed``,
+  ``canceled``, or ``retrying`` with the retry's due time, which also lists the
+  reply in ``pending_retries`` (by partition) so that the partition's next
+  owner can close the conversation's gate before it handles anything.
 """
 
 from __future__ import annotations
@@ -42,7 +50,6 @@ class _Write:
 
     _id: str
     fields: Document
-    first: bool
     pending_retry: UpdateOne | DeleteOne | None
 
 
@@ -51,17 +58,84 @@ class DeliveryRepository:
         self._deliveries = db[DELIVERIES]
         self._pending = db[PENDING_RETRIES]
         self._states = DeliveryStates(db)
-        self._reads: Batcher[tuple[str, str], DeliveryState] = Batcher(
+        self._reads: Batcher[tuple[str, str], DeliveryState | None] = Batcher(
             "delivery_state", self._read_many
         )
+        self._claims: Batcher[Document, bool] = Batcher("delivery_claim", self._insert_many)
         self._writes: Batcher[_Write, None] = Batcher("delivery_update", self._write_many)
 
-    async def state(self, channel_id: str, reply_id: str) -> DeliveryState:
+    async def state(self, channel_id: str, reply_id: str) -> DeliveryState | None:
+        """The reply's state; None if no attempt was ever claimed."""
         return await self._reads.submit((channel_id, reply_id))
 
-    async def _read_many(self, keys: Sequence[tuple[str, str]]) -> list[DeliveryState]:
+    async def _read_many(self, keys: Sequence[tuple[str, str]]) -> list[DeliveryState | None]:
         found = await self._states.many(keys)
-        return [found.get(k) or DeliveryState() for k in keys]
+        return [found.get(k) for k in keys]
+
+    async def claim_first(self, channel_id: str, reply_id: str) -> bool:
+        """Claim attempt 1 of a reply never attempted; False if it was met before."""
+        now = datetime.now(UTC)
+        return await self._claims.submit(
+            {
+                "_id": delivery_id(channel_id, reply_id),
+                "channel_id": channel_id,
+                "reply_id": reply_id,
+                "status": "sending",
+                "attempts": 1,
+                "updated_at": now,
+            }
+        )
+
+    async def _insert_many(self, docs: Sequence[Document]) -> list[bool]:
+        inserted = [True] * len(docs)
+        try:
+            await self._deliveries.insert_many(list(docs), ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            for e in errors:
+                inserted[e["index"]] = False
+        return inserted
+
+    async def claim_next(
+        self, channel_id: str, reply_id: str, seen: DeliveryState, attempt: int
+    ) -> bool:
+        """Claim ``attempt`` if the state is still ``seen`` (compare-and-set)."""
+        result = await self._deliveries.update_one(
+            {
+                "_id": delivery_id(channel_id, reply_id),
+                "status": seen.status,
+                "attempts": seen.attempts,
+            },
+            {
+                "$set": {
+                    "status": "sending",
+                    "attempts": attempt,
+                    "next_attempt_at": None,
+                    "updated_at": datetime.now(UTC),
+                }
+            },
+        )
+        return result.modified_count == 1
+
+    async def claim_missing(self, channel_id: str, reply_id: str, attempt: int) -> bool:
+        """Claim ``attempt`` of a reply whose state is missing (a resend of a
+        reply that predates the state, or a lost document)."""
+        result = await self._deliveries.update_one(
+            {"_id": delivery_id(channel_id, reply_id)},
+            {
+                "$setOnInsert": {
+                    "channel_id": channel_id,
+                    "reply_id": reply_id,
+                    "status": "sending",
+                    "attempts": attempt,
+                    "updated_at": datetime.now(UTC),
+                }
+            },
+            upsert=True,
+        )
+        return result.upserted_id is not None
 
     async def _write_many(self, writes: Sequence[_Write]) -> list[None]:
         # A scheduled retry is listed before its state says "retrying", and
@@ -70,23 +144,10 @@ class DeliveryRepository:
         added = [w.pending_retry for w in writes if isinstance(w.pending_retry, UpdateOne)]
         if added:
             await self._pending.bulk_write(added, ordered=False)
-        updates = [w for w in writes if not w.first]
-        firsts = [w for w in writes if w.first]
-        if firsts:
-            try:
-                await self._deliveries.insert_many(
-                    [{"_id": w._id, **w.fields} for w in firsts], ordered=False
-                )
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-                updates += [firsts[e["index"]] for e in errors]
-        if updates:
-            await self._deliveries.bulk_write(
-                [UpdateOne({"_id": w._id}, {"$set": w.fields}, upsert=True) for w in updates],
-                ordered=True,
-            )
+        await self._deliveries.bulk_write(
+            [UpdateOne({"_id": w._id}, {"$set": w.fields}, upsert=True) for w in writes],
+            ordered=True,
+        )
         removed = [w.pending_retry for w in writes if isinstance(w.pending_retry, DeleteOne)]
         if removed:
             try:
@@ -94,7 +155,7 @@ class DeliveryRepository:
             except PyMongoError as exc:
                 # The outcomes are recorded; an entry left behind is recognised
                 # by its ended state at the next takeover (pending_retries), so
-                # this must not fail the batch and send its replies again.
+                # this must not fail the batch.
                 log.warning("pending retries not removed (%d): %s", len(removed), exc)
         return [None] * len(writes)
 
@@ -104,36 +165,32 @@ class DeliveryRepository:
         reply_id: str,
         status: DeliveryStatus,
         *,
-        attempt: int | None = None,
+        attempt: int,
         outcome: AttemptOutcome | None = None,
         sender_id: str | None = None,
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
-        first: bool = False,
     ) -> None:
-        """Record where a reply's delivery stands.
-
-        ``first``: the first outcome of the reply's first series (no document yet,
-        except after a crash). ``partition`` and ``sender_id`` go with
-        ``retrying``; an ended series with ``attempt`` > 1 had a retry pending."""
+        """Record the outcome of ``attempt``. ``partition`` and ``sender_id`` go
+        with ``retrying``; an ended series with ``attempt`` > 1 had a retry pending."""
         now = datetime.now(UTC)
         _id = delivery_id(channel_id, reply_id)
         fields: Document = {
             "channel_id": channel_id,
             "reply_id": reply_id,
             "status": status,
+            "attempts": attempt,
             "updated_at": now,
+            "next_attempt_at": next_attempt_at if status == "retrying" else None,
         }
-        if attempt is not None and outcome is not None:
+        if outcome is not None:
             fields |= {
-                "attempts": attempt,
                 "last_status_code": outcome.status_code,
                 "last_error_code": outcome.error_code,
                 "last_attempt_at": now,
             }
         if status == "delivered":
             fields["delivered_at"] = now
-        fields["next_attempt_at"] = next_attempt_at if status == "retrying" else None
         pending: UpdateOne | DeleteOne | None = None
         if status == "retrying":
             entry = PendingRetry(
@@ -143,13 +200,14 @@ class DeliveryRepository:
                 partition=partition if partition is not None else -1,
             )
             pending = UpdateOne({"_id": _id}, {"$set": entry.model_dump()}, upsert=True)
-        elif (attempt is not None and attempt > 1) or status == "canceled":
+        elif attempt > 1 or status == "canceled":
             pending = DeleteOne({"_id": _id})
-        await self._writes.submit(_Write(_id, fields, first, pending))
+        await self._writes.submit(_Write(_id, fields, pending))
 
     async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:
         return await self._states.pending_retries(partitions)
 
     async def drain(self) -> None:
         await self._reads.drain()
+        await self._claims.drain()
         await self._writes.drain()

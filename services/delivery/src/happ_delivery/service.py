@@ -1,37 +1,53 @@
-"""Delivering a reply: sign, POST, record the attempt, schedule the next one.
+"""Delivering a reply: a small state machine per reply, each step recorded
+before the next one starts (svix's worker is the shape):
 
-Shaped like svix's worker: sign the body, make the call, handle the failure,
-compute the next delay. A failed attempt with attempts left becomes a
-``delivery.retry`` event due ``retry_delays[attempt-1]`` seconds later and
-closes its conversation's gate (``gate.py``) until the series ends; after the
-last attempt the reply is ``failed`` (resendable from the admin API).
+1. **claim** the attempt: the reply's state goes to ``sending`` (attempt n),
+   inserted for a first attempt, compare-and-set for the others. A record met
+   again (redelivered after a crash or a rebalance, or republished by the
+   assistant) finds the state and resumes from it instead: ended → nothing to
+   do; ``retrying`` with this attempt's outcome recorded → make sure the next
+   retry is on the log; ``sending`` → the attempt was in flight at a crash, so
+   it is sent again, with the same ``X-HAPP-Delivery-Id``. That is the only
+   way a POST repeats.
+2. **send**: one signed POST, after taking a sending slot (``slots.py``).
+3. **record** the outcome, retried until it is stored: never by sending again.
+4. **schedule**: a failed attempt with attempts left closes its conversation's
+   gate (``gate.py``), is recorded ``retrying`` with its due time, then its
+   ``delivery.retry`` event is published (retried until acknowledged); after
+   the last attempt the reply is ``failed`` (resendable from the admin API).
 
-Every effect is recorded before the record's offset can be committed, and a
-record met again after a crash is recognised from the reply's stored state, so
-only attempts in flight at a crash are ever repeated (same ``X-HAPP-Delivery-Id``).
+Records that wait (at a closed gate, for a retry's due time, for a slot) are
+``parked`` in the pipeline, off its in-flight budget. A wait cut short by the
+partition's revocation raises ``Abandoned``: the record stays uncommitted and
+the partition's next owner resumes it from the recorded state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
 from happ_common.channels import ChannelCache
-from happ_common.deliveries import SERIES_ENDED, DeliveryStatus
+from happ_common.deliveries import SERIES_ENDED, DeliveryState, DeliveryStatus
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import Publisher
 from happ_common.outgoing import send_attempt
+from happ_common.pipeline import Abandoned, parked
 from happ_common.request_log import RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
+from happ_delivery.slots import SendSlots
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +57,16 @@ SKIPPED = Counter(
     "happ_delivery_skipped_total",
     "Records not sent because their work was already done",
     ["reason"],
+)
+RESUMED = Counter(
+    "happ_delivery_resumed_total",
+    "Records that resumed a reply's delivery from its recorded state",
+    ["step"],
+)
+STEP_RETRIES = Counter(
+    "happ_delivery_step_retries_total",
+    "Retries of a step after a POST (recording its outcome, publishing its retry)",
+    ["step"],
 )
 ATTEMPT_TIME = Histogram(
     "happ_delivery_attempt_seconds",
@@ -54,14 +80,11 @@ END_TO_END = Histogram(
 )
 GATED = Gauge("happ_delivery_conversations_waiting_for_retry", "Conversations held by a retry")
 
+T = TypeVar("T")
+
 
 def _key(reply: OutboundReply) -> ConversationKey:
     return (reply.channel_id, reply.to)
-
-
-def _first(reply: OutboundReply, attempt: int) -> bool:
-    """The reply's very first outcome: its state is inserted, not updated."""
-    return attempt == 1 and not reply.resend
 
 
 class DeliveryService:
@@ -83,88 +106,150 @@ class DeliveryService:
         self._session = session
         self._publisher = publisher
         self._log = request_log
+        self._slots = SendSlots(
+            per_channel=settings.max_connections_per_channel,
+            per_host=settings.max_connections_per_host,
+            total=settings.max_connections,
+        )
         self.gates = ConversationGates()
         # Set when a partition is revoked: wakes the retries sleeping in it, which
         # then leave the retry to the partition's new owner.
         self._revoked: dict[int, asyncio.Event] = {}
-        # Replies whose "retrying" state is being written, by reply id.
-        self._recording: dict[str, asyncio.Future[None]] = {}
+        # Replies a record is being handled for in this process (``_handling``).
+        self._sending: set[str] = set()
 
     @property
     def max_attempts(self) -> int:
         return 1 + len(self._settings.retry_delays)
 
-    async def deliver_new(self, reply: OutboundReply, partition: int, may_be_replay: bool) -> None:
-        """First attempt of a reply (or of a resend), in its conversation's order.
-
-        ``may_be_replay``: the record was on the log before this member took its
-        partition, so an earlier owner may have sent it already; only then is the
-        stored state read (the pipeline knows; see ``KeyedPipeline.may_be_replay``).
-        """
+    async def deliver_new(self, reply: OutboundReply, partition: int) -> None:
+        """A reply (or a resend), in its conversation's order."""
         try:
-            await self.gates.pass_through(_key(reply), reply.reply_id)
+            async with parked():
+                await self.gates.pass_through(_key(reply), reply.reply_id)
         except ConversationMoved:
-            SKIPPED.labels(reason="partition_moved").inc()
-            return
-        if may_be_replay and not reply.resend:
-            state = await self._repo.state(reply.channel_id, reply.reply_id)
-            # Met again after a crash or rebalance: its series already ran or runs.
-            if state.status in (*SERIES_ENDED, "retrying"):
-                SKIPPED.labels(reason=f"already_{state.status}").inc()
+            raise Abandoned(reply.reply_id) from None
+        with self._handling(reply) as mine:
+            if not mine:
                 return
-        await self.attempt(reply, 1, partition)
+            if not reply.resend and await self._repo.claim_first(reply.channel_id, reply.reply_id):
+                await self._send_and_record(reply, 1, partition)
+                return
+            await self._resume(reply, 1, partition)
 
     async def deliver_retry(self, retry: DeliveryRetry, partition: int) -> None:
         reply = retry.reply
-        previous = self._recording.get(reply.reply_id)
-        if previous is not None:
-            await previous  # the failed attempt's own record (see attempt)
-        state = await self._repo.state(reply.channel_id, reply.reply_id)
-        if state.status in SERIES_ENDED or state.attempts >= retry.attempt:
-            SKIPPED.labels(reason="retry_already_done").inc()
-            self._open(reply)
-            return
-        # Keep the gate closed across a restart: the state said "retrying".
-        self.gates.close(_key(reply), reply.reply_id, partition)
         wait = (retry.due_at - datetime.now(UTC)).total_seconds()
         if wait > 0:
             revoked = self._revoked.setdefault(partition, asyncio.Event())
-            try:
-                await asyncio.wait_for(revoked.wait(), wait)
-            except TimeoutError:
-                pass  # due: go on
-            else:
-                SKIPPED.labels(reason="partition_moved").inc()
-                return
-        await self.attempt(reply, retry.attempt, partition)
+            async with parked():
+                try:
+                    await asyncio.wait_for(revoked.wait(), wait)
+                except TimeoutError:
+                    pass  # due: go on
+                else:
+                    raise Abandoned(reply.reply_id)
+        # The state is read now, after the wait: a resend or a cancel may have
+        # happened meanwhile.
+        with self._handling(reply) as mine:
+            if mine:
+                await self._resume(reply, retry.attempt, partition)
 
-    async def attempt(self, reply: OutboundReply, attempt: int, partition: int) -> None:
+    @contextlib.contextmanager
+    def _handling(self, reply: OutboundReply) -> Iterator[bool]:
+        """Whether this record may go on with the reply: not while another record
+        of the same reply (a republished copy) is being handled in this process,
+        which would otherwise take that one's claim for a crashed attempt."""
+        if reply.reply_id in self._sending:
+            SKIPPED.labels(reason="handled_here").inc()
+            yield False
+            return
+        self._sending.add(reply.reply_id)
+        try:
+            yield True
+        finally:
+            self._sending.discard(reply.reply_id)
+
+    async def _resume(self, reply: OutboundReply, attempt: int, partition: int) -> None:
+        """Go on from the reply's recorded state with ``attempt``, whichever
+        record (first, retry, resend, duplicate) brought it here."""
+        while True:
+            state = await self._repo.state(reply.channel_id, reply.reply_id)
+            if state is None:
+                if await self._repo.claim_missing(reply.channel_id, reply.reply_id, attempt):
+                    break
+                continue
+            if state.status in SERIES_ENDED or state.attempts > attempt:
+                SKIPPED.labels(reason=f"already_{state.status}").inc()
+                if state.status in SERIES_ENDED:
+                    self._open(reply)
+                return
+            if state.attempts == attempt and state.status == "sending":
+                # In flight when its sender died: the one POST that may repeat.
+                RESUMED.labels(step="send").inc()
+                self.gates.close(_key(reply), reply.reply_id, partition)
+                await self._send_and_record(reply, attempt, partition)
+                return
+            if state.attempts == attempt and state.status == "retrying":
+                # Outcome recorded, its retry perhaps not yet on the log.
+                RESUMED.labels(step="schedule").inc()
+                self.gates.close(_key(reply), reply.reply_id, partition)
+                due = state.next_attempt_at or datetime.now(UTC)
+                await self._publish_retry(reply, attempt + 1, due)
+                return
+            if self._may_claim(state, attempt):
+                if await self._repo.claim_next(reply.channel_id, reply.reply_id, state, attempt):
+                    break
+                continue  # someone else moved it: read again
+            SKIPPED.labels(reason=f"stale_{state.status}").inc()
+            log.warning(
+                "reply %s: record for attempt %d does not fit its state %s/%d; skipped",
+                reply.reply_id,
+                attempt,
+                state.status,
+                state.attempts,
+            )
+            return
+        if attempt > 1:
+            # Keep the gate closed across a restart: the reply is mid-series.
+            self.gates.close(_key(reply), reply.reply_id, partition)
+        await self._send_and_record(reply, attempt, partition)
+
+    @staticmethod
+    def _may_claim(state: DeliveryState, attempt: int) -> bool:
+        if attempt == 1:
+            return state.status == "pending" and state.attempts == 0  # a resend's claim
+        return state.status == "retrying" and state.attempts == attempt - 1
+
+    async def _send_and_record(self, reply: OutboundReply, attempt: int, partition: int) -> None:
+        """Send the claimed ``attempt`` and record what came of it."""
         channel = await self._channels.get(reply.channel_id)
         if channel is None or channel.status != "connected":
             # Canceling is final: make sure with the database, not the cache (a
             # resend right after a reconnect must not be canceled).
             channel = await self._channels.get(reply.channel_id, fresh=True)
         if channel is None or channel.status != "connected":
-            await self._repo.record(
-                reply.channel_id, reply.reply_id, "canceled", first=_first(reply, attempt)
-            )
+            await self._record(reply, "canceled", attempt)
             FINAL.labels(state="canceled").inc()
             self._open(reply)
             return
-        sent = await send_attempt(
-            self._session,
-            channel,
-            reply,
-            attempt,
-            timeout_s=self._settings.timeout_s,
-            allow_private=self._allow_private,
-        )
+        async with self._slots.hold(channel.id, channel.outgoing_url):
+            sent = await send_attempt(
+                self._session,
+                channel,
+                reply,
+                attempt,
+                timeout_s=self._settings.timeout_s,
+                allow_private=self._allow_private,
+            )
+        # From here on the POST happened: nothing below may raise into the
+        # pipeline's retry (it would send again); each step retries itself.
         outcome = sent.outcome
         self._log.add(sent.log_entry)
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         if outcome.ok:
-            await self._record_attempt(reply, "delivered", attempt, outcome)
+            await self._record(reply, "delivered", attempt, outcome)
             FINAL.labels(state="delivered").inc()
             END_TO_END.observe(max(0.0, (datetime.now(UTC) - reply.created_at).total_seconds()))
             self._open(reply)
@@ -174,27 +259,12 @@ class DeliveryService:
             # reply is handled right after it and must find the gate closed.
             self.gates.close(_key(reply), reply.reply_id, partition)
             GATED.set(len(self.gates))
-            # The retry is published before "retrying" is recorded (a crash in
-            # between must not leave a reply marked retrying with no retry on the
-            # log), so its handler may start first: it waits for this record
-            # (deliver_retry), and the next outcome never lands before it.
-            recorded = asyncio.get_running_loop().create_future()
-            self._recording[reply.reply_id] = recorded
-            try:
-                await self._publisher.publish(
-                    DELIVERY_RETRY,
-                    DeliveryRetry(reply=reply, attempt=attempt + 1, due_at=due),
-                    key=conversation_key(reply.channel_id, reply.to),
-                )
-                await self._record_attempt(
-                    reply, "retrying", attempt, outcome, partition=partition, next_attempt_at=due
-                )
-            finally:
-                recorded.set_result(None)
-                if self._recording.get(reply.reply_id) is recorded:
-                    del self._recording[reply.reply_id]
+            await self._record(
+                reply, "retrying", attempt, outcome, partition=partition, next_attempt_at=due
+            )
+            await self._publish_retry(reply, attempt + 1, due)
         else:
-            await self._record_attempt(reply, "failed", attempt, outcome)
+            await self._record(reply, "failed", attempt, outcome)
             FINAL.labels(state="failed").inc()
             log.warning(
                 "reply %s to %s failed after %d attempts: %s",
@@ -205,27 +275,57 @@ class DeliveryService:
             )
             self._open(reply)
 
-    async def _record_attempt(
+    async def _record(
         self,
         reply: OutboundReply,
         status: DeliveryStatus,
         attempt: int,
-        outcome: AttemptOutcome,
+        outcome: AttemptOutcome | None = None,
         *,
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
-        await self._repo.record(
-            reply.channel_id,
-            reply.reply_id,
-            status,
-            attempt=attempt,
-            outcome=outcome,
-            sender_id=reply.to,
-            partition=partition,
-            next_attempt_at=next_attempt_at,
-            first=_first(reply, attempt),
+        await self._until_done(
+            "record",
+            lambda: self._repo.record(
+                reply.channel_id,
+                reply.reply_id,
+                status,
+                attempt=attempt,
+                outcome=outcome,
+                sender_id=reply.to,
+                partition=partition,
+                next_attempt_at=next_attempt_at,
+            ),
         )
+
+    async def _publish_retry(self, reply: OutboundReply, attempt: int, due: datetime) -> None:
+        # Duplicates are harmless: the retry claims its attempt with a
+        # compare-and-set, so a second copy finds it taken.
+        await self._until_done(
+            "publish_retry",
+            lambda: self._publisher.publish(
+                DELIVERY_RETRY,
+                DeliveryRetry(
+                    reply=reply.model_copy(update={"resend": False}), attempt=attempt, due_at=due
+                ),
+                key=conversation_key(reply.channel_id, reply.to),
+            ),
+        )
+
+    async def _until_done(self, step: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run a step that follows a POST until it succeeds (an outage lasts as
+        long as it lasts). Cancellation (a revocation's cut-off, shutdown) leaves
+        the recorded state where it was, and the next owner resumes from it."""
+        failures = 0
+        while True:
+            try:
+                return await action()
+            except Exception as exc:
+                failures += 1
+                STEP_RETRIES.labels(step=step).inc()
+                log.warning("%s failed (failure %d), retrying: %s", step, failures, exc)
+                await asyncio.sleep(min(0.2 * 2**failures, 10.0))
 
     def _open(self, reply: OutboundReply) -> None:
         self.gates.open(_key(reply), reply.reply_id)

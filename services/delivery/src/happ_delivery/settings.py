@@ -19,7 +19,13 @@ class DeliverySettings(BaseSettings):
     )
     ca_file: str | None = None
     max_in_flight: int = Field(default=2048, ge=1)
+    # Records parked off the in-flight budget (behind a closed gate, a retry not
+    # yet due, a full channel): bounded in bytes, fetching pauses above it.
+    max_parked_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     max_connections: int = Field(default=512, ge=1)
+    # One tenant's share: a slow or dead endpoint holds at most this many.
+    max_connections_per_channel: int = Field(default=32, ge=1)
+    max_connections_per_host: int = Field(default=64, ge=1)
 
     @field_validator("retry_delays", mode="before")
     @classmethod

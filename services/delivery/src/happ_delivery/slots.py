@@ -1,0 +1,80 @@
+"""Sending slots: one tenant's slow or dead endpoint cannot take every connection.
+
+Each POST holds a slot of its channel, of its endpoint's host and of the
+process, taken in that order (so no two senders wait on each other in a cycle)
+before its attempt's timeout starts: waiting for a connection is not part of
+the attempt and never uses one up. The host and process limits match the HTTP
+client's pool, so the pool itself never makes a request wait. A sender waiting
+for a slot is ``parked`` in the pipeline: it holds no share of the consumer's
+budget meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from prometheus_client import Gauge, Histogram
+
+from happ_common.pipeline import parked
+
+WAITING = Gauge(
+    "happ_delivery_connection_waiting",
+    "Attempts waiting for a sending slot (their channel's, their host's or the process's)",
+)
+WAIT_TIME = Histogram(
+    "happ_delivery_connection_wait_seconds",
+    "Time an attempt waited for a sending slot before its timeout started",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+class _Limits:
+    """Semaphores by name, dropped when nobody holds or waits for one."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._sems: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        sem, users = self._sems.setdefault(name, (asyncio.Semaphore(self._limit), [0]))
+        users[0] += 1
+        try:
+            async with sem:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._sems[name]
+
+
+class SendSlots:
+    def __init__(self, *, per_channel: int, per_host: int, total: int) -> None:
+        self._channels = _Limits(per_channel)
+        self._hosts = _Limits(per_host)
+        self._total = asyncio.Semaphore(total)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel_id: str, url: str) -> AsyncIterator[None]:
+        host = urlsplit(url).netloc.lower()
+        stack = contextlib.AsyncExitStack()
+        started = time.perf_counter()
+        WAITING.inc()
+        try:
+            async with parked():
+                await stack.enter_async_context(self._channels.hold(channel_id))
+                await stack.enter_async_context(self._hosts.hold(host))
+                await self._total.acquire()
+                stack.callback(self._total.release)
+        except BaseException:
+            await stack.aclose()
+            raise
+        finally:
+            WAITING.dec()
+        WAIT_TIME.observe(time.perf_counter() - started)
+        async with stack:
+            yield
