@@ -7,11 +7,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_admin import endpoints, endpoints_conversations, endpoints_logs, endpoints_session
+from happ_admin import (
+    endpoints,
+    endpoints_conversations,
+    endpoints_dead_letters,
+    endpoints_logs,
+    endpoints_session,
+)
 from happ_admin.auth import Authenticator
 from happ_admin.repository import AdminRepository, SessionRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
+from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
@@ -70,6 +77,7 @@ def create_app(
                 timeout_s=settings.delivery_timeout_s,
                 allow_private=happ.allow_private_endpoints,
             )
+            app.state.dead_letters = DeadLetterService(infra.kafka_bootstrap_servers, publisher)
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
@@ -98,6 +106,7 @@ def create_app(
     app.include_router(endpoints.router)
     app.include_router(endpoints_logs.router)
     app.include_router(endpoints_conversations.router)
+    app.include_router(endpoints_dead_letters.router)
     app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app

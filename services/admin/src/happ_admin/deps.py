@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
+from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
@@ -35,6 +36,11 @@ def _delivery(request: Request) -> DeliveryActions:
     return service
 
 
+def _dead_letters(request: Request) -> DeadLetterService:
+    service: DeadLetterService = request.app.state.dead_letters
+    return service
+
+
 def _public_url(request: Request) -> str:
     happ: HappSettings = request.app.state.happ
     return happ.public_url
@@ -49,6 +55,7 @@ Channels = Annotated[ChannelService, Depends(_channels)]
 Logs = Annotated[LogService, Depends(_logs)]
 Conversations = Annotated[ConversationService, Depends(_conversations)]
 Delivery = Annotated[DeliveryActions, Depends(_delivery)]
+DeadLetters = Annotated[DeadLetterService, Depends(_dead_letters)]
 PublicUrl = Annotated[str, Depends(_public_url)]
 Settings = Annotated[AdminSettings, Depends(_settings)]
 
