@@ -280,6 +280,11 @@ class KeyedPipeline:
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            # Our revocation takes up to the grace period plus the cut-off; a
+            # member slower than this would be dropped and rebalance again.
+            rebalance_timeout_ms=max(
+                cfg.session_timeout_ms, int(cfg.revoke_grace_s * 1000) + 15_000
+            ),
             **cfg.consumer_options,
         )
         self._consumer.subscribe(list(cfg.topics), listener=_Listener(self))
@@ -452,6 +457,7 @@ class KeyedPipeline:
             # Cancelled at shutdown: what is left stays unfinished and is redone.
             for work in entry.queue:
                 self._release(entry, work)
+            entry.queue.clear()
             if entry.parked:
                 self._park(entry, False)
             del self._keys[key]
