@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from happ_common.channels import Channel, ChannelCache
 
@@ -68,3 +69,17 @@ async def test_a_busy_entry_is_refreshed_in_the_background_before_it_expires() -
     await asyncio.sleep(0.1)  # the background read lands
     assert repo.reads == 2
     assert (await cache.get("cm_a")).name == "v2"  # type: ignore[union-attr]
+
+
+async def test_many_gets_in_one_tick_refresh_once_without_errors(caplog: Any) -> None:
+    repo = CountingRepo(delay_s=0.05)
+    cache = _cache(repo, ttl_s=0.4)
+    await cache.get("cm_a")
+    await asyncio.sleep(0.25)  # second half of the TTL: each get wants a refresh
+    await asyncio.gather(*(cache.get("cm_a") for _ in range(10)))
+    # A fresh read racing the background one must not break its bookkeeping.
+    await cache.get("cm_a", fresh=True)
+    await asyncio.sleep(0.15)
+    assert repo.reads == 2  # first load, one refresh (which the fresh read shares)
+    assert not [r for r in caplog.records if "refreshing channel" in r.getMessage()]
+    assert not cache._loading

@@ -141,6 +141,8 @@ class ChannelCache:
         return await self._load(channel_id)
 
     async def _refresh(self, channel_id: str) -> None:
+        if channel_id in self._loading:
+            return  # several gets in one tick each scheduled a refresh: one reads
         try:
             await self._load(channel_id)
         except Exception as exc:  # keep serving the entry; the next get retries
@@ -162,7 +164,9 @@ class ChannelCache:
             future.set_result(channel)
             return channel
         finally:
-            del self._loading[channel_id]
+            # Only our own: a fresh read may have started meanwhile.
+            if self._loading.get(channel_id) is future:
+                del self._loading[channel_id]
 
     def invalidate(self, channel_id: str) -> None:
         self._entries.pop(channel_id, None)
