@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from pydantic import BaseModel
 
@@ -20,6 +21,7 @@ from happ_common.deliveries import DeliveryState, DeliveryStates, delivery_id
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.kafka import PublishFailed
 from happ_common.mongo import ensure_indexes
+from happ_common.pipeline import Abandoned
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings
 from happ_common.webhook_client import AttemptOutcome, new_session
@@ -220,13 +222,18 @@ class _Rig:
 async def rig(system: System, request: Any) -> AsyncIterator[_Rig]:
     path = f"/state-{uuid.uuid4().hex[:8]}"
     channel = await system.create_channel(path)
-    fail_once: set[str] = getattr(request, "param", set())
-    repo = _FlakyRecords(system.db, fail_once)
+    settings: dict[str, Any] = getattr(request, "param", {})
+    repo = _FlakyRecords(system.db, set())
     retries = _Retries()
-    session = new_session(ca_file=str(system.tls.ca_file), allow_private=True)
+    delivery = DeliverySettings(**{"retry_delays": [0.0, 0.0, 0.0], "timeout_s": 2.0, **settings})
+    session = new_session(
+        ca_file=str(system.tls.ca_file),
+        allow_private=True,
+        max_connections_per_host=delivery.max_connections_per_host,
+    )
     try:
         service = DeliveryService(
-            settings=DeliverySettings(retry_delays=[0.0, 0.0, 0.0], timeout_s=2.0),
+            settings=delivery,
             allow_private=True,
             channels=ChannelCache(ChannelRepository(system.db), 1.0),
             repository=repo,
@@ -311,3 +318,40 @@ async def test_a_stale_retry_of_an_ended_series_sends_nothing(rig: _Rig) -> None
     stale = DeliveryRetry(reply=reply, attempt=2, due_at=datetime.now(UTC))
     await rig.service.deliver_retry(stale, 0)
     assert rig.posts() == [(reply.reply_id, "1")]
+
+
+async def test_a_sleeping_retry_and_a_gated_reply_let_go_when_their_partition_moves(
+    rig: _Rig,
+) -> None:
+    held = rig.reply(text="held")
+    rig.service.gates.close((held.channel_id, held.to), held.reply_id, 5)
+    later = rig.reply(text="later")
+    sleeping = DeliveryRetry(
+        reply=held, attempt=2, due_at=datetime.now(UTC) + timedelta(seconds=30)
+    )
+    tasks = [
+        asyncio.create_task(rig.service.deliver_new(later, 5)),
+        asyncio.create_task(rig.service.deliver_retry(sleeping, 5)),
+    ]
+    await asyncio.sleep(0.2)
+    assert not any(t.done() for t in tasks)
+    rig.service.forget({5})
+    # Abandoned, not done: the pipeline leaves both uncommitted for the new owner.
+    for task in tasks:
+        with pytest.raises(Abandoned):
+            await asyncio.wait_for(task, 5)
+    assert rig.posts() == []
+
+
+@pytest.mark.parametrize("rig", [{"max_connections_per_host": 1}], indirect=True)
+async def test_waiting_for_a_connection_is_not_part_of_the_attempt(
+    system: System, rig: _Rig
+) -> None:
+    # Each POST takes 1.5 s against a 2 s timeout, one connection to the host:
+    # the second waits 1.5 s for it and must still get its full 2 s.
+    system.receiver.decide[rig.path] = lambda _: (200, 1.5)
+    first, second = rig.reply(to="a"), rig.reply(to="b")
+    await asyncio.gather(rig.service.deliver_new(first, 0), rig.service.deliver_new(second, 0))
+    assert sorted(rig.posts()) == sorted([(first.reply_id, "1"), (second.reply_id, "1")])
+    assert (await rig.state(first)).status == "delivered"
+    assert (await rig.state(second)).status == "delivered"
