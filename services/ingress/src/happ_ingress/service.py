@@ -30,7 +30,7 @@ from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
 from happ_ingress.rate_limit import TokenBuckets
 from happ_ingress.repository import IdempotencyRepository
-from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload
+from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload, idempotency_key_problems
 from happ_ingress.settings import IngressSettings
 
 REQUESTS = Counter("happ_ingress_requests_total", "Webhook requests by outcome", ["outcome"])
@@ -39,6 +39,7 @@ LATENCY = Histogram(
     "Webhook request handling time, broker ack included",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+_FIX_DETAILS = "The message is invalid: fix the fields listed in details."
 
 
 @dataclass(frozen=True)
@@ -185,17 +186,18 @@ class IngressService:
         media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
             raise invalid_payload("Send the body as JSON with Content-Type: application/json.")
+        problems = idempotency_key_problems(req.idempotency_key)
         try:
-            return WebhookPayload.model_validate_json(req.body)
+            payload = WebhookPayload.model_validate_json(req.body)
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise invalid_payload("The body is not valid JSON.") from exc
             if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
                 raise invalid_payload("The body must be a JSON object.") from exc
-            raise invalid_payload(
-                "The message is invalid: fix the fields listed in details.",
-                details_from_validation(exc),
-            ) from exc
+            raise invalid_payload(_FIX_DETAILS, details_from_validation(exc) + problems) from exc
+        if problems:
+            raise invalid_payload(_FIX_DETAILS, problems)
+        return payload
 
     async def _publish(self, channel: Channel, payload: WebhookPayload, message_id: str) -> None:
         event = InboundMessage(
