@@ -144,9 +144,9 @@ class IngressService:
         stale_after = self._settings.publish_timeout_s * 2
         while True:
             claim = await self._idempotency.claim(channel.id, key, stale_after)
-            if claim == "accepted":
+            if claim.state == "accepted":
                 return Duplicate(message_id=key)
-            if claim == "claimed":
+            if claim.owner is not None:
                 break
             if time.monotonic() >= deadline:
                 # The first copy is still being enqueued: the caller retries, and
@@ -158,7 +158,7 @@ class IngressService:
         try:
             await self._publish(channel, payload, key)
         except HappError:
-            await self._idempotency.release(channel.id, key)
+            await self._idempotency.release(channel.id, key, claim.owner)
             raise
         await self._idempotency.mark_accepted(channel.id, key)
         return Accepted(message_id=key, channel_id=channel.id)

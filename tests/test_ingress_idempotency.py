@@ -1,0 +1,137 @@
+"""Idempotency when the claim's bookkeeping goes wrong: the ingress service in this
+process, against the session's real database and broker, with the one call under
+test made to fail or stall. (Repeats in the normal case: test_ingress_contract.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from happ_common.channels import ChannelCache, ChannelRepository
+from happ_common.errors import HappError
+from happ_common.kafka import DirectPublisher, PublishFailed
+from happ_common.request_log import RequestLogWriter
+from happ_common.settings import InfraSettings
+from happ_ingress.repository import IdempotencyRepository
+from happ_ingress.schemas import Accepted
+from happ_ingress.service import IncomingRequest, IngressService
+from happ_ingress.settings import IngressSettings
+from tests.conftest import System, eventually
+
+
+class CountingPublisher:
+    """The real publisher, recording each message it got an ack for; a publish may be
+    held at a gate, then let through or failed, to order two requests."""
+
+    def __init__(self, real: DirectPublisher) -> None:
+        self.real = real
+        self.acked: list[str] = []
+        self.gates: list[tuple[asyncio.Event, bool]] = []  # (gate, fail) per next publish
+
+    async def start(self) -> None:
+        await self.real.start()
+
+    async def stop(self) -> None:
+        await self.real.stop()
+
+    async def ping(self) -> None:
+        await self.real.ping()
+
+    async def publish(self, topic: str, event: BaseModel, key: bytes) -> None:
+        if self.gates:
+            gate, fail = self.gates.pop(0)
+            await gate.wait()
+            if fail:
+                raise PublishFailed("no ack in time")
+        await self.real.publish(topic, event, key)
+        self.acked.append(event.model_dump()["message_id"])
+
+
+@pytest.fixture
+async def publisher(system: System) -> AsyncIterator[CountingPublisher]:
+    infra = InfraSettings(kafka_bootstrap_servers=system.stack.kafka_bootstrap)
+    publisher = CountingPublisher(DirectPublisher(infra, client_id="test-idempotency"))
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.stop()
+
+
+@pytest.fixture
+async def request_log(system: System) -> AsyncIterator[RequestLogWriter]:
+    writer = RequestLogWriter(system.db)
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+
+
+def ingress(
+    system: System,
+    claims: IdempotencyRepository,
+    publisher: CountingPublisher,
+    request_log: RequestLogWriter,
+    **settings: Any,
+) -> IngressService:
+    return IngressService(
+        IngressSettings(**settings),
+        ChannelCache(ChannelRepository(system.db), 1.0),
+        claims,
+        publisher,
+        request_log,
+    )
+
+
+def request(channel_id: str, message_id: str) -> IncomingRequest:
+    body = json.dumps({"sender_id": "repeat", "text": "once", "message_id": message_id})
+    return IncomingRequest(
+        channel_id, f"/webhook/{channel_id}", body.encode(), "application/json", None, None
+    )
+
+
+async def test_a_request_whose_claim_was_taken_over_does_not_release_the_new_owners_claim(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel = await system.create_channel("/idem-release")
+    key = "m-" + uuid.uuid4().hex
+    # A claim is stale (may be taken over) after 2 x publish_timeout_s = 1 s; a
+    # repeat finding a claim in progress answers 503 at once.
+    service = ingress(
+        system,
+        IdempotencyRepository(system.db),
+        publisher,
+        request_log,
+        publish_timeout_s=0.5,
+        idempotency_wait_s=0,
+    )
+    first_gate, second_gate = asyncio.Event(), asyncio.Event()
+    publisher.gates = [(first_gate, True), (second_gate, False)]
+
+    first = asyncio.create_task(service.receive(request(channel["id"], key)))
+    await asyncio.sleep(1.2)  # the first request's claim is now stale...
+    second = asyncio.create_task(service.receive(request(channel["id"], key)))
+
+    async def taken_over() -> bool:
+        return len(publisher.gates) == 0  # ...and the second one is publishing
+
+    await eventually(taken_over, timeout_s=5)
+    first_gate.set()  # the first publish fails: its request releases its claim
+    with pytest.raises(HappError) as refused:
+        await first
+    assert refused.value.code == "SERVICE_UNAVAILABLE"
+
+    # The second request still owns the claim: a third must not publish too.
+    with pytest.raises(HappError) as third:
+        await service.receive(request(channel["id"], key))
+    assert third.value.code == "SERVICE_UNAVAILABLE"
+    second_gate.set()
+    assert await second == Accepted(message_id=key, channel_id=channel["id"])
+    assert publisher.acked == [key]
