@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
+from pymongo.errors import AutoReconnect
 
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.errors import HappError
@@ -19,10 +21,27 @@ from happ_common.kafka import DirectPublisher, PublishFailed
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import InfraSettings
 from happ_ingress.repository import IdempotencyRepository
-from happ_ingress.schemas import Accepted
+from happ_ingress.schemas import Accepted, Duplicate
 from happ_ingress.service import IncomingRequest, IngressService
 from happ_ingress.settings import IngressSettings
 from tests.conftest import System, eventually
+
+
+class FlakyClaims(IdempotencyRepository):
+    """The real repository, whose next ``failing_marks`` marks fail as a database
+    blip would, after the broker has acknowledged the message."""
+
+    def __init__(self, system: System, failing_marks: int) -> None:
+        super().__init__(system.db)
+        self.failing_marks = failing_marks
+        self.marks = 0
+
+    async def mark_accepted(self, channel_id: str, key: str) -> None:
+        self.marks += 1
+        if self.failing_marks:
+            self.failing_marks -= 1
+            raise AutoReconnect("connection reset by peer")
+        await super().mark_accepted(channel_id, key)
 
 
 class CountingPublisher:
@@ -95,6 +114,68 @@ def request(channel_id: str, message_id: str) -> IncomingRequest:
     return IncomingRequest(
         channel_id, f"/webhook/{channel_id}", body.encode(), "application/json", None, None
     )
+
+
+def unmarked_claims() -> float:
+    return REGISTRY.get_sample_value("happ_ingress_idempotency_claims_unmarked_total") or 0.0
+
+
+async def claim_of(system: System, channel_id: str, key: str) -> dict[str, Any] | None:
+    return await system.db.idempotency.find_one({"_id": f"{channel_id}\n{key}"})
+
+
+async def test_a_failed_accepted_mark_after_the_ack_still_answers_accepted_and_is_completed(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel = await system.create_channel("/idem-mark-once")
+    key = "m-" + uuid.uuid4().hex
+    claims = FlakyClaims(system, failing_marks=1)
+    service = ingress(system, claims, publisher, request_log)
+
+    first = await service.receive(request(channel["id"], key))
+    assert first == Accepted(message_id=key, channel_id=channel["id"])
+
+    async def marked() -> bool:
+        claim = await claim_of(system, channel["id"], key)
+        return claim is not None and claim["accepted"] is True
+
+    await eventually(marked, timeout_s=5)
+    assert claims.marks == 2  # the failed mark, then the one made in the background
+    # A repeat, on this replica or another, sees the completed claim.
+    other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    assert await other_replica.receive(request(channel["id"], key)) == Duplicate(message_id=key)
+    assert await service.receive(request(channel["id"], key)) == Duplicate(message_id=key)
+    assert publisher.acked == [key]
+
+
+async def test_a_claim_that_could_never_be_marked_still_makes_a_repeat_a_duplicate(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel = await system.create_channel("/idem-mark-never")
+    key = "m-" + uuid.uuid4().hex
+    claims = FlakyClaims(system, failing_marks=1_000)
+    # publish_timeout_s sets how long a claim is protected from takeover (twice
+    # that), hence how long the marking is retried: 1 s here.
+    service = ingress(system, claims, publisher, request_log, publish_timeout_s=0.5)
+    unmarked_before = unmarked_claims()
+
+    assert await service.receive(request(channel["id"], key)) == Accepted(
+        message_id=key, channel_id=channel["id"]
+    )
+
+    async def given_up() -> bool:
+        return not service.completing_claims
+
+    await eventually(given_up, timeout_s=5)
+    assert claims.marks >= 3  # retried, within its bound
+    assert unmarked_claims() == unmarked_before + 1
+    gave_up_after = claims.marks
+    claim = await claim_of(system, channel["id"], key)
+    assert claim is not None and claim["accepted"] is False
+    # The claim says "pending" for good, but this replica knows it published it.
+    assert await service.receive(request(channel["id"], key)) == Duplicate(message_id=key)
+    assert publisher.acked == [key]
+    assert claims.marks == gave_up_after
 
 
 async def test_a_request_whose_claim_was_taken_over_does_not_release_the_new_owners_claim(

@@ -69,8 +69,12 @@ class IdempotencyRepository:
         return Claim("claimed", owner) if taken.modified_count else Claim("in_progress")
 
     async def mark_accepted(self, channel_id: str, key: str) -> None:
+        # Whoever owns the claim now, the message is on the broker: that is a fact
+        # worth recording, even if the claim was released by a later owner meanwhile.
         await self._coll.update_one(
-            {"_id": self._id(channel_id, key)}, {"$set": {"accepted": True}}
+            {"_id": self._id(channel_id, key)},
+            {"$set": {"accepted": True}, "$setOnInsert": {"created_at": datetime.now(UTC)}},
+            upsert=True,
         )
 
     async def release(self, channel_id: str, key: str, owner: str) -> None:
