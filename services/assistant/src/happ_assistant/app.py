@@ -55,7 +55,9 @@ def create_app(
                 clients.db, batch_wait_s=settings.db_batch_wait_s, batch_max=settings.db_batch_max
             )
             history = HistoryCache(
-                settings.history_cache_conversations, max_chars=settings.context_chars
+                settings.history_cache_conversations,
+                max_chars=settings.context_chars,
+                max_bytes=settings.history_cache_bytes,
             )
             service = AssistantService(
                 settings=settings,
