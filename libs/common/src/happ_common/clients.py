@@ -62,7 +62,7 @@ async def shared_clients(
             except Exception as exc:
                 log.warning("starting without topics or indexes checked: %s", exc)
         await publisher.start()
-        request_log = RequestLogWriter(db)
+        request_log = RequestLogWriter(db, max_bytes=happ.request_log_buffer_bytes)
         await request_log.start()
         try:
             yield Clients(db, publisher, request_log)
