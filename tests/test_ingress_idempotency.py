@@ -120,6 +120,12 @@ def unmarked_claims() -> float:
     return REGISTRY.get_sample_value("happ_ingress_idempotency_claims_unmarked_total") or 0.0
 
 
+async def fresh_message(system: System, path: str) -> tuple[str, str]:
+    """A new channel, and a message id never used before."""
+    channel = await system.create_channel(path)
+    return channel["id"], "m-" + uuid.uuid4().hex
+
+
 async def claim_of(system: System, channel_id: str, key: str) -> dict[str, Any] | None:
     return await system.db.idempotency.find_one({"_id": f"{channel_id}\n{key}"})
 
@@ -127,40 +133,38 @@ async def claim_of(system: System, channel_id: str, key: str) -> dict[str, Any] 
 async def test_a_failed_accepted_mark_after_the_ack_still_answers_accepted_and_is_completed(
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
-    channel = await system.create_channel("/idem-mark-once")
-    key = "m-" + uuid.uuid4().hex
+    channel_id, key = await fresh_message(system, "/idem-mark-once")
     claims = FlakyClaims(system, failing_marks=1)
     service = ingress(system, claims, publisher, request_log)
 
-    first = await service.receive(request(channel["id"], key))
-    assert first == Accepted(message_id=key, channel_id=channel["id"])
+    first = await service.receive(request(channel_id, key))
+    assert first == Accepted(message_id=key, channel_id=channel_id)
 
     async def marked() -> bool:
-        claim = await claim_of(system, channel["id"], key)
+        claim = await claim_of(system, channel_id, key)
         return claim is not None and claim["accepted"] is True
 
     await eventually(marked, timeout_s=5)
     assert claims.marks == 2  # the failed mark, then the one made in the background
     # A repeat, on this replica or another, sees the completed claim.
     other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
-    assert await other_replica.receive(request(channel["id"], key)) == Duplicate(message_id=key)
-    assert await service.receive(request(channel["id"], key)) == Duplicate(message_id=key)
+    assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
+    assert await service.receive(request(channel_id, key)) == Duplicate(message_id=key)
     assert publisher.acked == [key]
 
 
 async def test_a_claim_that_could_never_be_marked_still_makes_a_repeat_a_duplicate(
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
-    channel = await system.create_channel("/idem-mark-never")
-    key = "m-" + uuid.uuid4().hex
+    channel_id, key = await fresh_message(system, "/idem-mark-never")
     claims = FlakyClaims(system, failing_marks=1_000)
     # publish_timeout_s sets how long a claim is protected from takeover (twice
     # that), hence how long the marking is retried: 1 s here.
     service = ingress(system, claims, publisher, request_log, publish_timeout_s=0.5)
     unmarked_before = unmarked_claims()
 
-    assert await service.receive(request(channel["id"], key)) == Accepted(
-        message_id=key, channel_id=channel["id"]
+    assert await service.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
     )
 
     async def given_up() -> bool:
@@ -170,10 +174,10 @@ async def test_a_claim_that_could_never_be_marked_still_makes_a_repeat_a_duplica
     assert claims.marks >= 3  # retried, within its bound
     assert unmarked_claims() == unmarked_before + 1
     gave_up_after = claims.marks
-    claim = await claim_of(system, channel["id"], key)
+    claim = await claim_of(system, channel_id, key)
     assert claim is not None and claim["accepted"] is False
     # The claim says "pending" for good, but this replica knows it published it.
-    assert await service.receive(request(channel["id"], key)) == Duplicate(message_id=key)
+    assert await service.receive(request(channel_id, key)) == Duplicate(message_id=key)
     assert publisher.acked == [key]
     assert claims.marks == gave_up_after
 
@@ -181,8 +185,7 @@ async def test_a_claim_that_could_never_be_marked_still_makes_a_repeat_a_duplica
 async def test_a_request_whose_claim_was_taken_over_does_not_release_the_new_owners_claim(
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
-    channel = await system.create_channel("/idem-release")
-    key = "m-" + uuid.uuid4().hex
+    channel_id, key = await fresh_message(system, "/idem-release")
     # A claim is stale (may be taken over) after 2 x publish_timeout_s = 1 s; a
     # repeat finding a claim in progress answers 503 at once.
     service = ingress(
@@ -196,9 +199,9 @@ async def test_a_request_whose_claim_was_taken_over_does_not_release_the_new_own
     first_gate, second_gate = asyncio.Event(), asyncio.Event()
     publisher.gates = [(first_gate, True), (second_gate, False)]
 
-    first = asyncio.create_task(service.receive(request(channel["id"], key)))
+    first = asyncio.create_task(service.receive(request(channel_id, key)))
     await asyncio.sleep(1.2)  # the first request's claim is now stale...
-    second = asyncio.create_task(service.receive(request(channel["id"], key)))
+    second = asyncio.create_task(service.receive(request(channel_id, key)))
 
     async def taken_over() -> bool:
         return len(publisher.gates) == 0  # ...and the second one is publishing
@@ -211,8 +214,8 @@ async def test_a_request_whose_claim_was_taken_over_does_not_release_the_new_own
 
     # The second request still owns the claim: a third must not publish too.
     with pytest.raises(HappError) as third:
-        await service.receive(request(channel["id"], key))
+        await service.receive(request(channel_id, key))
     assert third.value.code == "SERVICE_UNAVAILABLE"
     second_gate.set()
-    assert await second == Accepted(message_id=key, channel_id=channel["id"])
+    assert await second == Accepted(message_id=key, channel_id=channel_id)
     assert publisher.acked == [key]
