@@ -4,14 +4,25 @@ retry policy (against a fake chat model) and the offline responder's label."""
 
 from __future__ import annotations
 
+import gc
 import itertools
+import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from happ_assistant.history import MAX_HISTORY, SLACK, HistoryCache, conversation_order
+from happ_assistant.history import (
+    MAX_HISTORY,
+    SLACK,
+    Conversation,
+    HistoryCache,
+    conversation_order,
+    message_bytes,
+)
 from happ_assistant.llm import (
     OFFLINE_LABEL,
     OFFLINE_PROVIDER,
@@ -189,6 +200,143 @@ def test_revoking_a_partition_drops_its_conversations_and_discards_loads_in_prog
     assert cache.get(("c", "a"), 20) is None
     assert cache.get(("c", "z"), 20) is None
     assert cache.get(("c", "b"), 20) is not None
+
+
+def test_a_cached_conversation_holds_only_its_channels_history_and_the_slack() -> None:
+    cache = HistoryCache(10, max_chars=1_000_000)
+    p = ("inbound.messages", 0)
+    conv = cache.loaded(None, asked=10 + SLACK)  # a channel with max_history 10
+    cache.put(("c", "u"), p, cache.epoch(p), conv)
+    added = [msg("user", f"m{i}") for i in range(50)]
+    for m in added:
+        conv.add(m)
+    assert len(conv) == 10 + SLACK
+    assert cache.get(("c", "u"), 10) is conv
+    assert conv.history_before("x", 10) == added[-10:]
+    assert conv.history_before(added[-1].message_id, 10) == added[-11:-1]
+    # The channel now wants more history than is held: it is read again.
+    assert cache.get(("c", "u"), 11) is None
+
+
+def test_a_cached_conversation_gives_the_prompt_what_a_fresh_load_would() -> None:
+    # Whatever the channel's max_history (changed on the way, too) and character
+    # budget, the history the prompt gets from memory equals the history read back
+    # from the database, as the service reads it when the cache cannot serve it.
+    schedules = {
+        "1": [1] * 40,
+        "3": [3] * 40,
+        "10": [10] * 40,
+        "10, few characters": [10] * 40,
+        "changing": [10] * 10 + [3] * 10 + [20] * 10 + [5] * 10,
+    }
+    for name, max_histories in schedules.items():
+        cache = HistoryCache(10, max_chars=3_000 if "few" in name else 100_000)
+        p, key = ("inbound.messages", 0), ("c", "u")
+        stored: list[StoredMessage] = []
+
+        def from_database(asked: int) -> Conversation:
+            return cache.loaded(stored[-asked:] if stored else None, asked=asked)
+
+        for i, max_history in enumerate(max_histories):
+            asked = max_history + SLACK
+            conv = cache.get(key, max_history)
+            if conv is None:
+                conv = from_database(asked)
+                cache.put(key, p, cache.epoch(p), conv)
+            user = msg("user", f"q{i}" * (1 + (i * 37) % 300))
+            assert conv.history_before(user.message_id, max_history) == from_database(
+                asked
+            ).history_before(user.message_id, max_history), (name, i)
+            assert len(conv) <= asked
+            reply = msg("assistant", f"a{i}" * (1 + (i * 53) % 200), in_reply_to=user.message_id)
+            conv.add(user)
+            conv.add(reply)
+            stored += [user, reply]
+
+
+def test_the_byte_estimate_follows_what_messages_take_in_memory() -> None:
+    shapes: dict[str, dict[str, Any]] = {
+        "short text": {"text": "hello"},
+        "long text": {"text": "x" * 8_000},
+        "non-ASCII text": {"text": "привет мир " * 400},
+        "many small metadata values": {
+            "text": "hi",
+            "metadata": {f"k{i}": {"v": "x" * 30, "n": i} for i in range(80)},
+        },
+        "one long metadata value": {"text": "hi", "metadata": {"k": "v" * 10_000}},
+        "attachments": {
+            "text": "see",
+            "attachments": [{"type": "file", "url": "https://x.test/" + "f" * 200}] * 10,
+        },
+        "reply with its LLM trace": {
+            "text": "answer " * 50,
+            "role": "assistant",
+            "llm": {"provider": "openai", "model": "gpt-4o-mini", "prompt_tokens": 5},
+        },
+    }
+    for name, fields in shapes.items():
+        doc = msg("user", "").model_dump(mode="json") | fields
+        # Each message its own objects, as read from the database.
+        raw = [
+            json.dumps(doc | {"message_id": f"m{i}", "text": f"{doc['text']}{i}"})
+            for i in range(200)
+        ]
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        messages = [StoredMessage.model_validate_json(r) for r in raw]
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        taken = sum(d.size_diff for d in after.compare_to(before, "filename")) / len(messages)
+        estimate = message_bytes(messages[0])
+        assert 0.8 * taken <= estimate <= 2 * taken, (name, taken, estimate)
+
+
+def test_the_cache_is_bounded_in_bytes_least_recently_used_dropped_first() -> None:
+    p = ("inbound.messages", 0)
+    heavy = {"k": "v" * 10_000}  # metadata counts, not only text
+    one = message_bytes(msg("user", "x", metadata=heavy))
+    cache = HistoryCache(1_000, max_chars=100_000, max_bytes=int(2.5 * one) + 4_000)
+    for sender in ("a", "b"):
+        cache.put(
+            ("c", sender),
+            p,
+            cache.epoch(p),
+            cache.loaded([msg("user", "x", metadata=heavy)], asked=22),
+        )
+    assert cache.get(("c", "a"), 20) is not None  # a is now the most recent
+    cache.put(
+        ("c", "c"), p, cache.epoch(p), cache.loaded([msg("user", "x", metadata=heavy)], asked=22)
+    )
+    assert cache.get(("c", "b"), 20) is None
+    assert cache.get(("c", "a"), 20) is not None and cache.get(("c", "c"), 20) is not None
+    assert one * 2 <= cache.bytes <= int(2.5 * one) + 4_000
+    assert REGISTRY.get_sample_value("happ_assistant_history_cache_bytes") == cache.bytes
+
+
+def test_a_conversation_growing_in_the_cache_counts_against_the_bound() -> None:
+    p = ("inbound.messages", 0)
+    heavy = [
+        msg(
+            "user",
+            "x",
+            metadata={"k": "v" * 10_000},
+            attachments=[Attachment(type="file", url="https://x.test/f")],
+        )
+        for _ in range(5)
+    ]
+    bound = sum(message_bytes(m) for m in heavy) + 1_500  # room for one conversation's overhead
+    cache = HistoryCache(1_000, max_chars=100_000, max_bytes=bound)
+    small, growing = cache.loaded(None, asked=22), cache.loaded(None, asked=22)
+    cache.put(("c", "small"), p, cache.epoch(p), small)
+    cache.put(("c", "growing"), p, cache.epoch(p), growing)
+    for m in heavy:  # as the service adds each message after taking the conversation
+        growing.add(m)
+    assert cache.get(("c", "small"), 20) is None
+    assert cache.get(("c", "growing"), 20) is growing
+    assert cache.bytes == growing.size <= bound
+    cache.revoke({p})
+    assert cache.bytes == 0 and len(cache) == 0
 
 
 # -- LLM retries -------------------------------------------------------------------

@@ -227,6 +227,28 @@ async def test_422_invalid_fields_name_the_field(
         assert field in {d["field"] for d in error["details"]}, error
 
 
+@pytest.mark.parametrize("key", ["k" * 129, ""], ids=["too long", "empty"])
+async def test_422_an_idempotency_key_header_is_held_to_message_id_rules(
+    system: System, channel: dict[str, Any], key: str
+) -> None:
+    resp = await system.send(
+        channel["id"], {"sender_id": "u", "text": "x"}, headers={"Idempotency-Key": key}
+    )
+    error = _error(resp, 422, "INVALID_PAYLOAD")
+    assert "Idempotency-Key" in {d["field"] for d in error["details"]}, error
+
+
+async def test_keys_sharing_their_first_128_characters_do_not_collide(
+    system: System, channel: dict[str, Any]
+) -> None:
+    prefix = "p" * 128
+    body = {"sender_id": "u", "text": "x"}
+    first = await system.send(channel["id"], body, headers={"Idempotency-Key": prefix})
+    assert first.json() == {"status": "accepted", "message_id": prefix, "channel_id": channel["id"]}
+    longer = await system.send(channel["id"], body, headers={"Idempotency-Key": prefix + "q"})
+    _error(longer, 422, "INVALID_PAYLOAD")
+
+
 @pytest.mark.parametrize(
     ("content", "content_type"),
     [

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from happ_common.settings import InfraSettings
 from happ_devtools.certs import dev_tls
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import free_port, port_open
@@ -59,7 +60,13 @@ def main() -> int:
         "HAPP_ALLOW_PRIVATE_ENDPOINTS": os.environ.get("HAPP_ALLOW_PRIVATE_ENDPOINTS", "true"),
     }
     config = StackConfig(
-        data_dir=data_dir, env=env, kafka_port=_port(9092), mongo_port=_port(27017)
+        data_dir=data_dir,
+        env=env,
+        kafka_port=_port(9092),
+        mongo_port=_port(27017),
+        # KAFKA_PARTITIONS as given: against an existing Kafka, the services check
+        # that its topics have this many partitions (happ_common.topics).
+        partitions=InfraSettings().kafka_partitions,
     )
     for name in list(config.ports):
         config.ports[name] = int(os.environ.get(f"HAPP_{name.upper()}_PORT", config.ports[name]))

@@ -22,7 +22,7 @@ from happ_common.mongo import Document
 from happ_common.ops import ReadinessCheck
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import ensure_topics
+from happ_common.topics import check_topic_layout, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,15 @@ class Clients:
     db: AsyncDatabase[Document]
     publisher: Publisher
     request_log: RequestLogWriter
+    infra: InfraSettings
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         return {"kafka": self.publisher.ping, "mongodb": lambda: mongo.ping(self.db)}
+
+    async def check_topic_layout(self) -> None:
+        """For the consumers, which rely on the topics being co-partitioned: raises
+        ``TopicLayoutError`` (startup fails) when they are not."""
+        await check_topic_layout(self.infra)
 
 
 @contextlib.asynccontextmanager
@@ -62,10 +68,10 @@ async def shared_clients(
             except Exception as exc:
                 log.warning("starting without topics or indexes checked: %s", exc)
         await publisher.start()
-        request_log = RequestLogWriter(db)
+        request_log = RequestLogWriter(db, max_bytes=happ.request_log_buffer_bytes)
         await request_log.start()
         try:
-            yield Clients(db, publisher, request_log)
+            yield Clients(db, publisher, request_log, infra)
         finally:
             await request_log.stop()
             await publisher.stop()

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The request-log buffer's default bound (HAPP_REQUEST_LOG_BUFFER_BYTES).
+REQUEST_LOG_BUFFER_BYTES = 64 * 1024 * 1024
+
 
 class InfraSettings(BaseSettings):
     """Where the broker and the database are."""
@@ -40,3 +43,6 @@ class HappSettings(BaseSettings):
     # Channel settings are cached in memory on hot paths; this is how stale they may be.
     channel_cache_ttl_s: float = Field(default=1.0, gt=0, le=60)
     request_log_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Request-log entries wait in memory for their batched write; while MongoDB is
+    # slow or away they pile up to this many bytes (estimated), then the oldest go.
+    request_log_buffer_bytes: int = Field(default=REQUEST_LOG_BUFFER_BYTES, ge=1024 * 1024)

@@ -1,14 +1,16 @@
-"""Topic names and their creation.
+"""Topic names, their creation, and the check of their layout.
 
 The embedded broker cannot add partitions later (no CreatePartitions), so topics
 are created explicitly, with their final partition count, before any service
-produces to them.
+produces to them. Topics that exist already are left alone, so the consumers
+check at startup that they are laid out as they assume (``check_topic_layout``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -34,11 +36,23 @@ ALL_TOPICS = (*PIPELINE_TOPICS, *DEAD_LETTER_TOPICS)
 log = logging.getLogger(__name__)
 
 
-async def ensure_topics(infra: InfraSettings, topics: tuple[str, ...] = ALL_TOPICS) -> None:
-    """Create the topics that do not exist yet; leave existing ones alone."""
+class TopicLayoutError(Exception):
+    """The topics keyed by conversation do not all have KAFKA_PARTITIONS partitions."""
+
+
+@contextlib.asynccontextmanager
+async def _admin(infra: InfraSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
     await admin.start()
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(infra: InfraSettings, topics: tuple[str, ...] = ALL_TOPICS) -> None:
+    """Create the topics that do not exist yet; leave existing ones alone."""
+    async with _admin(infra) as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if not missing:
@@ -52,5 +66,45 @@ async def ensure_topics(infra: InfraSettings, topics: tuple[str, ...] = ALL_TOPI
                 ]
             )
         log.info("created topics %s with %d partitions", missing, infra.kafka_partitions)
-    finally:
-        await admin.close()
+
+
+async def check_topic_layout(
+    infra: InfraSettings, topics: tuple[str, ...] = PIPELINE_TOPICS
+) -> None:
+    """Raise ``TopicLayoutError`` unless each topic exists with KAFKA_PARTITIONS partitions.
+
+    A conversation's key must land on the same partition number in every topic:
+    the delivery service reads outbound.replies and delivery.retry co-partitioned
+    (range assignor), and its gates hold a conversation's replies by partition.
+    With different counts it would deliver out of order, silently.
+    """
+    async with _admin(infra) as admin:
+        # Every topic's metadata: asking for ours by name may create missing ones.
+        described = await admin.describe_topics()
+    counts = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+    layout = {t: counts.get(t) for t in topics}
+    if any(n != infra.kafka_partitions for n in layout.values()):
+        raise TopicLayoutError(_layout_problem(layout, infra.kafka_partitions))
+
+
+def _layout_problem(layout: dict[str, int | None], wanted: int) -> str:
+    found = "; ".join(
+        f"{t} is missing" if n is None else f"{t} has {n} partitions" for t, n in layout.items()
+    )
+    problem = (
+        f"Topics not laid out as HAPP needs: {found}; KAFKA_PARTITIONS is {wanted}. Each "
+        "must have KAFKA_PARTITIONS partitions, so that a conversation's records land on "
+        "the same partition number in every topic (the delivery service reads "
+        "outbound.replies and delivery.retry together, partition by partition)."
+    )
+    counts = set(layout.values())
+    if len(counts) == 1 and None not in counts:
+        return (
+            f"{problem} They agree with each other: set KAFKA_PARTITIONS={counts.pop()} for "
+            f"every service, or drain the topics and recreate them with {wanted} partitions."
+        )
+    return (
+        f"{problem} Recreate the topics that differ with {wanted} partitions once they are "
+        "drained (deleting a topic loses its records; adding partitions moves keys to other "
+        "partitions), then start the services again."
+    )

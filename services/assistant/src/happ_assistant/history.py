@@ -7,12 +7,19 @@ and extended with what this instance writes is therefore exact, and the hot
 path reads no history from the database (the embedded database does ~300
 operations/s, GUIDE.md). When a partition is revoked its conversations are
 dropped, since the next owner writes to them from then on.
+
+Memory is bounded twice: a cached conversation holds no more than its channel's
+prompt can use (``max_history`` + ``SLACK`` messages, within the character
+budget), and the whole cache holds no more than an estimated number of bytes
+(messages with their metadata and attachments), least recently used dropped
+first, besides its bound in conversations.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import Gauge
 
@@ -31,6 +38,44 @@ SLACK = 2
 CACHED = Gauge(
     "happ_assistant_history_cache_conversations", "Conversations whose history is held in memory"
 )
+CACHED_BYTES = Gauge(
+    "happ_assistant_history_cache_bytes",
+    "Estimated memory of the conversation histories held in memory",
+)
+
+# What a cached message takes besides its text, attachments and metadata, measured
+# with tracemalloc on CPython 3.11 (tests/test_assistant_units.py checks the
+# estimate against it): ~3 KB for a message read from MongoDB (~1.5 KB for one
+# built in memory: fewer fields set), ~1.5 KB more for an LLM trace, ~0.4 KB per
+# attachment besides its strings.
+_MESSAGE_OVERHEAD = 3_000
+_TRACE_OVERHEAD = 1_500
+_ATTACHMENT_OVERHEAD = 400
+_CONVERSATION_OVERHEAD = 1_000
+
+
+def message_bytes(m: StoredMessage) -> int:
+    """An estimate of the memory ``m`` holds, on the high side."""
+    size = _MESSAGE_OVERHEAD + sys.getsizeof(m.text)
+    if m.llm is not None:
+        size += _TRACE_OVERHEAD + (sys.getsizeof(m.llm.error) if m.llm.error else 0)
+    for a in m.attachments:
+        size += _ATTACHMENT_OVERHEAD + sys.getsizeof(a.url)
+        size += sum(sys.getsizeof(v) for v in (a.name, a.mime_type) if v is not None)
+    if m.metadata:
+        size += _json_value_bytes(m.metadata)
+    return size
+
+
+def _json_value_bytes(value: object) -> int:
+    # Walked rather than sized from its JSON: parsed, a few long strings take about
+    # their JSON size, many small values up to six times it.
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        size += sum(_json_value_bytes(k) + _json_value_bytes(v) for k, v in value.items())
+    elif isinstance(value, list):
+        size += sum(_json_value_bytes(v) for v in value)
+    return size
 
 
 def conversation_order(messages: Sequence[StoredMessage]) -> list[StoredMessage]:
@@ -67,11 +112,21 @@ class Conversation:
         depth: int | None,
         stored: bool,
         max_chars: int,
+        asked: int = MAX_HISTORY + SLACK,
     ) -> None:
         self._messages: deque[StoredMessage] = deque()
         self._by_id: dict[str, StoredMessage] = {}
+        self._sizes: dict[str, int] = {}
         self._chars = 0
         self._max_chars = max_chars
+        # At most this many messages are kept: the largest history until the cache
+        # holds the conversation, then what its channel's prompt can use.
+        self._keep = MAX_HISTORY + SLACK
+        # The history (max_history + SLACK) it was read from the database for.
+        self.asked = asked
+        # Estimated bytes held, reported to the cache that holds the conversation.
+        self.size = _CONVERSATION_OVERHEAD
+        self.on_resize: Callable[[int], None] | None = None
         # The newest `depth` messages of the conversation are known (None: all).
         self.depth = depth
         # Older messages were dropped for the character budget: they could never
@@ -104,34 +159,61 @@ class Conversation:
     def add(self, message: StoredMessage) -> None:
         if message.message_id in self._by_id:
             return
-        self._push(message)
         if self.depth is not None:
-            self.depth += 1
+            self.depth += 1  # before the push, whose trimming may lower it
+        self._push(message)
+
+    def hold(self, count: int) -> None:
+        """Holds no more than ``count`` messages from now on, the oldest dropped.
+
+        Raising it is safe only while the conversation covers the history wanted:
+        what it holds is then all the prompt can use, and it grows from there."""
+        self._keep = min(count, MAX_HISTORY + SLACK)
+        self._resized(self._trim())
 
     def _push(self, message: StoredMessage) -> None:
         self._messages.append(message)
         self._by_id[message.message_id] = message
         self._chars += history_chars(message)
+        grown = self._sizes[message.message_id] = message_bytes(message)
+        self._resized(grown + self._trim())
+
+    def _trim(self) -> int:
+        """Drops the oldest messages beyond the budget and the count; the bytes freed,
+        negative."""
+        freed = 0
         while self._messages and (
-            self._chars > self._max_chars or len(self._messages) > MAX_HISTORY + SLACK
+            self._chars > self._max_chars or len(self._messages) > self._keep
         ):
             if self._chars > self._max_chars:
                 self.trimmed = True
             old = self._messages.popleft()
             del self._by_id[old.message_id]
+            freed -= self._sizes.pop(old.message_id)
             self._chars -= history_chars(old)
             if self.depth is None or self.depth > len(self._messages):
                 self.depth = len(self._messages)
+        return freed
+
+    def _resized(self, delta: int) -> None:
+        self.size += delta
+        if delta and self.on_resize is not None:
+            self.on_resize(delta)
 
 
 class HistoryCache:
     """Conversations of the partitions this instance owns, least recently used dropped
-    first beyond ``max_conversations``."""
+    first beyond ``max_conversations`` or ``max_bytes`` (estimated; ``None``: no bound
+    in bytes)."""
 
-    def __init__(self, max_conversations: int, *, max_chars: int) -> None:
+    def __init__(
+        self, max_conversations: int, *, max_chars: int, max_bytes: int | None = None
+    ) -> None:
         self._max = max_conversations
         self._max_chars = max_chars
+        self._max_bytes = sys.maxsize if max_bytes is None else max_bytes
         self._entries: OrderedDict[ConversationKey, tuple[Partition, Conversation]] = OrderedDict()
+        self.bytes = 0
         # Bumped on revocation: a load that started before it must not be kept.
         self._epochs: dict[Partition, int] = {}
 
@@ -143,6 +225,7 @@ class HistoryCache:
         if entry is None or not entry[1].covers(max_history):
             return None
         self._entries.move_to_end(key)
+        entry[1].hold(max_history + SLACK)  # the channel's max_history may have changed
         return entry[1]
 
     def epoch(self, partition: Partition) -> int:
@@ -158,6 +241,7 @@ class HistoryCache:
             depth=None if complete else len(messages),
             stored=stored is not None,
             max_chars=self._max_chars,
+            asked=asked,
         )
 
     def put(
@@ -165,20 +249,43 @@ class HistoryCache:
     ) -> None:
         if self._epochs.get(partition, 0) != epoch:
             return  # revoked while it loaded: the partition's next owner writes to it now
+        self.forget(key)
+        conversation.hold(conversation.asked)
         self._entries[key] = (partition, conversation)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-        CACHED.set(len(self._entries))
+        self.bytes += conversation.size
+        conversation.on_resize = self._resized
+        self._evict()
 
     def forget(self, key: ConversationKey) -> None:
-        self._entries.pop(key, None)
-        CACHED.set(len(self._entries))
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._release(entry[1])
+        self._measure()
 
     def revoke(self, partitions: set[Partition]) -> None:
         """The pipeline's ``on_revoked``: drop what those partitions' conversations hold."""
         for p in partitions:
             self._epochs[p] = self._epochs.get(p, 0) + 1
         for key in [k for k, (p, _) in self._entries.items() if p in partitions]:
-            del self._entries[key]
+            self._release(self._entries.pop(key)[1])
+        self._measure()
+
+    def _resized(self, delta: int) -> None:
+        # A held conversation grew (the service adds each message and its reply) or
+        # shrank: the bound holds after every change, not only at the next put.
+        self.bytes += delta
+        self._evict()
+
+    def _evict(self) -> None:
+        while self._entries and (len(self._entries) > self._max or self.bytes > self._max_bytes):
+            self._release(self._entries.popitem(last=False)[1][1])
+        self._measure()
+
+    def _release(self, conversation: Conversation) -> None:
+        # Whoever still uses it (the message being handled) may; it no longer counts here.
+        conversation.on_resize = None
+        self.bytes -= conversation.size
+
+    def _measure(self) -> None:
         CACHED.set(len(self._entries))
+        CACHED_BYTES.set(self.bytes)

@@ -51,8 +51,13 @@ class AssistantServiceSettings(BaseSettings):
     # small (a few KB; ~80 KB at the ingress's limits).
     max_in_flight: int = Field(default=4096, ge=1)
     # Recent history of this many conversations is kept in memory (least recently
-    # used dropped first); each holds at most context_chars of it.
+    # used dropped first); each holds at most what its prompt can use (the channel's
+    # max_history, within context_chars).
     history_cache_conversations: int = Field(default=10_000, ge=1)
+    # ...and no more than this many bytes of it in all (estimated, metadata and
+    # attachments counted): 10,000 conversations of 20 messages with a few KB of
+    # metadata each would otherwise take several GB.
+    history_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     # Database writes and reads of concurrent messages are gathered this long
     # (or up to db_batch_max operations) into one round trip.
     db_batch_wait_s: float = Field(default=0.005, ge=0, le=1)

@@ -45,16 +45,20 @@ def create_app(
             wait_for_infrastructure=False,
             setup_timeout_s=settings.publish_timeout_s,
         ) as clients:
-            app.state.service = IngressService(
+            service = IngressService(
                 settings,
                 ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
                 IdempotencyRepository(clients.db),
                 publisher,
                 clients.request_log,
             )
+            app.state.service = service
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
-            yield
+            try:
+                yield
+            finally:
+                await service.stop()
 
     app = FastAPI(
         title="HAPP ingress",

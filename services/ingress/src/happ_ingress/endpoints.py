@@ -99,7 +99,7 @@ class WebhookRoutes:
                     body=body,
                     content_type=_text(headers.get(b"content-type")),
                     signature=_text(headers.get(b"x-happ-signature")),
-                    idempotency_key=_text(headers.get(b"idempotency-key"), 128),
+                    idempotency_key=_text(headers.get(b"idempotency-key")),
                 )
             )
         except HappError as exc:
@@ -115,11 +115,8 @@ class WebhookRoutes:
         await response(scope, receive, send)
 
 
-def _text(value: bytes | None, limit: int | None = None) -> str | None:
-    if value is None:
-        return None
-    text = value.decode("latin-1")
-    return text[:limit] if limit else text
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 _JSON = [(b"content-type", b"application/json")]

@@ -56,7 +56,7 @@ def _operation(components: dict[str, Any], summary: str) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "maxLength": 128},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
                 },
             ],
             "requestBody": {"required": True, "content": json_of(_ref(WebhookPayload, components))},

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_json
 
+from happ_common.errors import ErrorDetail
 from happ_common.events import AttachmentType
 
 MAX_METADATA_BYTES = 16 * 1024
+
+# The integrator's id for a message, from the body or the Idempotency-Key header.
+MessageId = Annotated[str, Field(min_length=1, max_length=128)]
+_HEADER_KEY: TypeAdapter[str] = TypeAdapter(MessageId)
 
 
 class AttachmentIn(BaseModel):
@@ -40,7 +53,7 @@ class WebhookPayload(BaseModel):
     sender_name: str | None = Field(default=None, max_length=256)
     metadata: dict[str, Any] | None = None
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
-    message_id: str | None = Field(default=None, min_length=1, max_length=128)
+    message_id: MessageId | None = None
 
     @field_validator("attachments", mode="before")
     @classmethod
@@ -62,6 +75,18 @@ class WebhookPayload(BaseModel):
         if self.text == "" and not self.attachments:
             raise ValueError("text may be empty only when attachments are sent")
         return self
+
+
+def idempotency_key_problems(key: str | None) -> list[ErrorDetail]:
+    """The header names the same id as ``message_id``, under the same rules: a longer
+    key cut to size would make two keys sharing a prefix one message."""
+    if key is None:
+        return []
+    try:
+        _HEADER_KEY.validate_python(key)
+    except ValidationError as exc:
+        return [ErrorDetail(field="Idempotency-Key", problem=e["msg"]) for e in exc.errors()]
+    return []
 
 
 class Accepted(BaseModel):

@@ -8,7 +8,9 @@ to an existing channel, accepted or not, leaves one request-log entry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,8 +32,10 @@ from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
 from happ_ingress.rate_limit import TokenBuckets
 from happ_ingress.repository import IdempotencyRepository
-from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload
+from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload, idempotency_key_problems
 from happ_ingress.settings import IngressSettings
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter("happ_ingress_requests_total", "Webhook requests by outcome", ["outcome"])
 LATENCY = Histogram(
@@ -39,6 +43,13 @@ LATENCY = Histogram(
     "Webhook request handling time, broker ack included",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CLAIMS_UNMARKED = Counter(
+    "happ_ingress_idempotency_claims_unmarked_total",
+    "Accepted messages whose idempotency claim could not be marked accepted in time",
+)
+_FIX_DETAILS = "The message is invalid: fix the fields listed in details."
+# Bounds the memory of published-but-unmarked keys (each a few hundred bytes).
+_UNMARKED_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,12 @@ class IngressService:
         self._publisher = publisher
         self._log = request_log
         self._buckets = TokenBuckets()
+        # A claim younger than this may still be publishing; older, it may be taken over.
+        self._stale_after = settings.publish_timeout_s * 2
+        # Published here, claim not (yet) marked accepted: repeats reaching this
+        # replica are duplicates whatever the claim says.
+        self._published_unmarked: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.completing_claims: set[asyncio.Task[None]] = set()
 
     async def receive(self, req: IncomingRequest) -> Accepted | Duplicate:
         started = time.perf_counter()
@@ -139,13 +156,14 @@ class IngressService:
     async def _receive_once(
         self, channel: Channel, payload: WebhookPayload, key: str
     ) -> Accepted | Duplicate:
+        if (channel.id, key) in self._published_unmarked:
+            return Duplicate(message_id=key)
         deadline = time.monotonic() + self._settings.idempotency_wait_s
-        stale_after = self._settings.publish_timeout_s * 2
         while True:
-            claim = await self._idempotency.claim(channel.id, key, stale_after)
-            if claim == "accepted":
+            claim = await self._idempotency.claim(channel.id, key, self._stale_after)
+            if claim.state == "accepted":
                 return Duplicate(message_id=key)
-            if claim == "claimed":
+            if claim.owner is not None:
                 break
             if time.monotonic() >= deadline:
                 # The first copy is still being enqueued: the caller retries, and
@@ -157,10 +175,54 @@ class IngressService:
         try:
             await self._publish(channel, payload, key)
         except HappError:
-            await self._idempotency.release(channel.id, key)
+            await self._idempotency.release(channel.id, key, claim.owner)
             raise
-        await self._idempotency.mark_accepted(channel.id, key)
+        # The broker acknowledged: HAPP owns the message whatever happens below, and
+        # a 503 now would have the integrator send it again.
+        try:
+            await self._idempotency.mark_accepted(channel.id, key)
+        except Exception as exc:
+            log.warning("claim %s/%s not marked accepted, retrying: %s", channel.id, key, exc)
+            self._complete_claim(channel.id, key)
         return Accepted(message_id=key, channel_id=channel.id)
+
+    def _complete_claim(self, channel_id: str, key: str) -> None:
+        self._published_unmarked[(channel_id, key)] = None
+        while len(self._published_unmarked) > _UNMARKED_KEPT:
+            self._published_unmarked.popitem(last=False)
+        task = asyncio.create_task(self._mark_in_background(channel_id, key))
+        self.completing_claims.add(task)
+        task.add_done_callback(self.completing_claims.discard)
+
+    async def _mark_in_background(self, channel_id: str, key: str) -> None:
+        """Retries the mark for as long as the claim is protected from takeover: past
+        that a repeat may take the claim over, and a repeat reaching this replica is
+        answered from ``_published_unmarked`` anyway."""
+        give_up = time.monotonic() + self._stale_after
+        pause = 0.1
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self._idempotency.mark_accepted(channel_id, key)
+            except Exception as exc:
+                if time.monotonic() + pause >= give_up:
+                    CLAIMS_UNMARKED.inc()
+                    log.error(
+                        "claim %s/%s never marked accepted: a repeat reaching another replica "
+                        "may be published again: %s",
+                        channel_id,
+                        key,
+                        exc,
+                    )
+                    return
+                pause = min(pause * 2, 1.0)
+            else:
+                self._published_unmarked.pop((channel_id, key), None)
+                return
+
+    async def stop(self) -> None:
+        """Lets the claims still being marked finish (each within its bound)."""
+        await asyncio.gather(*self.completing_claims, return_exceptions=True)
 
     def _check_signature(self, channel: Channel, req: IncomingRequest) -> None:
         if req.signature is None:
@@ -185,17 +247,18 @@ class IngressService:
         media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
             raise invalid_payload("Send the body as JSON with Content-Type: application/json.")
+        problems = idempotency_key_problems(req.idempotency_key)
         try:
-            return WebhookPayload.model_validate_json(req.body)
+            payload = WebhookPayload.model_validate_json(req.body)
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise invalid_payload("The body is not valid JSON.") from exc
             if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
                 raise invalid_payload("The body must be a JSON object.") from exc
-            raise invalid_payload(
-                "The message is invalid: fix the fields listed in details.",
-                details_from_validation(exc),
-            ) from exc
+            raise invalid_payload(_FIX_DETAILS, details_from_validation(exc) + problems) from exc
+        if problems:
+            raise invalid_payload(_FIX_DETAILS, problems)
+        return payload
 
     async def _publish(self, channel: Channel, payload: WebhookPayload, message_id: str) -> None:
         event = InboundMessage(

@@ -1,0 +1,107 @@
+"""The topic layout the consumers rely on, checked at startup against the real
+embedded broker: every topic keyed by conversation with KAFKA_PARTITIONS
+partitions, or the assistant and the delivery service refuse to start."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from happ_common.settings import InfraSettings
+from happ_common.topics import TopicLayoutError, check_topic_layout, ensure_topics
+from happ_devtools.procs import PYTHON, Child, free_port, wait_until
+from tests.conftest import System
+
+
+def infra(system: System, partitions: int) -> InfraSettings:
+    return InfraSettings(
+        kafka_bootstrap_servers=system.stack.kafka_bootstrap, kafka_partitions=partitions
+    )
+
+
+def unique_topics() -> tuple[str, str, str]:
+    prefix = f"layout-{uuid.uuid4().hex[:8]}"  # the session's own topics stay untouched
+    return (f"{prefix}.inbound", f"{prefix}.replies", f"{prefix}.retry")
+
+
+async def test_topics_of_one_count_equal_to_kafka_partitions_pass(system: System) -> None:
+    topics = unique_topics()
+    await ensure_topics(infra(system, 3), topics)
+    await check_topic_layout(infra(system, 3), topics)
+    await check_topic_layout(infra(system, 6))  # the session's stack, as its services see it
+
+
+async def test_topics_of_different_counts_are_refused_naming_each_count(system: System) -> None:
+    inbound, replies, retry = topics = unique_topics()
+    await ensure_topics(infra(system, 3), (inbound, replies))
+    await ensure_topics(infra(system, 2), (retry,))
+    with pytest.raises(TopicLayoutError) as refused:
+        await check_topic_layout(infra(system, 3), topics)
+    message = str(refused.value)
+    assert f"{inbound} has 3 partitions" in message
+    assert f"{replies} has 3 partitions" in message
+    assert f"{retry} has 2 partitions" in message
+    assert "KAFKA_PARTITIONS is 3" in message
+    assert "Recreate" in message  # and says what to do
+
+
+async def test_topics_agreeing_with_each_other_but_not_kafka_partitions_are_refused(
+    system: System,
+) -> None:
+    topics = unique_topics()
+    await ensure_topics(infra(system, 2), topics)
+    with pytest.raises(TopicLayoutError) as refused:
+        await check_topic_layout(infra(system, 4), topics)
+    message = str(refused.value)
+    assert all(f"{t} has 2 partitions" in message for t in topics)
+    assert "KAFKA_PARTITIONS=2" in message  # the way out that keeps the records
+
+
+async def test_a_missing_topic_is_refused(system: System) -> None:
+    inbound, replies, retry = topics = unique_topics()
+    await ensure_topics(infra(system, 3), (inbound, replies))
+    with pytest.raises(TopicLayoutError) as refused:
+        await check_topic_layout(infra(system, 3), topics)
+    assert f"{retry} is missing" in str(refused.value)
+
+
+async def test_the_assistant_and_delivery_refuse_to_start_on_another_partition_count(
+    system: System,
+) -> None:
+    # The session's topics have 6 partitions; these processes are told 5. They
+    # must stop before joining their consumer groups (the session's services'
+    # groups, so a service that did start would only take partitions, not
+    # handle messages twice).
+    env = {
+        **system.stack.env(),
+        "KAFKA_PARTITIONS": "5",
+        "HAPP_ASSISTANT_PORT": str(free_port()),
+        "HAPP_DELIVERY_PORT": str(free_port()),
+    }
+    children = [
+        Child(
+            f"layout-{name}",
+            [PYTHON, "-m", f"happ_{name}"],
+            env=env,
+            log_path=system.stack.logs / f"layout-{name}.log",
+        ).start()
+        for name in ("assistant", "delivery")
+    ]
+    try:
+        await asyncio.to_thread(
+            wait_until,
+            lambda: all(c.poll() is not None for c in children),
+            60,
+            "the assistant and delivery to refuse the topic layout",
+        )
+        for child in children:
+            assert child.poll() != 0
+            log = child.tail(400)
+            assert "TopicLayoutError" in log, log
+            assert "inbound.messages has 6 partitions" in log
+            assert "KAFKA_PARTITIONS is 5" in log
+    finally:
+        for child in children:
+            await asyncio.to_thread(child.stop)
