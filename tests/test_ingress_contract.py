@@ -215,6 +215,11 @@ INVALID: list[tuple[str, Any, str | None]] = [
         "attachments.0.url",
     ),
     ("message_id too long", {"sender_id": "u", "text": "x", "message_id": "m" * 129}, "message_id"),
+    (
+        "metadata key with NUL (no database can store it)",
+        {"sender_id": "u", "text": "x", "metadata": {"a": [{"b\u0000c": 1}]}},
+        "metadata",
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -106,10 +107,21 @@ def spec_valid(raw: bytes, content_type: str | None) -> bool:
     if meta is not None and (
         not isinstance(meta, dict)
         or len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()) > 16 * 1024
+        or any("\x00" in k for k in _keys(meta))
     ):
         return False
     mid = body.get("message_id")
     return mid is None or (isinstance(mid, str) and 1 <= len(mid) <= 128)
+
+
+def _keys(value: object) -> Iterator[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _keys(v)
 
 
 async def test_no_5xx_but_503_and_no_200_for_invalid_requests(system: System) -> None:

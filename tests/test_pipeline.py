@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from bson.errors import InvalidDocument
 
 from happ_common.pipeline import KeyedPipeline, PipelineConfig, PoisonRecord, Record, parked
 from tests.conftest import System, eventually
@@ -448,3 +449,39 @@ async def test_a_dead_fetch_loop_makes_the_member_unhealthy(system: System) -> N
         assert not pipeline.healthy()
     finally:
         await pipeline.stop()
+
+
+async def test_an_unexplained_error_is_dead_lettered_after_a_few_tries_and_bson_at_once(
+    system: System,
+) -> None:
+    topic = await _one_partition_topic(system)
+    await _send_values(system, topic, [("a", "bug"), ("b", "unstorable"), ("a", "a:1")])
+    tries: dict[str, int] = defaultdict(int)
+    parked: list[str] = []
+    handled: list[str] = []
+
+    async def handler(record: Record) -> None:
+        value = _value(record)
+        tries[value] += 1
+        if value == "bug":
+            raise KeyError("a bug, not an outage")
+        if value == "unstorable":
+            raise InvalidDocument("Key names must not contain the NULL byte")
+        handled.append(value)
+
+    async def sink(record: Record, error: BaseException) -> None:
+        parked.append(_value(record))
+
+    pipeline = KeyedPipeline(
+        _config(system, topic, retry_backoff_s=0.01, unknown_error_attempts=3),
+        handler,
+        dead_letters=sink,
+    )
+    await pipeline.start()
+    try:
+        await eventually(lambda: _true(handled == ["a:1"]), timeout_s=30)
+        await eventually(lambda: _committed_is(pipeline, topic, 3), timeout_s=10)
+    finally:
+        await pipeline.stop()
+    assert sorted(parked) == ["bug", "unstorable"]
+    assert tries["bug"] == 3 and tries["unstorable"] == 1

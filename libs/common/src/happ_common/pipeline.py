@@ -14,9 +14,12 @@ aiokafka directly:
   skipped or abandoned on revocation or shutdown stays unfinished, so the
   partition's next owner gets it;
 * failures are classified: a record that will fail the same way every time
-  (``PoisonRecord``, a validation error) is parked on ``<topic>.dlq``; anything
-  else (database, broker, timeouts) is retried with backoff for as long as it
-  lasts, never skipped, while the partition's fetching is paused;
+  (``PoisonRecord``, a validation error, a document MongoDB cannot store) is
+  parked on ``<topic>.dlq``; an outage (database, broker, network, timeouts) is
+  retried with backoff for as long as it lasts, never skipped, while the
+  partition's fetching is paused; any other error (a bug) is retried a few
+  times, then parked, so it is seen and replayable rather than stalling the
+  partition forever;
 * a global bound on active records (queued or running): when reached, fetching
   pauses (``consumer.pause``) while the poll loop keeps the membership alive. A
   handler that waits on something other than this consumer's capacity (a
@@ -51,8 +54,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from bson.errors import BSONError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import PyMongoError
+
+from happ_common.kafka import PublishFailed
 
 
 class Record(Protocol):
@@ -86,8 +93,20 @@ class Abandoned(Exception):
     next owner handles it."""
 
 
-# Errors that retrying cannot fix. Everything else is taken for an outage.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (PoisonRecord, ValidationError)
+# Errors that retrying cannot fix: dead-lettered at once. BSON errors are
+# documents no MongoDB can store (a key with NUL, over 16 MB).
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (PoisonRecord, ValidationError, BSONError)
+# Errors of an outage: retried, never skipped, for as long as they last.
+# Anything else (a bug, most likely) is retried ``unknown_error_attempts``
+# times, then dead-lettered: visible, alerted and replayable once fixed, rather
+# than stalling its partition forever.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    PyMongoError,
+    KafkaError,
+    PublishFailed,
+    OSError,
+    TimeoutError,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -210,6 +229,7 @@ class PipelineConfig:
     revoke_grace_s: float = 5.0
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 10.0
+    unknown_error_attempts: int = 5
     consumer_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -469,7 +489,7 @@ class KeyedPipeline:
         if record.timestamp:
             DELAY.labels(**self._labels).observe(max(0.0, time.time() - record.timestamp / 1000))
         started = time.perf_counter()
-        failures = 0
+        failures = unexplained = 0
         try:
             while True:
                 try:
@@ -481,13 +501,20 @@ class KeyedPipeline:
                     if await self._dead_letter(record, exc):
                         return True
                     error: BaseException = exc
+                except TRANSIENT_ERRORS as exc:
+                    error = exc
                 except Exception as exc:
+                    unexplained += 1
+                    if unexplained >= self.config.unknown_error_attempts and (
+                        await self._dead_letter(record, exc)
+                    ):
+                        return True
                     error = exc
                 else:
                     PROCESSED.labels(outcome="ok", **self._labels).inc()
                     return True
-                # An outage (or a sink that could not take a poison record):
-                # try again for as long as it lasts, never skip.
+                # An outage (or a sink that could not take a dead letter): try
+                # again for as long as it lasts, never skip.
                 failures += 1
                 if failures == 1:
                     part.retrying += 1

@@ -43,6 +43,15 @@ class AttachmentIn(BaseModel):
         return url
 
 
+def keys_storable(value: object) -> bool:
+    """No object key, at any depth, contains NUL (BSON keys are C strings)."""
+    if isinstance(value, dict):
+        return all("\x00" not in k and keys_storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(keys_storable(v) for v in value)
+    return True
+
+
 class WebhookPayload(BaseModel):
     """An incoming message. Unknown fields are ignored; types are not coerced."""
 
@@ -68,6 +77,10 @@ class WebhookPayload(BaseModel):
             size = len(to_json(value))
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"must be at most 16 KiB as JSON (is {size} bytes)")
+            if not keys_storable(value):
+                # Valid JSON, but no MongoDB can store such a key: refused here,
+                # not accepted and then never answered.
+                raise ValueError("object keys must not contain the NUL character (\\u0000)")
         return value
 
     @model_validator(mode="after")
