@@ -271,5 +271,7 @@ async def fault_system(
         try:
             yield faults
         finally:
-            extra = [m for ms in faults.members.values() for m in ms[1:]]
-            await asyncio.gather(*(asyncio.to_thread(m.child.stop) for m in extra))
+            # Every member at once (the stack would stop its own one by one);
+            # the infrastructure after them.
+            members = [m for ms in faults.members.values() for m in ms]
+            await asyncio.gather(*(asyncio.to_thread(m.child.stop) for m in members))

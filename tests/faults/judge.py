@@ -189,10 +189,15 @@ def judge(
     if out_of_order:
         report.violated(f"{len(out_of_order)} replies delivered out of order", out_of_order)
 
+    reply_to = {p.delivery_id: p.in_reply_to for p in mine}
     attempts = Counter((p.delivery_id, p.attempt) for p in mine)
-    repeated_attempts = [f"{d} attempt {a} x{n}" for (d, a), n in attempts.items() if n > 1]
+    repeated_attempts = [
+        f"reply to {reply_to[d]} ({d}): attempt {a} POSTed {n} times"
+        for (d, a), n in attempts.items()
+        if n > 1
+    ]
     oks = Counter(p.delivery_id for p in mine if p.ok)
-    repeated_ok = [f"{d} x{n}" for d, n in oks.items() if n > 1]
+    repeated_ok = [f"reply to {reply_to[d]} ({d}): {n} x 2xx" for d, n in oks.items() if n > 1]
     report.fact(
         f"POSTs {len(mine)}; same attempt repeated {sum(n - 1 for n in attempts.values())} "
         f"times; 2xx repeated {sum(n - 1 for n in oks.values())} times"

@@ -133,7 +133,7 @@ async def test_failing_tenant_does_not_starve_a_healthy_one(faults_for: StartFau
         healthy = await f.channel("/healthy")
         f.system.receiver.behaviour["/failing"] = (500, 0.0)
         failing = await f.channel("/failing")
-        alone = Load("alone", healthy, conversations=10, per_conversation=20, rate=10)
+        alone = Load("alone", healthy, conversations=10, per_conversation=15, rate=10)
         await run(f, alone)
         await f.settle([alone], timeout_s=30)
         beside = Load("beside", healthy, conversations=10, per_conversation=75, rate=10)
