@@ -6,7 +6,7 @@ export UV_LINK_MODE := copy
 
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help bootstrap system-deps install run demo test lint format typecheck check clean \
+.PHONY: help bootstrap system-deps install run demo test test-faults lint format typecheck check clean \
 	bench-ingress bench-delivery bench-assistant bench-publish bench-db
 
 help: ## List the targets
@@ -37,6 +37,9 @@ demo: install ## With `make run` going: receive a signed reply on https://localh
 
 test: install system-deps ## Run the whole test suite (real broker, database, TLS and a browser)
 	$(UV) run --frozen pytest
+
+test-faults: install ## Only the fault suite (~10 min): kills, restarts, outages under load
+	$(UV) run --frozen pytest -m faults
 
 lint: install ## ruff: lint and formatting
 	$(UV) run --frozen ruff check .

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,17 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> DevTls:
 
 @pytest_asyncio.fixture(scope="session")
 async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    llm = FakeLlm()
+    async with running_system(tls, tmp_path_factory.mktemp("happ"), FakeLlm()) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_system(
+    tls: DevTls, data_dir: Path, llm: FakeLlm, logs_to: Path = ARTIFACTS, **env: str
+) -> AsyncIterator[System]:
+    """The whole system on a broker and database of its own, with ``llm`` and a
+    receiver in this process; ``env`` overrides the services' test settings.
+    The services' logs are copied to ``logs_to`` at the end."""
     llm_port = free_port()
     llm_runner = await fake_llm.start(llm, llm_port)
     rec = Receiver()
@@ -78,25 +89,8 @@ async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> Async
     rec_runner = await receiver.start(
         rec, rec_port, receiver.server_ssl(tls.cert_file, tls.key_file)
     )
-    data_dir = tmp_path_factory.mktemp("happ")
-    env = {
-        "HAPP_ADMIN_TOKEN": ADMIN_TOKEN,
-        "HAPP_DELIVERY_CA_FILE": str(tls.ca_file),
-        "HAPP_ALLOW_PRIVATE_ENDPOINTS": "true",
-        "HAPP_DELIVERY_RETRY_DELAYS": "1,2,3",
-        "HAPP_DELIVERY_TIMEOUT_S": "2",
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
-        "HAPP_ASSISTANT_LLM_BACKOFF_S": "0.05",
-        "HAPP_ASSISTANT_LLM_TIMEOUT_S": "5",
-    }
-    base_env = {
-        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI")
-    }
-    config = StackConfig(
-        data_dir=data_dir, env=env, ports={name: free_port() for name in SERVICES}, partitions=6
-    )
-    stack = LocalStack(config, base_env=base_env)
+    stack = make_stack(data_dir, tls, llm_port, **env)
+    config = stack.config
     try:
         await asyncio.to_thread(stack.start_infra)
         await asyncio.to_thread(stack.start_services)
@@ -117,16 +111,43 @@ async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> Async
                 await mongo_client.close()
     finally:
         await asyncio.to_thread(stack.stop)
-        _keep_logs(stack)
+        _keep_logs(stack, logs_to)
         await rec_runner.cleanup()
         await llm_runner.cleanup()
 
 
-def _keep_logs(stack: LocalStack) -> None:
+def make_stack(data_dir: Path, tls: DevTls, llm_port: int, **env: str) -> LocalStack:
+    """A stack (not started) with its own embedded broker and database, configured for
+    tests: the fake LLM on ``llm_port``, the test CA, short retries; ``env`` overrides."""
+    service_env = {
+        "HAPP_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HAPP_DELIVERY_CA_FILE": str(tls.ca_file),
+        "HAPP_ALLOW_PRIVATE_ENDPOINTS": "true",
+        "HAPP_DELIVERY_RETRY_DELAYS": "1,2,3",
+        "HAPP_DELIVERY_TIMEOUT_S": "2",
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+        "HAPP_ASSISTANT_LLM_BACKOFF_S": "0.05",
+        "HAPP_ASSISTANT_LLM_TIMEOUT_S": "5",
+        **env,
+    }
+    base_env = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI")
+    }
+    config = StackConfig(
+        data_dir=data_dir,
+        env=service_env,
+        ports={name: free_port() for name in SERVICES},
+        partitions=6,
+    )
+    return LocalStack(config, base_env=base_env)
+
+
+def _keep_logs(stack: LocalStack, folder: Path = ARTIFACTS) -> None:
     """Copy the services' logs where CI keeps them, for a failed run's post-mortem."""
-    ARTIFACTS.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for log in stack.logs.glob("*.log"):
-        (ARTIFACTS / log.name).write_bytes(log.read_bytes()[-2_000_000:])
+        (folder / log.name).write_bytes(log.read_bytes()[-2_000_000:])
 
 
 async def eventually(

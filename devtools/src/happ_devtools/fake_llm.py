@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,12 @@ class FakeLlm:
     calls: int = 0
     models: dict[str, ModelScript] = field(default_factory=dict)
     keep_requests: bool = True  # a long benchmark need not hold every request
+    # Calls per last user message: with one unique text per message, how many
+    # times the LLM was asked to answer each message.
+    per_message: Counter[str] = field(default_factory=Counter)
+    # Append " [call N]" (N from per_message) to answers, so a message answered
+    # twice yields two different replies.
+    tag_calls: bool = False
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -61,6 +68,7 @@ class FakeLlm:
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls += 1
+        self.per_message[_last_text(body)] += 1
         if self.keep_requests:
             self.requests.append(body)
         script = self.models.get(body.get("model", ""))
@@ -88,9 +96,9 @@ class FakeLlm:
         return self._answer(body)
 
     def _answer(self, body: Body) -> web.Response:
-        last = body["messages"][-1]["content"]
-        if isinstance(last, list):
-            last = " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+        last = _last_text(body)
+        if self.tag_calls:
+            last = f"{last} [call {self.per_message[last]}]"
         return web.json_response(
             {
                 "id": f"chatcmpl-{self.calls}",
@@ -107,6 +115,13 @@ class FakeLlm:
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
         )
+
+
+def _last_text(body: Body) -> str:
+    last = body["messages"][-1]["content"]
+    if isinstance(last, list):
+        last = " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+    return str(last)
 
 
 def _error(status: int, message: str) -> web.Response:

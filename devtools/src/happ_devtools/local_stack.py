@@ -33,6 +33,11 @@ class StackConfig:
     partitions: int = 12
 
 
+def wait_ready(port: int, child: Child, timeout_s: float = 60) -> None:
+    """Wait for the service ``child`` listening on ``port`` to answer /readyz with 200."""
+    wait_until(lambda: _ready(port), timeout_s, f"{child.name} on :{port}", child)
+
+
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
@@ -92,16 +97,26 @@ class LocalStack:
             env[f"HAPP_{name.upper()}_PORT"] = str(port)
         return env
 
+    def service_process(
+        self, name: str, label: str | None = None, port: int | None = None
+    ) -> Child:
+        """A process of service ``name`` (not started). Another member of the same
+        consumer group needs a ``label`` (its log's name) and a ``port`` of its own."""
+        env = self.env()
+        if port is not None:
+            env[f"HAPP_{name.upper()}_PORT"] = str(port)
+        label = label or name
+        return Child(
+            label, [PYTHON, "-m", f"happ_{name}"], env=env, log_path=self.logs / f"{label}.log"
+        )
+
     def start_service(self, name: str) -> Child:
-        child = Child(
-            name, [PYTHON, "-m", f"happ_{name}"], env=self.env(), log_path=self.logs / f"{name}.log"
-        ).start()
+        child = self.service_process(name).start()
         self.services[name] = child
         return child
 
     def wait_ready(self, name: str, timeout_s: float = 60) -> None:
-        port = self.config.ports[name]
-        wait_until(lambda: _ready(port), timeout_s, f"{name} on :{port}", self.services[name])
+        wait_ready(self.config.ports[name], self.services[name], timeout_s)
 
     def start_services(self) -> None:
         for name in SERVICES:

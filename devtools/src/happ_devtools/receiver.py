@@ -29,6 +29,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int | None = None  # what the receiver answered (None while it decides)
 
     def json(self) -> dict[str, Any]:
         data = json.loads(self.body)
@@ -65,6 +66,7 @@ class Receiver:
         status, delay = decider(got) if decider else self.behaviour.get(request.path, (200, 0.0))
         if delay:
             await asyncio.sleep(delay)
+        got.status = status
         return web.json_response({"ok": status < 300}, status=status)
 
     def on_path(self, path: str) -> list[Received]:
