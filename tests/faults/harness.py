@@ -140,7 +140,8 @@ class Faults:
         db = self._infra("mongodb")
         port = urlsplit(self.system.stack.mongodb_uri).port
         assert port is not None
-        self.crashed = True
+        # No service dies: a database outage must not repeat any POST (outcomes
+        # that could not be recorded are retried in place, never re-sent).
         self.note("SIGKILL the database")
         await asyncio.to_thread(db.kill)
         db.stop()
