@@ -83,7 +83,10 @@ async def test_a_retry_is_listed_for_its_partition_until_its_series_ends(system:
     state = await _state(repo, channel, "rpl_r")
     assert state.status == "retrying" and state.next_attempt_at is not None
 
+    assert await repo.claim_next(channel, "rpl_r", state, 2)
     await repo.record(channel, "rpl_r", "delivered", attempt=2, outcome=OK)
+    # A late outcome of attempt 1 (its sender cut off) changes nothing now.
+    await repo.record(channel, "rpl_r", "retrying", attempt=1, outcome=HTTP_500, partition=7)
     assert not [p for p in await repo.pending_retries({7}) if p.channel_id == channel]
     state = await _state(repo, channel, "rpl_r")
     assert state.status == "delivered" and state.attempts == 2 and state.next_attempt_at is None
@@ -355,3 +358,63 @@ async def test_waiting_for_a_connection_is_not_part_of_the_attempt(
     assert sorted(rig.posts()) == sorted([(first.reply_id, "1"), (second.reply_id, "1")])
     assert (await rig.state(first)).status == "delivered"
     assert (await rig.state(second)).status == "delivered"
+
+
+async def test_a_stale_retry_neither_skips_the_live_one_nor_sends_twice(rig: _Rig) -> None:
+    # After a takeover, the retries of attempts 2, 3 and 4 of one reply are all
+    # handed out together (keyed apart); the state says attempt 3 failed.
+    reply = rig.reply()
+    assert await rig.repo.claim_first(reply.channel_id, reply.reply_id)
+    for attempt in (1, 2, 3):
+        if attempt > 1:
+            seen = await rig.state(reply)
+            assert await rig.repo.claim_next(reply.channel_id, reply.reply_id, seen, attempt)
+        await rig.repo.record(
+            reply.channel_id,
+            reply.reply_id,
+            "retrying",
+            attempt=attempt,
+            outcome=HTTP_500,
+            sender_id=reply.to,
+            partition=2,
+            next_attempt_at=datetime.now(UTC),
+        )
+    now = datetime.now(UTC)
+    retries = [DeliveryRetry(reply=reply, attempt=a, due_at=now) for a in (2, 3, 4)]
+    await asyncio.gather(*(rig.service.deliver_retry(r, 2) for r in retries))
+    assert rig.posts() == [(reply.reply_id, "4")]
+    assert (await rig.state(reply)).status == "delivered"
+
+
+async def test_a_recorded_retry_missing_from_the_log_is_put_back_by_any_record(
+    rig: _Rig,
+) -> None:
+    reply = rig.reply()
+    assert await rig.repo.claim_first(reply.channel_id, reply.reply_id)
+    await rig.repo.record(
+        reply.channel_id,
+        reply.reply_id,
+        "retrying",
+        attempt=1,
+        outcome=HTTP_500,
+        sender_id=reply.to,
+        partition=2,
+        next_attempt_at=datetime.now(UTC),
+    )
+    seen = await rig.state(reply)
+    assert await rig.repo.claim_next(reply.channel_id, reply.reply_id, seen, 2)
+    await rig.repo.record(
+        reply.channel_id,
+        reply.reply_id,
+        "retrying",
+        attempt=2,
+        outcome=HTTP_500,
+        sender_id=reply.to,
+        partition=2,
+        next_attempt_at=datetime.now(UTC),
+    )
+    # The crash came before attempt 3's retry was published; only an older
+    # record of the reply is left to be redelivered.
+    await rig.service.deliver_new(reply, 2)
+    assert [r.attempt for r in rig.retries.published] == [3]
+    assert rig.posts() == []

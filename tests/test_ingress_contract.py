@@ -220,6 +220,11 @@ INVALID: list[tuple[str, Any, str | None]] = [
         {"sender_id": "u", "text": "x", "metadata": {"a": [{"b\u0000c": 1}]}},
         "metadata",
     ),
+    (
+        "metadata integer beyond 64 bits (no database can store it)",
+        {"sender_id": "u", "text": "x", "metadata": {"n": [2**63]}},
+        "metadata",
+    ),
 ]
 
 

@@ -108,6 +108,7 @@ def spec_valid(raw: bytes, content_type: str | None) -> bool:
         not isinstance(meta, dict)
         or len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()) > 16 * 1024
         or any("\x00" in k for k in _keys(meta))
+        or not all(-(2**63) <= n < 2**63 for n in _ints(meta))
     ):
         return False
     mid = body.get("message_id")
@@ -122,6 +123,19 @@ def _keys(value: object) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _keys(v)
+
+
+def _ints(value: object) -> Iterator[int]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _ints(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _ints(v)
 
 
 async def test_no_5xx_but_503_and_no_200_for_invalid_requests(system: System) -> None:

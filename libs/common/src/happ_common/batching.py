@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import Histogram
+from pymongo.errors import ConnectionFailure
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -77,14 +78,31 @@ class Batcher(Generic[T, R]):
         BATCH_SIZE.labels(self._name).observe(len(batch))
         try:
             results = await self._run_batch([item for item, _ in batch])
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        except ConnectionFailure as exc:
+            # The database is away: every caller's operation failed alike.
+            self._fail(batch, exc)
             return
+        except Exception as exc:
+            if len(batch) > 1:
+                # Perhaps one item's own fault (a document that cannot be
+                # encoded): tried alone, each caller gets its own outcome, and
+                # one bad message cannot fail the others batched with it.
+                await asyncio.gather(*(self._run([one]) for one in batch))
+            else:
+                self._fail(batch, exc)
+            return
+        except BaseException as exc:
+            self._fail(batch, exc)
+            raise
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
 
     async def drain(self) -> None:
         """Run what is pending now and wait for every batch in flight."""

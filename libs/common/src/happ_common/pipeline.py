@@ -26,13 +26,16 @@ aiokafka directly:
   closed conversation gate, a retry not yet due, a channel's share of
   connections) marks its key ``parked()``: the key's records then count against
   a separate byte budget, so they can neither starve the others nor deadlock
-  the records that would release them;
+  the records that would release them (topics in ``always_fetch``, whose
+  records release parked ones, are fetched even when that budget is full);
 * newly assigned partitions are held (paused, and anything fetched early sought
   back) until the assignment callback has finished: the delivery service
   restores its conversation gates there;
 * on revocation: the service's callback first (work waiting on partition state
   lets go), running work gets a grace period, what still runs is cancelled
-  (abandoned: unfinished), and the commit covers only finished work.
+  (abandoned: unfinished), the callback runs again (to undo state the grace
+  period built), and the commit covers only finished work. A handler that
+  waited can ask ``still_owned()`` before doing what it cannot take back.
 
 Topics read together are assigned with the range assignor so equal partition
 numbers of co-partitioned topics land on the same member.
@@ -230,11 +233,33 @@ class PipelineConfig:
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 10.0
     unknown_error_attempts: int = 5
+    # Topics still fetched when the parked budget is full: their records are
+    # what lets parked ones go (the delivery service's retries open the gates
+    # its parked replies wait at), so pausing them could wait forever.
+    always_fetch: tuple[str, ...] = ()
     consumer_options: dict[str, Any] = field(default_factory=dict)
 
 
 # The key whose record the current task is handling (see ``parked``).
 _CURRENT: ContextVar[tuple[KeyedPipeline, _Key] | None] = ContextVar("pipeline_key", default=None)
+
+
+# The partition of the record the current task is handling (see ``still_owned``).
+_CURRENT_PART: ContextVar[tuple[KeyedPipeline, _Partition] | None] = ContextVar(
+    "pipeline_partition", default=None
+)
+
+
+def still_owned() -> bool:
+    """Inside a handler: whether its record's partition is still this member's
+    and the member is not stopping. A handler about to start something it
+    cannot take back (a POST) after a wait checks this, and raises ``Abandoned``
+    if not. Outside a pipeline's handler: True."""
+    current = _CURRENT_PART.get()
+    if current is None:
+        return True
+    pipeline, part = current
+    return not (part.revoked or pipeline._stopping)
 
 
 @contextlib.asynccontextmanager
@@ -312,9 +337,11 @@ class KeyedPipeline:
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"{cfg.name}-fetch")
         self._commit_task = asyncio.create_task(self._commit_loop(), name=f"{cfg.name}-commit")
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop fetching, let running work finish (bounded), commit what is done,
-        leave the group. What did not finish stays uncommitted for the next owner."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop fetching, let running work finish (within the revocation's grace
+        period unless told otherwise), commit what is done, leave the group. What
+        did not finish stays uncommitted for the next owner."""
+        grace_s = self.config.revoke_grace_s if grace_s is None else grace_s
         self._stopping = True
         for task in (self._fetch_task, self._commit_task):
             if task:
@@ -356,16 +383,24 @@ class KeyedPipeline:
 
     # -- fetching ------------------------------------------------------------------
 
-    def _apply_pauses(self, consumer: AIOKafkaConsumer, full: bool) -> None:
+    def _blocked(self, tp: TopicPartition, over_active: bool, over_parked: bool) -> bool:
+        """Whether fetching ``tp`` must wait for room: every topic when the active
+        budget is full; when the parked one is, all but ``always_fetch`` topics,
+        whose records are what releases parked ones (delivery's retries)."""
+        return over_active or (over_parked and tp.topic not in self.config.always_fetch)
+
+    def _apply_pauses(
+        self, consumer: AIOKafkaConsumer, over_active: bool, over_parked: bool
+    ) -> None:
         assigned = consumer.assignment()
-        if full:
-            want = set(assigned)
-        else:
-            want = {
-                tp
-                for tp in assigned
-                if (p := self._partitions.get(tp)) is None or not p.ready or p.retrying
-            }
+        want = {
+            tp
+            for tp in assigned
+            if self._blocked(tp, over_active, over_parked)
+            or (p := self._partitions.get(tp)) is None
+            or not p.ready
+            or p.retrying
+        }
         if want == self._paused:
             return
         if resume := self._paused - want:
@@ -380,9 +415,10 @@ class KeyedPipeline:
         cfg = self.config
         while not self._stopping:
             room = cfg.max_in_flight - self._in_flight
-            full = room <= 0 or self._parked_bytes >= cfg.max_parked_bytes
+            over_active = room <= 0
+            over_parked = self._parked_bytes >= cfg.max_parked_bytes
             # Keep polling even when full: it keeps us in the group.
-            self._apply_pauses(consumer, full)
+            self._apply_pauses(consumer, over_active, over_parked)
             try:
                 batches = await consumer.getmany(timeout_ms=100, max_records=max(room, 1))
             except KafkaError as exc:
@@ -391,7 +427,12 @@ class KeyedPipeline:
                 continue
             for tp, records in batches.items():
                 part = self._partitions.get(tp)
-                if part is None or not part.ready or part.revoked or full:
+                if (
+                    part is None
+                    or not part.ready
+                    or part.revoked
+                    or self._blocked(tp, over_active, over_parked)
+                ):
                     # Not ours to hand out (yet): fetch these again later. A
                     # revoked partition's position no longer matters.
                     if records and (part is None or not part.revoked):
@@ -454,6 +495,7 @@ class KeyedPipeline:
                 work = entry.queue[0]
                 part = work.part
                 if not part.revoked and not self._stopping:
+                    _CURRENT_PART.set((self, part))
                     part.running.add(task)
                     part.idle.clear()
                     done = False
@@ -643,6 +685,9 @@ class KeyedPipeline:
                 await asyncio.wait_for(
                     asyncio.gather(*(p.idle.wait() for p in parts if p.running)), 5.0
                 )
+        # Work that ran during the grace period may have built partition state
+        # after the first call (a gate closed on a failed attempt): undo it too.
+        await self._call(self._on_revoked, set(owned))
         try:
             await self._commit(owned)
         except KafkaError as exc:

@@ -64,6 +64,10 @@ def create_app(
                     topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
                     max_in_flight=settings.max_in_flight,
                     max_parked_bytes=settings.max_parked_bytes,
+                    # A POST in flight at a rebalance or shutdown may finish:
+                    # cut off, the next owner would send it again.
+                    revoke_grace_s=settings.timeout_s + 5,
+                    always_fetch=(DELIVERY_RETRY,),
                 ),
                 delivery_handler(service),
                 key_of=pipeline_key,

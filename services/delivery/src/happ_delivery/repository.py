@@ -49,6 +49,7 @@ class _Write:
     a series that had one ends)."""
 
     _id: str
+    attempt: int
     fields: Document
     pending_retry: UpdateOne | DeleteOne | None
 
@@ -144,8 +145,16 @@ class DeliveryRepository:
         added = [w.pending_retry for w in writes if isinstance(w.pending_retry, UpdateOne)]
         if added:
             await self._pending.bulk_write(added, ordered=False)
+        # Only over the claim it follows: an outcome that lands late (its
+        # sender cut off, the attempt sent again by another) must not roll the
+        # state back.
         await self._deliveries.bulk_write(
-            [UpdateOne({"_id": w._id}, {"$set": w.fields}, upsert=True) for w in writes],
+            [
+                UpdateOne(
+                    {"_id": w._id, "status": "sending", "attempts": w.attempt}, {"$set": w.fields}
+                )
+                for w in writes
+            ],
             ordered=True,
         )
         removed = [w.pending_retry for w in writes if isinstance(w.pending_retry, DeleteOne)]
@@ -171,8 +180,9 @@ class DeliveryRepository:
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
-        """Record the outcome of ``attempt``. ``partition`` and ``sender_id`` go
-        with ``retrying``; an ended series with ``attempt`` > 1 had a retry pending."""
+        """Record the outcome of ``attempt``, whose claim (``sending``) it must
+        follow. ``partition`` and ``sender_id`` go with ``retrying``; an ended
+        series with ``attempt`` > 1 had a retry pending."""
         now = datetime.now(UTC)
         _id = delivery_id(channel_id, reply_id)
         fields: Document = {
@@ -202,7 +212,7 @@ class DeliveryRepository:
             pending = UpdateOne({"_id": _id}, {"$set": entry.model_dump()}, upsert=True)
         elif attempt > 1 or status == "canceled":
             pending = DeleteOne({"_id": _id})
-        await self._writes.submit(_Write(_id, fields, pending))
+        await self._writes.submit(_Write(_id, attempt, fields, pending))
 
     async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:
         return await self._states.pending_retries(partitions)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -115,8 +115,8 @@ class DeliveryService:
         # Set when a partition is revoked: wakes the retries sleeping in it, which
         # then leave the retry to the partition's new owner.
         self._revoked: dict[int, asyncio.Event] = {}
-        # Replies a record is being handled for in this process (``_handling``).
-        self._sending: set[str] = set()
+        # Per reply with a record being handled here: its lock and its users.
+        self._replies: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @property
     def max_attempts(self) -> int:
@@ -129,9 +129,7 @@ class DeliveryService:
                 await self.gates.pass_through(_key(reply), reply.reply_id)
         except ConversationMoved:
             raise Abandoned(reply.reply_id) from None
-        with self._handling(reply) as mine:
-            if not mine:
-                return
+        async with self._one_at_a_time(reply):
             if not reply.resend and await self._repo.claim_first(reply.channel_id, reply.reply_id):
                 await self._send_and_record(reply, 1, partition)
                 return
@@ -151,59 +149,75 @@ class DeliveryService:
                     raise Abandoned(reply.reply_id)
         # The state is read now, after the wait: a resend or a cancel may have
         # happened meanwhile.
-        with self._handling(reply) as mine:
-            if mine:
-                await self._resume(reply, retry.attempt, partition)
+        async with self._one_at_a_time(reply):
+            await self._resume(reply, retry.attempt, partition)
 
-    @contextlib.contextmanager
-    def _handling(self, reply: OutboundReply) -> Iterator[bool]:
-        """Whether this record may go on with the reply: not while another record
-        of the same reply (a republished copy) is being handled in this process,
-        which would otherwise take that one's claim for a crashed attempt."""
-        if reply.reply_id in self._sending:
-            SKIPPED.labels(reason="handled_here").inc()
-            yield False
-            return
-        self._sending.add(reply.reply_id)
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, reply: OutboundReply) -> AsyncIterator[None]:
+        """One record of a reply at a time in this process. Records of one reply
+        (a republished copy, a retry and its duplicate) are keyed apart in the
+        pipeline, so they may run together; each must see the state the other
+        left, never take another's live claim for a crashed attempt, and never
+        be skipped as done while the other may still fail (waiting, parked)."""
+        entry = self._replies.get(reply.reply_id)
+        if entry is None:
+            entry = self._replies[reply.reply_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
         try:
-            yield True
+            async with parked():
+                await lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
         finally:
-            self._sending.discard(reply.reply_id)
+            users[0] -= 1
+            if users[0] == 0:
+                del self._replies[reply.reply_id]
 
     async def _resume(self, reply: OutboundReply, attempt: int, partition: int) -> None:
         """Go on from the reply's recorded state with ``attempt``, whichever
-        record (first, retry, resend, duplicate) brought it here."""
+        record (first, retry, resend, duplicate) brought it here. A record is
+        only ever skipped when the state shows its step done, or when the record
+        that will do it is still on the log (uncommitted)."""
         while True:
             state = await self._repo.state(reply.channel_id, reply.reply_id)
             if state is None:
                 if await self._repo.claim_missing(reply.channel_id, reply.reply_id, attempt):
                     break
                 continue
-            if state.status in SERIES_ENDED or state.attempts > attempt:
+            if state.status in SERIES_ENDED:
                 SKIPPED.labels(reason=f"already_{state.status}").inc()
-                if state.status in SERIES_ENDED:
-                    self._open(reply)
-                return
-            if state.attempts == attempt and state.status == "sending":
-                # In flight when its sender died: the one POST that may repeat.
-                RESUMED.labels(step="send").inc()
-                self.gates.close(_key(reply), reply.reply_id, partition)
-                await self._send_and_record(reply, attempt, partition)
-                return
-            if state.attempts == attempt and state.status == "retrying":
-                # Outcome recorded, its retry perhaps not yet on the log.
-                RESUMED.labels(step="schedule").inc()
-                self.gates.close(_key(reply), reply.reply_id, partition)
-                due = state.next_attempt_at or datetime.now(UTC)
-                await self._publish_retry(reply, attempt + 1, due)
+                self._open(reply)
                 return
             if self._may_claim(state, attempt):
                 if await self._repo.claim_next(reply.channel_id, reply.reply_id, state, attempt):
                     break
                 continue  # someone else moved it: read again
+            if state.status == "retrying" and state.attempts >= attempt:
+                # Attempt ``state.attempts`` failed and was recorded; its retry
+                # may not have reached the log (a crash in between). Any record
+                # of the reply puts it there: a duplicate is harmless, since a
+                # retry claims its attempt by compare-and-set.
+                RESUMED.labels(step="schedule").inc()
+                self.gates.close(_key(reply), reply.reply_id, partition)
+                due = state.next_attempt_at or datetime.now(UTC)
+                await self._publish_retry(reply, state.attempts + 1, due)
+                return
+            if state.status == "sending" and state.attempts == attempt:
+                # In flight when its sender died: the one POST that may repeat.
+                RESUMED.labels(step="send").inc()
+                if attempt > 1:
+                    self.gates.close(_key(reply), reply.reply_id, partition)
+                await self._send_and_record(reply, attempt, partition)
+                return
+            # Another attempt is claimed ("sending": its own record, uncommitted
+            # until it is done, will resume it) or the record is older than the
+            # state (a stale retry of an earlier series).
             SKIPPED.labels(reason=f"stale_{state.status}").inc()
-            log.warning(
-                "reply %s: record for attempt %d does not fit its state %s/%d; skipped",
+            log.info(
+                "reply %s: record for attempt %d is behind its state %s/%d; skipped",
                 reply.reply_id,
                 attempt,
                 state.status,
@@ -333,8 +347,12 @@ class DeliveryService:
 
     async def restore_gates(self, partitions: set[int]) -> None:
         """Close the gates of conversations whose retries were pending in these
-        partitions when their previous owner stopped."""
-        for r in await self._repo.pending_retries(partitions):
+        partitions when their previous owner stopped. What this member knew of
+        them before is dropped first: a gate closed by a handler during an
+        earlier revocation's grace period would otherwise outlive its series."""
+        pending = await self._repo.pending_retries(partitions)
+        self.gates.forget_partitions(partitions)
+        for r in pending:
             self.gates.close((r.channel_id, r.sender_id), r.reply_id, r.partition)
         GATED.set(len(self.gates))
 

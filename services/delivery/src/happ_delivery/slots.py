@@ -6,7 +6,8 @@ before its attempt's timeout starts: waiting for a connection is not part of
 the attempt and never uses one up. The host and process limits match the HTTP
 client's pool, so the pool itself never makes a request wait. A sender waiting
 for a slot is ``parked`` in the pipeline: it holds no share of the consumer's
-budget meanwhile.
+budget meanwhile, and one whose partition moved meanwhile lets go rather
+than send.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import Gauge, Histogram
 
-from happ_common.pipeline import parked
+from happ_common.pipeline import Abandoned, parked, still_owned
 
 WAITING = Gauge(
     "happ_delivery_connection_waiting",
@@ -70,6 +71,10 @@ class SendSlots:
                 await stack.enter_async_context(self._hosts.hold(host))
                 await self._total.acquire()
                 stack.callback(self._total.release)
+            if not still_owned():
+                # The partition moved (or the member stops) while this waited:
+                # its next owner sends it; a POST now would be a second one.
+                raise Abandoned(channel_id)
         except BaseException:
             await stack.aclose()
             raise

@@ -43,12 +43,18 @@ class AttachmentIn(BaseModel):
         return url
 
 
-def keys_storable(value: object) -> bool:
-    """No object key, at any depth, contains NUL (BSON keys are C strings)."""
+_INT64 = range(-(2**63), 2**63)
+
+
+def storable(value: object) -> bool:
+    """What MongoDB can store: no object key, at any depth, contains NUL (BSON
+    keys are C strings), and every integer fits in 64 bits."""
     if isinstance(value, dict):
-        return all("\x00" not in k and keys_storable(v) for k, v in value.items())
+        return all("\x00" not in k and storable(v) for k, v in value.items())
     if isinstance(value, list):
-        return all(keys_storable(v) for v in value)
+        return all(storable(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in _INT64
     return True
 
 
@@ -77,10 +83,13 @@ class WebhookPayload(BaseModel):
             size = len(to_json(value))
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"must be at most 16 KiB as JSON (is {size} bytes)")
-            if not keys_storable(value):
-                # Valid JSON, but no MongoDB can store such a key: refused here,
-                # not accepted and then never answered.
-                raise ValueError("object keys must not contain the NUL character (\\u0000)")
+            if not storable(value):
+                # Valid JSON, but no MongoDB can store it: refused here, not
+                # accepted and then never answered.
+                raise ValueError(
+                    "object keys must not contain the NUL character (\\u0000) and integers "
+                    "must fit in 64 bits"
+                )
         return value
 
     @model_validator(mode="after")
