@@ -220,6 +220,24 @@ class _Rig:
     async def state(self, reply: OutboundReply) -> DeliveryState:
         return await _state(self.repo, self.channel_id, reply.reply_id)
 
+    async def failed_attempts(self, reply: OutboundReply, attempts: int) -> None:
+        """Record what a previous owner left: ``attempts`` claimed, each failed."""
+        assert await self.repo.claim_first(reply.channel_id, reply.reply_id)
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                seen = await self.state(reply)
+                assert await self.repo.claim_next(reply.channel_id, reply.reply_id, seen, attempt)
+            await self.repo.record(
+                reply.channel_id,
+                reply.reply_id,
+                "retrying",
+                attempt=attempt,
+                outcome=HTTP_500,
+                sender_id=reply.to,
+                partition=2,
+                next_attempt_at=datetime.now(UTC),
+            )
+
 
 @pytest_asyncio.fixture
 async def rig(system: System, request: Any) -> AsyncIterator[_Rig]:
@@ -364,21 +382,7 @@ async def test_a_stale_retry_neither_skips_the_live_one_nor_sends_twice(rig: _Ri
     # After a takeover, the retries of attempts 2, 3 and 4 of one reply are all
     # handed out together (keyed apart); the state says attempt 3 failed.
     reply = rig.reply()
-    assert await rig.repo.claim_first(reply.channel_id, reply.reply_id)
-    for attempt in (1, 2, 3):
-        if attempt > 1:
-            seen = await rig.state(reply)
-            assert await rig.repo.claim_next(reply.channel_id, reply.reply_id, seen, attempt)
-        await rig.repo.record(
-            reply.channel_id,
-            reply.reply_id,
-            "retrying",
-            attempt=attempt,
-            outcome=HTTP_500,
-            sender_id=reply.to,
-            partition=2,
-            next_attempt_at=datetime.now(UTC),
-        )
+    await rig.failed_attempts(reply, 3)
     now = datetime.now(UTC)
     retries = [DeliveryRetry(reply=reply, attempt=a, due_at=now) for a in (2, 3, 4)]
     await asyncio.gather(*(rig.service.deliver_retry(r, 2) for r in retries))
@@ -390,29 +394,7 @@ async def test_a_recorded_retry_missing_from_the_log_is_put_back_by_any_record(
     rig: _Rig,
 ) -> None:
     reply = rig.reply()
-    assert await rig.repo.claim_first(reply.channel_id, reply.reply_id)
-    await rig.repo.record(
-        reply.channel_id,
-        reply.reply_id,
-        "retrying",
-        attempt=1,
-        outcome=HTTP_500,
-        sender_id=reply.to,
-        partition=2,
-        next_attempt_at=datetime.now(UTC),
-    )
-    seen = await rig.state(reply)
-    assert await rig.repo.claim_next(reply.channel_id, reply.reply_id, seen, 2)
-    await rig.repo.record(
-        reply.channel_id,
-        reply.reply_id,
-        "retrying",
-        attempt=2,
-        outcome=HTTP_500,
-        sender_id=reply.to,
-        partition=2,
-        next_attempt_at=datetime.now(UTC),
-    )
+    await rig.failed_attempts(reply, 2)
     # The crash came before attempt 3's retry was published; only an older
     # record of the reply is left to be redelivered.
     await rig.service.deliver_new(reply, 2)
