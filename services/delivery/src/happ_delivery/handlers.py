@@ -7,16 +7,12 @@ conversation it is holding back, or neither could move.
 
 from __future__ import annotations
 
-import logging
-
 from aiokafka import TopicPartition
 
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.pipeline import Handler, PartitionsCallback, Record, decode
 from happ_common.topics import DELIVERY_RETRY
 from happ_delivery.service import DeliveryService
-
-log = logging.getLogger(__name__)
 
 
 def pipeline_key(record: Record) -> object:
