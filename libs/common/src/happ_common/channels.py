@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.mongo import CHANNELS, Document
@@ -22,9 +24,19 @@ from happ_common.mongo import CHANNELS, Document
 log = logging.getLogger(__name__)
 
 ChannelStatus = Literal["connected", "disconnected"]
+# Who answers (SPEC §6a): the AI alone, people alone, or the AI until a handoff.
+ChannelMode = Literal["assistant", "operators", "assistant_with_handoff"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant answering users of this platform."
 DEFAULT_FALLBACK_TEXT = "Sorry, I can't answer right now. Please try again in a few minutes."
+DEFAULT_HANDOFF_TEXT = "Connecting you to a person. Please stay with us."
+DEFAULT_RATE_NOTICE_TEXT = (
+    "You are sending messages faster than we can answer them. "
+    "Please wait a minute before writing again."
+)
+_CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
 
 
 class AssistantSettings(BaseModel):
@@ -37,10 +49,118 @@ class AssistantSettings(BaseModel):
     fallback_text: str = Field(default=DEFAULT_FALLBACK_TEXT, min_length=1, max_length=4_000)
 
 
-class Channel(BaseModel):
+class Route(BaseModel):
+    """A routing rule: a message it matches goes straight to the operators."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: Literal["keyword", "regex"] = "keyword"
+    pattern: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _compiles(self) -> Route:
+        if self.match == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return self
+
+    def matches(self, text: str) -> bool:
+        if self.match == "regex":
+            return re.search(self.pattern, text, re.IGNORECASE) is not None
+        return contains_phrase(text, self.pattern)
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Whether ``phrase`` occurs in ``text`` as whole words, case-insensitively."""
+    words = r"\s+".join(re.escape(w) for w in phrase.split())
+    return bool(words) and re.search(rf"(?<!\w){words}(?!\w)", text, re.IGNORECASE) is not None
+
+
+class WorkingInterval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: list[Weekday] = Field(min_length=1, max_length=7)
+    start: str = Field(description="HH:MM, local time")
+    end: str = Field(description="HH:MM (24:00 for midnight), after start")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not _CLOCK_RE.match(value):
+            raise ValueError("use HH:MM between 00:00 and 24:00")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WorkingInterval:
+        if self.end <= self.start:
+            raise ValueError("end must be after start (split an interval that crosses midnight)")
+        return self
+
+
+class WorkingHours(BaseModel):
+    """When people are at work, in the channel's time zone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str = Field(min_length=1, max_length=64, examples=["Europe/Kyiv"])
+    intervals: list[WorkingInterval] = Field(min_length=1, max_length=50)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone name such as 'Europe/Kyiv'") from None
+        return value
+
+    def is_open(self, at: datetime) -> bool:
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        local = at.astimezone(ZoneInfo(self.timezone))
+        day = WEEKDAYS[local.weekday()]
+        clock = local.strftime("%H:%M")
+        return any(day in i.days and i.start <= clock < i.end for i in self.intervals)
+
+
+class ConversationRules(BaseModel):
+    """Who answers a channel's users, and the filters applied before the assistant
+    (SPEC §6a). Top-level fields of a channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: ChannelMode = "assistant"
+    handoff_keywords: list[str] = Field(default_factory=list, max_length=100)
+    handoff_text: str = Field(default=DEFAULT_HANDOFF_TEXT, min_length=1, max_length=4_000)
+    ignore_senders: list[str] = Field(default_factory=list, max_length=10_000)
+    routes: list[Route] = Field(default_factory=list, max_length=100)
+    working_hours: WorkingHours | None = None
+    off_hours_text: str | None = Field(default=None, min_length=1, max_length=4_000)
+    sender_rate_per_minute: int | None = Field(default=None, ge=1, le=10_000)
+    rate_notice_text: str = Field(default=DEFAULT_RATE_NOTICE_TEXT, min_length=1, max_length=4_000)
+
+    @field_validator("handoff_keywords", "ignore_senders")
+    @classmethod
+    def _non_empty_items(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in values]
+        if any(not v or len(v) > 256 for v in cleaned):
+            raise ValueError("each item must be 1-256 characters")
+        return list(dict.fromkeys(cleaned))
+
+    @property
+    def has_operators(self) -> bool:
+        return self.mode != "assistant"
+
+
+RULE_FIELDS = tuple(ConversationRules.model_fields)
+
+
+class Channel(ConversationRules):
     """A channel as stored (``_id`` is the channel id)."""
 
-    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
 
     id: str = Field(alias="_id")
     name: str

@@ -7,9 +7,9 @@ conversation's events share a partition and keep their order.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 AttachmentType = Literal["image", "file", "audio"]
 
@@ -23,12 +23,33 @@ class Attachment(BaseModel):
     mime_type: str | None = None
 
 
+AuthorType = Literal["assistant", "operator", "system"]
+# What a body with an ``event`` announces; a body without one is a message.
+ConversationEvent = Literal["handoff", "hand_back", "closed"]
+
+
+class Author(BaseModel):
+    """Who wrote an outgoing message. ``id`` is the operator's user id, kept
+    internal: the outgoing body shows only ``type`` and ``name``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: AuthorType
+    name: str
+    id: str | None = None
+
+
+ASSISTANT = Author(type="assistant", name="Assistant")
+SYSTEM = Author(type="system", name="System")
+
+
 class InboundMessage(BaseModel):
     """``inbound.messages``: a user's message the ingress accepted."""
 
     model_config = ConfigDict(extra="ignore")
 
     v: Literal[1] = 1
+    type: Literal["message"] = "message"
     channel_id: str
     message_id: str
     sender_id: str
@@ -37,6 +58,46 @@ class InboundMessage(BaseModel):
     metadata: dict[str, Any] | None = None
     attachments: list[Attachment] = Field(default_factory=list)
     received_at: datetime
+
+
+CommandType = Literal["operator_reply", "take", "hand_back", "close"]
+
+
+class ConversationCommand(BaseModel):
+    """``inbound.messages``: what a person did to a conversation (admin API).
+
+    It travels the conversation's own partition, so the assistant service applies
+    it in order with the user's messages: an operator's reply is published after
+    every AI reply the assistant committed before it, and joins the history the
+    assistant reads after a hand-back.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: Literal[1] = 1
+    type: CommandType
+    channel_id: str
+    sender_id: str
+    # The operator reply's message id, or the id of the event this command emits.
+    message_id: str
+    operator: Author
+    text: str = ""
+    attachments: list[Attachment] = Field(default_factory=list)
+    at: datetime
+    # take: the conversation was the assistant's, so the user is told of the handoff.
+    announce: bool = False
+
+
+def _inbound_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "message" if kind in (None, "message") else "command"
+
+
+InboundEvent = Annotated[
+    Annotated[InboundMessage, Tag("message")] | Annotated[ConversationCommand, Tag("command")],
+    Discriminator(_inbound_type),
+]
+INBOUND_EVENT: TypeAdapter[InboundMessage | ConversationCommand] = TypeAdapter(InboundEvent)
 
 
 class OutboundReply(BaseModel):
@@ -53,6 +114,10 @@ class OutboundReply(BaseModel):
     metadata: dict[str, Any] | None = None
     created_at: datetime
     test: bool = False
+    # None: the assistant (records from before authors existed).
+    author: Author | None = None
+    event: ConversationEvent | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
     # Set by the admin API's resend: deliver again even if the last series ended.
     resend: bool = False
 

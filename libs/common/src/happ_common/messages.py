@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from happ_common.events import Attachment
+from happ_common.events import Attachment, Author, ConversationEvent
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
-Role = Literal["user", "assistant"]
+# ``system``: notices HAPP sends on its own (handoff events, off-hours and rate notices).
+Role = Literal["user", "assistant", "operator", "system"]
 # Incoming message: accepted → replied → delivered | retrying | failed | canceled.
 # A reply carries the delivery half of that: pending → delivered | retrying | failed | canceled.
 MessageStatus = Literal[
@@ -36,6 +37,27 @@ class LlmTrace(BaseModel):
     completion_tokens: int | None = None
     error: str | None = None
     fallback: bool = False
+
+
+# What the filters and the conversation's state decided for a user's message (SPEC §6a).
+Outcome = Literal[
+    "answered",  # by the assistant
+    "ignored",  # sender on ignore_senders: accepted, logged, never answered
+    "rate_notice",  # over sender_rate_per_minute: told once...
+    "rate_limited",  # ...then silence until the window passes
+    "off_hours",  # outside working_hours: off_hours_text sent
+    "handoff",  # this message moved the conversation to the operators
+    "for_operator",  # the conversation was already waiting for or held by a person
+]
+
+
+class Handling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    outcome: Outcome
+    # What decided it: "keyword:<word>", "route:<pattern>", "tool", "fallback", "mode",
+    # "off_hours", "conversation:<state>".
+    trigger: str | None = None
 
 
 class StoredMessage(BaseModel):
@@ -54,6 +76,11 @@ class StoredMessage(BaseModel):
     in_reply_to: str | None = None
     reply_id: str | None = None
     llm: LlmTrace | None = None
+    # Replies: who wrote it (None: the assistant), and the event a notice announces.
+    author: Author | None = None
+    event: ConversationEvent | None = None
+    # User messages: what the filters decided (None: answered, or not decided yet).
+    handling: Handling | None = None
     attempts: int = 0
     last_error_code: str | None = None
     last_status_code: int | None = None

@@ -59,7 +59,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from bson.errors import BSONError
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pymongo.errors import PyMongoError
 
 from happ_common.kafka import PublishFailed
@@ -112,6 +112,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 def decode(record: Record, model: type[M]) -> M:
@@ -120,6 +121,14 @@ def decode(record: Record, model: type[M]) -> M:
         return model.model_validate_json(record.value or b"")
     except ValidationError as exc:
         raise PoisonRecord(f"not a {model.__name__}: {exc.error_count()} errors: {exc}") from exc
+
+
+def decode_as(record: Record, adapter: TypeAdapter[T], name: str) -> T:
+    """The record's event, one of a union (``PoisonRecord`` if it is none of them)."""
+    try:
+        return adapter.validate_json(record.value or b"")
+    except ValidationError as exc:
+        raise PoisonRecord(f"not a {name}: {exc.error_count()} errors: {exc}") from exc
 
 
 def record_key(record: Record) -> object:

@@ -28,6 +28,7 @@ from fastapi.security import APIKeyCookie, HTTPBearer
 
 from happ_admin.repository import SessionRepository
 from happ_common.errors import HappError
+from happ_common.events import Author
 
 SESSION_COOKIE = "happ_admin_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -67,10 +68,43 @@ class Session:
     expires_at: datetime
 
 
+Role = Literal["admin", "operator"]
+
+
+def not_a_member(channel_id: str) -> HappError:
+    return HappError(
+        403,
+        "NOT_A_MEMBER",
+        f"You are not a member of channel {channel_id}; ask an admin to add you to it.",
+    )
+
+
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling. A bearer token acts as an admin (automation)."""
+
     via: Literal["bearer", "cookie"]
     session: Session | None = None
+    user_id: str = "token"
+    name: str = "Admin"
+    role: Role = "admin"
+    # The channels an operator is a member of; None: every channel (admins).
+    channels: frozenset[str] | None = None
+
+    def can_access(self, channel_id: str) -> bool:
+        return self.channels is None or channel_id in self.channels
+
+    def require_channel(self, channel_id: str) -> None:
+        if not self.can_access(channel_id):
+            raise not_a_member(channel_id)
+
+    def require_admin(self) -> None:
+        if self.role != "admin":
+            raise HappError(403, "ADMIN_ONLY", "Only an admin may do this.")
+
+    @property
+    def author(self) -> Author:
+        return Author(type="operator", id=self.user_id, name=self.name)
 
 
 class Authenticator:

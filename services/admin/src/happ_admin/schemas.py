@@ -11,7 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from happ_common.channels import AssistantSettings, Channel, ChannelStatus
+from happ_common.channels import (
+    RULE_FIELDS,
+    AssistantSettings,
+    Channel,
+    ChannelMode,
+    ChannelStatus,
+    ConversationRules,
+    Route,
+    WorkingHours,
+)
 from happ_common.events import Attachment
 from happ_common.messages import LlmTrace, MessageStatus, Role, StoredMessage
 from happ_common.request_log import Direction, LogEntry
@@ -21,7 +30,10 @@ def _strip(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-class ChannelCreate(BaseModel):
+class ChannelCreate(ConversationRules):
+    """A new channel; the SPEC §6a fields (``mode``, filters) come from
+    ``ConversationRules``."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
@@ -55,8 +67,28 @@ class ChannelUpdate(BaseModel):
     require_signature: bool | None = None
     rate_limit_per_second: int | None = Field(default=None, ge=1, le=100_000)
     assistant: AssistantPatch | None = None
+    # SPEC §6a. Lists are replaced whole. For the three optional settings an
+    # explicit null clears them (no working hours, no off-hours text, no rate).
+    mode: ChannelMode | None = None
+    handoff_keywords: list[str] | None = None
+    handoff_text: str | None = None
+    ignore_senders: list[str] | None = None
+    routes: list[Route] | None = None
+    working_hours: WorkingHours | None = None
+    off_hours_text: str | None = None
+    sender_rate_per_minute: int | None = None
+    rate_notice_text: str | None = None
 
     _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
+
+    def rules_patch(self) -> dict[str, Any]:
+        """The SPEC §6a fields this request changes (validated by the caller)."""
+        clearable = {"working_hours", "off_hours_text", "sender_rate_per_minute"}
+        return {
+            k: getattr(self, k)
+            for k in RULE_FIELDS
+            if k in self.model_fields_set and (getattr(self, k) is not None or k in clearable)
+        }
 
 
 class ConnectRequest(BaseModel):
@@ -67,7 +99,9 @@ class ConnectRequest(BaseModel):
     _strip_fields = field_validator("outgoing_url", mode="before")(_strip)
 
 
-class ChannelOut(BaseModel):
+class ChannelOut(ConversationRules):
+    model_config = ConfigDict(extra="ignore")
+
     id: str
     name: str
     status: ChannelStatus
@@ -99,6 +133,7 @@ class ChannelOut(BaseModel):
             assistant=channel.assistant,
             created_at=channel.created_at,
             updated_at=channel.updated_at,
+            **{k: getattr(channel, k) for k in RULE_FIELDS},
         )
 
 

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from happ_admin.schemas import ChannelCreate, ChannelUpdate
-from happ_common.channels import AssistantSettings, Channel, ChannelRepository, rotation_expiry
+from happ_common.channels import (
+    RULE_FIELDS,
+    AssistantSettings,
+    Channel,
+    ChannelRepository,
+    ConversationRules,
+    rotation_expiry,
+)
 from happ_common.errors import ErrorDetail, HappError, details_from_validation, invalid_payload
 from happ_common.ids import CHANNEL_ID_RE, new_channel_id, new_channel_secret
 from happ_common.mongo import Document
@@ -50,6 +57,7 @@ class ChannelService:
             require_signature=req.require_signature,
             rate_limit_per_second=req.rate_limit_per_second,
             assistant=req.assistant,
+            **{k: getattr(req, k) for k in RULE_FIELDS},
             created_at=now,
             updated_at=now,
         )
@@ -73,9 +81,23 @@ class ChannelService:
         # null leaves a field unchanged: none of these may be unset.
         fields: Document = {
             k: v
-            for k, v in req.model_dump(exclude_unset=True, exclude={"assistant"}).items()
+            for k, v in req.model_dump(
+                exclude_unset=True, exclude={"assistant", *RULE_FIELDS}
+            ).items()
             if v is not None
         }
+        rules = req.rules_patch()
+        if rules:
+            try:
+                merged_rules = ConversationRules.model_validate(
+                    {**current.model_dump(include=set(RULE_FIELDS)), **rules}
+                )
+            except ValidationError as exc:
+                raise invalid_payload(
+                    "The channel's rules are invalid: fix the fields listed in details.",
+                    details_from_validation(exc),
+                ) from exc
+            fields.update(merged_rules.model_dump(include=set(rules)))
         if req.outgoing_url is not None:
             await self.validate_url(req.outgoing_url)
         if req.assistant is not None:
