@@ -350,7 +350,13 @@ class FakeModel:
         self.timeouts: list[float] = []
 
     async def complete(
-        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str,
+        temperature: float,
+        timeout_s: float,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         self.timeouts.append(timeout_s)
         outcome = self.outcomes.pop(0)
@@ -461,7 +467,9 @@ class MemoryRepository:
             raise ConnectionError("database unreachable")
         return await self.insert_incoming(message)
 
-    async def mark_replied(self, channel_id: str, message_id: str, reply_id: str) -> None:
+    async def mark_replied(
+        self, channel_id: str, message_id: str, reply_id: str, handling: object = None
+    ) -> None:
         stored = self.docs[(channel_id, message_id)]
         self.docs[(channel_id, message_id)] = stored.model_copy(
             update={"status": "replied", "reply_id": reply_id}

@@ -2,7 +2,9 @@
 
 It answers ``POST /v1/chat/completions`` with a reply built from the last user
 message (``Echo: <text>``), records every request it got, and can be told to
-wait or to fail, to exercise the assistant's timeouts and fallbacks.
+wait or to fail, to exercise the assistant's timeouts and fallbacks. Offered
+tools, it calls ``handoff_to_operator`` when the last user message contains
+``HANDOFF_PHRASE``, as a model would when the user asks for a person.
 
 The switches on ``FakeLlm`` itself act on every call. Tests share one fake for
 a whole session, so a test that wants failures or delays of its own scripts a
@@ -27,6 +29,7 @@ Body = dict[str, Any]
 # Hundreds of clients connect at once in a benchmark; aiohttp's default listen
 # backlog (128) drops the rest's SYNs, which the kernel retries a second later.
 BACKLOG = 4096
+HANDOFF_PHRASE = "let me talk to a human"
 
 
 @dataclass
@@ -97,6 +100,8 @@ class FakeLlm:
 
     def _answer(self, body: Body) -> web.Response:
         last = _last_text(body)
+        if body.get("tools") and HANDOFF_PHRASE in last.lower():
+            return _tool_call(body, "handoff_to_operator")
         if self.tag_calls:
             last = f"{last} [call {self.per_message[last]}]"
         return web.json_response(
@@ -115,6 +120,35 @@ class FakeLlm:
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
         )
+
+
+def _tool_call(body: Body, name: str) -> web.Response:
+    return web.json_response(
+        {
+            "id": "chatcmpl-tool",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": name, "arguments": "{}"},
+                            }
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+    )
 
 
 def _last_text(body: Body) -> str:

@@ -37,6 +37,8 @@ class LlmTrace(BaseModel):
     completion_tokens: int | None = None
     error: str | None = None
     fallback: bool = False
+    # The model called handoff_to_operator.
+    tool_handoff: bool = False
 
 
 # What the filters and the conversation's state decided for a user's message (SPEC §6a).
@@ -152,7 +154,11 @@ def conversation_id(channel_id: str, sender_id: str) -> str:
 
 
 def conversation_touch(
-    channel_id: str, sender_id: str, sender_name: str | None, at: datetime
+    channel_id: str,
+    sender_id: str,
+    sender_name: str | None,
+    at: datetime,
+    last_text: str | None = None,
 ) -> tuple[Document, Document]:
     """Filter and update (an upsert) recording activity at ``at`` in a conversation.
 
@@ -167,6 +173,10 @@ def conversation_touch(
             "sender_id": sender_id,
         },
     }
+    # updated_at feeds the admin's live updates (GET /api/events).
+    update["$set"] = {"updated_at": datetime.now(UTC)}
     if sender_name:
-        update["$set"] = {"sender_name": sender_name}
+        update["$set"]["sender_name"] = sender_name
+    if last_text is not None:
+        update["$set"]["last_text"] = last_text[:200]
     return {"_id": conversation_id(channel_id, sender_id)}, update

@@ -62,6 +62,12 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
     await db[CONVERSATIONS].create_index(
         [("channel_id", ASCENDING), ("last_message_at", DESCENDING)], name="recent"
     )
+    # The admin's live updates read what changed since their last look; the inbox
+    # reads the conversations waiting for or held by a person.
+    await db[CONVERSATIONS].create_index("updated_at", name="changed")
+    await db[CONVERSATIONS].create_index(
+        [("state", ASCENDING), ("updated_at", DESCENDING)], name="inbox"
+    )
     log = db[REQUEST_LOG]
     await log.create_index(
         [("channel_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],

@@ -11,11 +11,16 @@ import aiohttp
 from pydantic import BaseModel
 
 from happ_common.channels import Channel
-from happ_common.events import OutboundReply
+from happ_common.events import ASSISTANT, Attachment, AuthorType, ConversationEvent, OutboundReply
 from happ_common.ids import new_log_id
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, cut
 from happ_common.signing import outgoing_headers
 from happ_common.webhook_client import AttemptOutcome, post_signed
+
+
+class OutgoingAuthor(BaseModel):
+    type: AuthorType
+    name: str
 
 
 class OutgoingBody(BaseModel):
@@ -31,10 +36,17 @@ class OutgoingBody(BaseModel):
     sender_id: str
     reply: str
     channel: Literal["custom_messenger"] = "custom_messenger"
+    # SPEC §6a: who wrote it; ``event`` only on notices about the conversation
+    # (a handoff to a person, a hand-back, a close), ``attachments`` only when an
+    # operator sent some.
+    author: OutgoingAuthor
+    event: ConversationEvent | None = None
+    attachments: list[Attachment] | None = None
     test: bool | None = None
 
 
 def render(reply: OutboundReply, timestamp: int) -> bytes:
+    author = reply.author or ASSISTANT
     body = OutgoingBody(
         to=reply.to,
         text=reply.text,
@@ -45,10 +57,15 @@ def render(reply: OutboundReply, timestamp: int) -> bytes:
         timestamp=timestamp,
         sender_id=reply.to,
         reply=reply.text,
+        author=OutgoingAuthor(type=author.type, name=author.name),
+        event=reply.event,
+        attachments=reply.attachments or None,
         test=True if reply.test else None,
     )
-    # "test" appears only on test sends; metadata stays present (null) when none came.
-    return body.model_dump_json(exclude=None if reply.test else {"test"}).encode()
+    # "test", "event" and "attachments" appear only when they say something;
+    # metadata stays present (null) when none came.
+    absent = {k for k in ("test", "event", "attachments") if getattr(body, k) is None}
+    return body.model_dump_json(exclude=absent, exclude_none=False).encode()
 
 
 def signed_headers(

@@ -11,15 +11,19 @@ from happ_admin import (
     endpoints,
     endpoints_conversations,
     endpoints_dead_letters,
+    endpoints_inbox,
     endpoints_logs,
     endpoints_session,
 )
 from happ_admin.auth import Authenticator
+from happ_admin.live import LiveUpdates
 from happ_admin.repository import AdminRepository, SessionRepository
+from happ_admin.repository_inbox import InboxRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
+from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
@@ -78,11 +82,23 @@ def create_app(
                 allow_private=happ.allow_private_endpoints,
             )
             app.state.dead_letters = DeadLetterService(infra.kafka_bootstrap_servers, publisher)
+            inbox_repo = InboxRepository(clients.db)
+            app.state.inbox = InboxService(
+                repo=inbox_repo, admin_repo=repo, channels=channels, publisher=publisher
+            )
+            app.state.live = LiveUpdates(
+                inbox_repo,
+                app.state.inbox,
+                poll_s=settings.live_poll_s,
+                keepalive_s=settings.live_keepalive_s,
+            )
+            app.state.live.start()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
                 yield
             finally:
+                await app.state.live.stop()
                 await http.close()
 
     app = FastAPI(
@@ -107,6 +123,7 @@ def create_app(
     app.include_router(endpoints_logs.router)
     app.include_router(endpoints_conversations.router)
     app.include_router(endpoints_dead_letters.router)
+    app.include_router(endpoints_inbox.router)
     app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app

@@ -177,7 +177,7 @@ class AdminRepository:
     async def _with_delivery(self, messages: list[StoredMessage]) -> list[StoredMessage]:
         """Replies with their delivery state (kept in ``deliveries``, not on the
         message document: see happ_common.deliveries)."""
-        keys = [(m.channel_id, m.message_id) for m in messages if m.role == "assistant"]
+        keys = [(m.channel_id, m.message_id) for m in messages if m.role != "user"]
         states = await self._deliveries.many(keys)
         return [
             _delivered(m, states[(m.channel_id, m.message_id)])

@@ -21,8 +21,9 @@ from happ_common.channels import (
     Route,
     WorkingHours,
 )
-from happ_common.events import Attachment
-from happ_common.messages import LlmTrace, MessageStatus, Role, StoredMessage
+from happ_common.conversation_state import ConversationDoc, ConversationState
+from happ_common.events import Attachment, Author, ConversationEvent
+from happ_common.messages import Handling, LlmTrace, MessageStatus, Role, StoredMessage
 from happ_common.request_log import Direction, LogEntry
 
 
@@ -180,6 +181,9 @@ class ConversationOut(BaseModel):
     last_message_at: datetime | None
     message_count: int
     last_text: str | None
+    state: ConversationState = "assistant"
+    operator: Author | None = None
+    unread: int = 0
 
 
 class ConversationPage(BaseModel):
@@ -210,11 +214,16 @@ class MessageOut(BaseModel):
     reply_id: str | None
     delivery: DeliveryOut | None
     llm: LlmTrace | None
+    # SPEC §6a: who wrote a reply (null: the assistant), the event a notice
+    # announces, and what the filters decided for a user's message.
+    author: Author | None = None
+    event: ConversationEvent | None = None
+    handling: Handling | None = None
 
     @classmethod
     def of(cls, m: StoredMessage) -> MessageOut:
         delivery = None
-        if m.role == "assistant":
+        if m.role != "user":
             delivery = DeliveryOut(
                 status=m.status,
                 attempts=m.attempts,
@@ -309,3 +318,62 @@ class DeadLetterOut(BaseModel):
 
 class DeadLetterList(BaseModel):
     items: list[DeadLetterOut]
+
+
+# --- operators' inbox (SPEC §6a) ---------------------------------------------
+
+
+class InboxConversation(BaseModel):
+    """A conversation as the inbox and the live updates show it."""
+
+    channel_id: str
+    channel_name: str | None
+    sender_id: str
+    sender_name: str | None
+    state: ConversationState
+    operator: Author | None
+    unread: int
+    last_message_at: datetime | None
+    last_text: str | None
+    handoff_at: datetime | None
+    handoff_trigger: str | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, doc: ConversationDoc, channel_name: str | None) -> InboxConversation:
+        return cls(
+            channel_id=doc.channel_id,
+            channel_name=channel_name,
+            sender_id=doc.sender_id,
+            sender_name=doc.sender_name,
+            state=doc.state,
+            operator=doc.operator,
+            unread=doc.unread,
+            last_message_at=doc.last_message_at,
+            last_text=doc.last_text,
+            handoff_at=doc.handoff_at,
+            handoff_trigger=doc.handoff_trigger,
+            updated_at=doc.updated_at,
+        )
+
+
+class InboxOut(BaseModel):
+    waiting: list[InboxConversation]
+    mine: list[InboxConversation]
+    others: list[InboxConversation]
+
+
+class OperatorAttachment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["image", "file", "audio"]
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
+    name: str | None = Field(default=None, max_length=256)
+    mime_type: str | None = Field(default=None, max_length=128)
+
+
+class OperatorReplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(default="", max_length=10_000)
+    attachments: list[OperatorAttachment] = Field(default_factory=list, max_length=10)

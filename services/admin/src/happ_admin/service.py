@@ -64,6 +64,9 @@ class ChannelService:
         await self._repo.insert(channel)
         return channel
 
+    async def find(self, channel_id: str) -> Channel | None:
+        return await self._repo.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
+
     async def get(self, channel_id: str) -> Channel:
         channel = await self._repo.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
         if channel is None:

@@ -58,6 +58,9 @@ class ConversationService:
                 last_message_at=d.get("last_message_at"),
                 message_count=stats.get(d["sender_id"], (0, None))[0],
                 last_text=stats.get(d["sender_id"], (0, None))[1],
+                state=d.get("state") or "assistant",
+                operator=d.get("operator"),
+                unread=d.get("unread", 0),
             )
             for d in docs
         ]
@@ -92,7 +95,7 @@ class ConversationService:
         if stored is None:
             return await self._only_in_log(channel_id, message_id)
         message, reply = stored, None
-        if stored.role == "assistant":
+        if stored.role != "user":
             # A reply id leads to the message it answers: that is what is tracked.
             reply = stored
             original = (

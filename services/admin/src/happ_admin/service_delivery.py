@@ -129,6 +129,9 @@ class DeliveryActions:
             text=reply.text,
             metadata=reply.metadata,
             created_at=reply.created_at,
+            author=reply.author,
+            event=reply.event,
+            attachments=reply.attachments,
             resend=True,
         )
         try:

@@ -18,6 +18,10 @@ class AdminSettings(BaseSettings):
     # How long a UI sign-in lasts; the session is also dropped as soon as the
     # token it was opened with is removed from HAPP_ADMIN_TOKEN.
     session_ttl_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Live updates (GET /api/events): how often the conversations that changed
+    # are read, and how often an idle stream sends a keepalive comment.
+    live_poll_s: float = Field(default=0.5, gt=0, le=60)
+    live_keepalive_s: float = Field(default=15.0, gt=0, le=300)
     # None: mark the cookie Secure when the request came over HTTPS. Set true
     # behind a TLS-terminating proxy that talks plain HTTP to the admin.
     cookie_secure: bool | None = None

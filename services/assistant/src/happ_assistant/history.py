@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import Gauge
 
+from happ_assistant.filters import RateWindow
 from happ_assistant.prompt import history_chars
 from happ_common.messages import StoredMessage
 
@@ -87,18 +88,17 @@ def conversation_order(messages: Sequence[StoredMessage]) -> list[StoredMessage]
     conversation reads "user 1, reply 1, user 2, reply 2". A reload must not
     change what the model is shown.
     """
-    present = {m.message_id for m in messages}
-    replies = {
-        m.in_reply_to: m for m in messages if m.role == "assistant" and m.in_reply_to in present
-    }
+    present = {m.message_id for m in messages if m.role == "user"}
+    answers: dict[str, list[StoredMessage]] = {}
+    for m in messages:
+        if m.role != "user" and m.in_reply_to is not None and m.in_reply_to in present:
+            answers.setdefault(m.in_reply_to, []).append(m)
     ordered: list[StoredMessage] = []
     for m in messages:
-        if m.role == "assistant" and m.in_reply_to in present:
-            continue  # placed right after the message it answers
+        if m.role != "user" and m.in_reply_to in present:
+            continue  # placed right after the message it answers (a reply, a notice)
         ordered.append(m)
-        reply = replies.get(m.message_id)
-        if reply is not None:
-            ordered.append(reply)
+        ordered.extend(answers.get(m.message_id, ()))
     return ordered
 
 
@@ -136,6 +136,8 @@ class Conversation:
         self.stored = stored
         for m in messages:
             self._push(m)
+        # The sender's pace (sender_rate_per_minute), rebuilt from what was loaded.
+        self.rate = RateWindow.seeded(self._messages)
 
     def __len__(self) -> int:
         return len(self._messages)

@@ -34,6 +34,8 @@ class Completion:
     latency_ms: float
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # The model called the handoff tool (SPEC §6a): a person should take over.
+    handoff: bool = False
 
 
 class LlmCallFailed(Exception):
@@ -46,11 +48,35 @@ class LlmCallFailed(Exception):
         self.retry_after_s = retry_after_s
 
 
+HANDOFF_TOOL_NAME = "handoff_to_operator"
+# Offered to the model on channels that hand off (assistant_with_handoff).
+HANDOFF_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": HANDOFF_TOOL_NAME,
+        "description": (
+            "Hand the conversation to a human operator. Call it when the user asks "
+            "for a person, or when you cannot help them."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "Why, in a few words"}},
+        },
+    },
+}
+
+
 class ChatModel(Protocol):
     provider: str
 
     async def complete(
-        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str,
+        temperature: float,
+        timeout_s: float,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion: ...
 
     async def close(self) -> None: ...
@@ -74,6 +100,7 @@ async def complete_with_retries(
     model_name: str,
     temperature: float,
     policy: RetryPolicy,
+    tools: list[dict[str, Any]] | None = None,
     on_error: Callable[[LlmCallFailed], None] = lambda _: None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Completion:
@@ -95,6 +122,7 @@ async def complete_with_retries(
                 model=model_name,
                 temperature=temperature,
                 timeout_s=min(policy.timeout_s, max(remaining, 0.1)),
+                tools=tools,
             )
         except LlmCallFailed as exc:
             on_error(exc)
@@ -156,9 +184,18 @@ class OpenAIChat:
         )
 
     async def complete(
-        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str,
+        temperature: float,
+        timeout_s: float,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         started = time.perf_counter()
+        body: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
+        if tools:
+            body["tools"] = tools
         try:
             # The SDK's timeout bounds each socket operation; this bounds the call.
             async with asyncio.timeout(timeout_s):
@@ -170,7 +207,7 @@ class OpenAIChat:
                 resp = await self._client.post(
                     "/chat/completions",
                     cast_to=ChatCompletion,
-                    body={"model": model, "messages": messages, "temperature": temperature},
+                    body=body,
                     options={"timeout": timeout_s, "security": {"bearer_auth": True}},
                 )
         except (TimeoutError, openai.APITimeoutError) as exc:
@@ -193,8 +230,13 @@ class OpenAIChat:
         except openai.OpenAIError as exc:
             raise LlmCallFailed("error", str(exc), retryable=False) from exc
         latency = (time.perf_counter() - started) * 1000
-        text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
-        if not text:
+        answer = resp.choices[0].message if resp.choices else None
+        text = (answer.content or "").strip() if answer else ""
+        handoff = answer is not None and any(
+            getattr(getattr(call, "function", None), "name", None) == HANDOFF_TOOL_NAME
+            for call in answer.tool_calls or ()
+        )
+        if not text and not handoff:
             raise LlmCallFailed("empty", "the model returned no text", retryable=True)
         usage = resp.usage
         return Completion(
@@ -204,6 +246,7 @@ class OpenAIChat:
             latency_ms=round(latency, 2),
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            handoff=handoff,
         )
 
     async def close(self) -> None:
@@ -216,7 +259,13 @@ class OfflineResponder:
     provider = OFFLINE_PROVIDER
 
     async def complete(
-        self, messages: list[ChatMessage], *, model: str, temperature: float, timeout_s: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str,
+        temperature: float,
+        timeout_s: float,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         last = messages[-1]["content"] if messages else ""
         if isinstance(last, list):

@@ -36,7 +36,9 @@ def user_content(text: str, attachments: Sequence[Attachment]) -> str | list[dic
 
 
 def history_message(m: StoredMessage) -> ChatMessage:
-    if m.role == "assistant":
+    # An operator's replies are the platform's side of the conversation too: after
+    # a hand-back the model carries on from what the person said.
+    if m.role in ("assistant", "operator", "system"):
         return {"role": "assistant", "content": m.text}
     # Past images are described, not re-sent: they cost tokens on every turn.
     lines = [m.text] if m.text else []
@@ -61,6 +63,8 @@ def build_messages(
     budget = max_chars - len(system_prompt) - len(text)
     kept: list[ChatMessage] = []
     for m in reversed(history):
+        if m.role == "system":
+            continue  # HAPP's own notices (handoff, off hours): not the model's words
         budget -= history_chars(m)
         if budget < 0:
             break

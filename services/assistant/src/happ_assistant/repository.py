@@ -29,7 +29,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from happ_common.batching import Batcher
-from happ_common.messages import StoredMessage, conversation_id, conversation_touch
+from happ_common.conversation_state import (
+    ASSISTANT_STATES,
+    ConversationDoc,
+    HandoffTrigger,
+    claim_filter,
+    claim_update,
+    waiting_fields,
+)
+from happ_common.messages import Handling, StoredMessage, conversation_id, conversation_touch
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 DUPLICATE_KEY = 11000
@@ -68,6 +76,9 @@ class ConversationRepository:
         self._history_reads: Batcher[HistoryQuery, list[StoredMessage] | None] = Batcher(
             "assistant_history_reads", self._read_histories, max_batch=most, max_wait_s=wait
         )
+        self._state_reads: Batcher[str, ConversationDoc | None] = Batcher(
+            "assistant_state_reads", self._read_states, max_batch=most, max_wait_s=wait
+        )
 
     # -- what the service calls ----------------------------------------------------
 
@@ -82,32 +93,95 @@ class ConversationRepository:
         stored it."""
         return _outcome(await self._reply_writes.submit(InsertOne(_document(message))))
 
-    async def mark_replied(self, channel_id: str, message_id: str, reply_id: str) -> None:
+    async def mark_replied(
+        self, channel_id: str, message_id: str, reply_id: str, handling: Handling | None = None
+    ) -> None:
+        fields: Document = {
+            "status": "replied",
+            "reply_id": reply_id,
+            "updated_at": datetime.now(UTC),
+        }
+        if handling is not None:
+            fields["handling"] = handling.model_dump()
         # Filtered on the unique key alone: an extra field in the filter makes the
         # embedded database scan (13 updates/s instead of ~1,500/s in a bulk).
         _outcome(
             await self._reply_writes.submit(
-                UpdateOne(
-                    {"channel_id": channel_id, "message_id": message_id},
-                    {
-                        "$set": {
-                            "status": "replied",
-                            "reply_id": reply_id,
-                            "updated_at": datetime.now(UTC),
-                        }
-                    },
-                )
+                UpdateOne({"channel_id": channel_id, "message_id": message_id}, {"$set": fields})
             )
         )
 
     async def touch_conversation(
-        self, channel_id: str, sender_id: str, sender_name: str | None, at: datetime
+        self,
+        channel_id: str,
+        sender_id: str,
+        sender_name: str | None,
+        at: datetime,
+        last_text: str | None = None,
     ) -> None:
-        query, update = conversation_touch(channel_id, sender_id, sender_name, at)
+        query, update = conversation_touch(channel_id, sender_id, sender_name, at, last_text)
         _outcome(await self._conversation_writes.submit(UpdateOne(query, update, upsert=True)))
 
     async def get(self, channel_id: str, message_id: str) -> StoredMessage | None:
         return await self._message_reads.submit((channel_id, message_id))
+
+    async def mark_handled(self, channel_id: str, message_id: str, handling: Handling) -> None:
+        """Records what the filters decided for a user's message that got no AI reply."""
+        _outcome(
+            await self._reply_writes.submit(
+                UpdateOne(
+                    {"channel_id": channel_id, "message_id": message_id},
+                    {"$set": {"handling": handling.model_dump(), "updated_at": datetime.now(UTC)}},
+                )
+            )
+        )
+
+    # -- who holds the conversation (happ_common.conversation_state) ---------------
+    # Read fresh for every message of a channel with operators: an operator's Take
+    # over must silence the assistant for messages already queued. Changed only by
+    # single conditional updates, not batched, because each caller must learn
+    # whether its own update matched.
+
+    async def state(self, channel_id: str, sender_id: str) -> ConversationDoc | None:
+        return await self._state_reads.submit(conversation_id(channel_id, sender_id))
+
+    async def claim(
+        self,
+        channel_id: str,
+        sender_id: str,
+        message_id: str,
+        handoff: HandoffTrigger | None = None,
+    ) -> bool:
+        """Whether the assistant may answer ``message_id`` (no person holds the
+        conversation); with ``handoff`` the same write moves it to ``waiting``."""
+        result = await self._conversations.update_one(
+            claim_filter(channel_id, sender_id, message_id),
+            claim_update(message_id, datetime.now(UTC), handoff),
+        )
+        return result.matched_count == 1
+
+    async def to_operators(self, channel_id: str, sender_id: str, trigger: HandoffTrigger) -> bool:
+        """Moves the conversation to ``waiting`` unless a person has it already;
+        ``True`` if this call moved it (the user is then told of the handoff)."""
+        result = await self._conversations.update_one(
+            {
+                "_id": conversation_id(channel_id, sender_id),
+                "state": {"$in": ASSISTANT_STATES},
+            },
+            {"$set": waiting_fields(trigger, datetime.now(UTC))},
+        )
+        return result.modified_count == 1
+
+    async def unread(self, channel_id: str, sender_id: str, text: str, at: datetime) -> None:
+        """One more message for the operators to read."""
+        await self._conversations.update_one(
+            {"_id": conversation_id(channel_id, sender_id)},
+            {
+                "$inc": {"unread": 1},
+                "$max": {"last_message_at": at},
+                "$set": {"updated_at": datetime.now(UTC), "last_text": text[:200]},
+            },
+        )
 
     async def recent(
         self, channel_id: str, sender_id: str, limit: int
@@ -123,6 +197,7 @@ class ConversationRepository:
             self._conversation_writes,
             self._message_reads,
             self._history_reads,
+            self._state_reads,
         ):
             await batcher.drain()
 
@@ -153,6 +228,11 @@ class ConversationRepository:
                 m = StoredMessage.model_validate(doc)
                 found[(m.channel_id, m.message_id)] = m
         return [found.get(k) for k in keys]
+
+    async def _read_states(self, ids: Sequence[str]) -> list[ConversationDoc | None]:
+        docs = await self._conversations.find({"_id": {"$in": list(set(ids))}}).to_list(None)
+        found = {d["_id"]: ConversationDoc.model_validate(d) for d in docs}
+        return [found.get(i) for i in ids]
 
     async def _read_histories(
         self, queries: Sequence[HistoryQuery]

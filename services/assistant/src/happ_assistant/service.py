@@ -28,11 +28,14 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from happ_assistant.filters import Decision, decide
 from happ_assistant.history import SLACK, Conversation, ConversationKey, HistoryCache, Partition
 from happ_assistant.llm import (
+    HANDOFF_TOOL,
     ChatMessage,
     ChatModel,
     Completion,
@@ -44,10 +47,22 @@ from happ_assistant.prompt import build_messages
 from happ_assistant.repository import ConversationRepository
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.channels import Channel, ChannelCache
-from happ_common.events import InboundMessage, OutboundReply
+from happ_common.conversation_state import (
+    PEOPLE_STATES,
+    ConversationState,
+    HandoffTrigger,
+    left_for_people,
+)
+from happ_common.events import (
+    SYSTEM,
+    ConversationCommand,
+    ConversationEvent,
+    InboundMessage,
+    OutboundReply,
+)
 from happ_common.ids import conversation_key, reply_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import LlmTrace, StoredMessage
+from happ_common.messages import Handling, LlmTrace, StoredMessage
 from happ_common.topics import OUTBOUND_REPLIES
 
 log = logging.getLogger(__name__)
@@ -76,6 +91,15 @@ REPLY_DELAY = Histogram(
     "happ_assistant_reply_delay_seconds",
     "From the webhook accepting a message to its reply on outbound.replies",
     buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+
+HANDOFFS = Counter(
+    "happ_handoffs_total", "Conversations moved to the operators, by what moved them", ["trigger"]
+)
+FILTERED = Counter(
+    "happ_assistant_messages_not_answered_total",
+    "User messages the assistant did not answer, by outcome (SPEC §6a filters and handoffs)",
+    ["outcome"],
 )
 
 STAGE_TIME = Histogram(
@@ -125,7 +149,13 @@ class AssistantService:
             backoff_s=settings.llm_backoff_s,
         )
 
-    async def handle(self, msg: InboundMessage, partition: Partition) -> None:
+    async def handle(
+        self, event: InboundMessage | ConversationCommand, partition: Partition
+    ) -> None:
+        if isinstance(event, ConversationCommand):
+            await self._command(event, partition)
+            return
+        msg = event
         with _stage("channel"):
             channel = await self._channels.get(msg.channel_id)
         if channel is None:
@@ -137,9 +167,12 @@ class AssistantService:
         IN_FLIGHT.inc()
         try:
             conversation = await self._conversation(key, partition, channel.assistant.max_history)
-            reply = await self._reply(channel, msg, conversation)
+            outputs = await self._respond(channel, msg, conversation)
             with _stage("publish"):
-                await self._publish(msg, reply)
+                for output in outputs:
+                    await self._publish(output, msg.metadata)
+            if outputs:
+                _observe_reply_delay(msg.received_at)
         except BaseException:
             # Whatever this attempt left half done, the next one reads back from MongoDB.
             self._history.forget(key)
@@ -162,35 +195,127 @@ class AssistantService:
         self._history.put(key, partition, epoch, conversation)
         return conversation
 
-    async def _reply(
+    async def _respond(
         self, channel: Channel, msg: InboundMessage, conversation: Conversation
-    ) -> StoredMessage:
-        reply_id = reply_id_for(msg.channel_id, msg.message_id)
+    ) -> list[StoredMessage]:
+        """What goes out for ``msg``, in order: nothing, a reply, a notice, a handoff
+        event, or a reply and a handoff event. Stored before it is returned."""
+        ids = _output_ids(msg)
         user = _user_message(msg)
-        stored = conversation.get(reply_id)
-        if stored is None:
-            with _stage("store_message"):
-                if conversation.stored:
-                    first_time = await self._repo.insert_incoming(user)
-                else:
-                    # A conversation without its document is read as empty
-                    # (repository.recent), so the document comes with its first
-                    # message. (Should only the message get stored before a crash,
-                    # its redelivery is still the first message: empty history.)
-                    first_time, _ = await asyncio.gather(
-                        self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
-                    )
-                    conversation.stored = True
-            if not first_time:
-                # Seen before: Kafka redelivered it, or its partition moved here.
-                stored = await self._repo.get(msg.channel_id, reply_id)
-        if stored is not None:
+        known = [m for m in map(conversation.get, ids) if m is not None]
+        if known:
+            # Handled by this instance before (a redelivery): published again, as it was.
             REPUBLISHED.inc()
-            await self._repo.mark_replied(msg.channel_id, msg.message_id, reply_id)
-            conversation.add(user)
-            conversation.add(stored)
-            return stored
+            return known
+        first_time = True
+        if conversation.get(msg.message_id) is None:
+            with _stage("store_message"):
+                first_time = await self._store_incoming(msg, user, conversation)
+        else:
+            first_time = False
+        if not first_time:
+            # Seen before: Kafka redelivered it, or its partition moved here.
+            stored_user, *found = await asyncio.gather(
+                self._repo.get(msg.channel_id, msg.message_id),
+                *(self._repo.get(msg.channel_id, i) for i in ids),
+            )
+            outputs = [m for m in found if m is not None]
+            if outputs or (stored_user is not None and stored_user.handling is not None):
+                REPUBLISHED.inc()
+                if outputs:
+                    await self._repo.mark_replied(
+                        msg.channel_id, msg.message_id, outputs[0].message_id
+                    )
+                conversation.add(stored_user or user)
+                for m in outputs:
+                    conversation.add(m)
+                return outputs
 
+        state: ConversationState | None = None
+        if channel.has_operators:
+            with _stage("state"):
+                doc = await self._repo.state(msg.channel_id, msg.sender_id)
+            state = doc.state if doc is not None else None
+            if state not in PEOPLE_STATES and left_for_people(doc, msg.received_at):
+                # Sent while a person held the conversation, read after the hand-back.
+                state = "operator"
+        decision = decide(
+            channel,
+            sender_id=msg.sender_id,
+            text=msg.text,
+            at=msg.received_at,
+            state=state,
+            rate=conversation.rate,
+        )
+        if decision.assistant_answers:
+            return await self._answer_or_hand_off(channel, msg, user, conversation)
+        return await self._filtered(
+            channel, msg, user, conversation, decision=decision, first_time=first_time
+        )
+
+    async def _store_incoming(
+        self, msg: InboundMessage, user: StoredMessage, conversation: Conversation
+    ) -> bool:
+        if conversation.stored:
+            return await self._repo.insert_incoming(user)
+        # A conversation without its document is read as empty
+        # (repository.recent), so the document comes with its first
+        # message. (Should only the message get stored before a crash,
+        # its redelivery is still the first message: empty history.)
+        first_time, _ = await asyncio.gather(
+            self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
+        )
+        conversation.stored = True
+        return first_time
+
+    async def _filtered(
+        self,
+        channel: Channel,
+        msg: InboundMessage,
+        user: StoredMessage,
+        conversation: Conversation,
+        *,
+        decision: Decision,
+        first_time: bool,
+    ) -> list[StoredMessage]:
+        """A message the assistant does not answer: ignored, rate limited, answered
+        with a notice, or left for (or handed to) the operators."""
+        reply_id, event_id = _output_ids(msg)
+        handling = Handling(outcome=decision.outcome, trigger=decision.trigger)
+        user.handling = handling
+        outputs: list[StoredMessage] = []
+        if decision.notice is not None:
+            outputs.append(_system_message(msg, reply_id, decision.notice))
+        if decision.handoff is not None:
+            moved = await self._repo.to_operators(msg.channel_id, msg.sender_id, decision.handoff)
+            if moved:
+                HANDOFFS.labels(trigger=decision.handoff).inc()
+                outputs.append(_handoff_event(channel, msg, event_id))
+            else:
+                # A person has it already (an operator took it meanwhile).
+                handling = user.handling = Handling(
+                    outcome="for_operator", trigger=decision.trigger
+                )
+        if decision.outcome in ("for_operator", "handoff") and first_time:
+            await self._repo.unread(msg.channel_id, msg.sender_id, msg.text, msg.received_at)
+        if outputs:
+            await asyncio.gather(*(self._repo.insert_reply(m) for m in outputs))
+            await self._repo.mark_replied(
+                msg.channel_id, msg.message_id, outputs[0].message_id, handling
+            )
+            await self._touch(msg, outputs[-1].created_at)
+        else:
+            await self._repo.mark_handled(msg.channel_id, msg.message_id, handling)
+        FILTERED.labels(outcome=handling.outcome).inc()
+        conversation.add(user)
+        for m in outputs:
+            conversation.add(m)
+        return outputs
+
+    async def _answer_or_hand_off(
+        self, channel: Channel, msg: InboundMessage, user: StoredMessage, conversation: Conversation
+    ) -> list[StoredMessage]:
+        reply_id, event_id = _output_ids(msg)
         reply = self._unstored.pop(reply_id, None)
         if reply is None:
             history = conversation.history_before(msg.message_id, channel.assistant.max_history)
@@ -199,42 +324,91 @@ class AssistantService:
         self._unstored[reply_id] = reply
         while len(self._unstored) > _UNSTORED_ANSWERS:
             self._unstored.popitem(last=False)
+        handoff: HandoffTrigger | None = None
+        if channel.has_operators:
+            if reply.llm is not None and reply.llm.fallback:
+                handoff = "fallback"
+            elif reply.llm is not None and reply.llm.tool_handoff:
+                handoff = "tool"
+            with _stage("claim"):
+                claimed = await self._repo.claim(
+                    msg.channel_id, msg.sender_id, msg.message_id, handoff
+                )
+            if not claimed:
+                # An operator took the conversation while the model was answering:
+                # the person answers it, the AI reply is dropped.
+                self._unstored.pop(reply_id, None)
+                decision = Decision("for_operator", "conversation:operator")
+                return await self._filtered(
+                    channel, msg, user, conversation, decision=decision, first_time=True
+                )
+        outputs = [reply] if reply.text or handoff is None else []
+        if handoff is not None:
+            HANDOFFS.labels(trigger=handoff).inc()
+            outputs.append(_handoff_event(channel, msg, event_id))
+            user.handling = Handling(outcome="handoff", trigger=handoff)
         with _stage("store_reply"):
-            inserted, _, _ = await asyncio.gather(
-                self._repo.insert_reply(reply),
-                self._repo.mark_replied(msg.channel_id, msg.message_id, reply_id),
-                self._touch(msg, reply.created_at),
+            inserted, *_ = await asyncio.gather(
+                *(self._repo.insert_reply(m) for m in outputs),
+                self._repo.mark_replied(
+                    msg.channel_id, msg.message_id, outputs[0].message_id, user.handling
+                ),
+                self._touch(msg, reply.created_at, outputs[-1].text),
             )
         self._unstored.pop(reply_id, None)
-        if not inserted:
+        if not inserted and reply.text:
             # Another instance stored its answer first (the partition moved while
             # this one asked the LLM): that one is the reply, here as there.
-            reply = await self._repo.get(msg.channel_id, reply_id) or reply
+            outputs[0] = await self._repo.get(msg.channel_id, reply_id) or reply
         conversation.add(user)
-        conversation.add(reply)
-        return reply
+        for m in outputs:
+            conversation.add(m)
+        return outputs
 
-    async def _touch(self, msg: InboundMessage, at: datetime) -> None:
-        await self._repo.touch_conversation(msg.channel_id, msg.sender_id, msg.sender_name, at)
+    async def _command(self, cmd: ConversationCommand, partition: Partition) -> None:
+        """What a person did, in the conversation's order: an operator's reply, or a
+        Take over / Hand back / Close, which the user is told of as an event."""
+        channel = await self._channels.get(cmd.channel_id)
+        if channel is None:
+            log.warning("dropping %s for channel %s: it no longer exists", cmd.type, cmd.channel_id)
+            return
+        key = (cmd.channel_id, cmd.sender_id)
+        try:
+            conversation = await self._conversation(key, partition, channel.assistant.max_history)
+            message = conversation.get(cmd.message_id) or _command_message(channel, cmd)
+            if conversation.get(cmd.message_id) is None:
+                await self._repo.insert_reply(message)
+                await self._repo.touch_conversation(
+                    cmd.channel_id, cmd.sender_id, None, message.created_at, message.text or None
+                )
+                conversation.add(message)
+            await self._publish(message, None)
+        except BaseException:
+            self._history.forget(key)
+            raise
 
-    async def _publish(self, msg: InboundMessage, reply: StoredMessage) -> None:
+    async def _touch(self, msg: InboundMessage, at: datetime, text: str | None = None) -> None:
+        await self._repo.touch_conversation(
+            msg.channel_id, msg.sender_id, msg.sender_name, at, text or msg.text
+        )
+
+    async def _publish(self, out: StoredMessage, metadata: dict[str, Any] | None) -> None:
         await self._publisher.publish(
             OUTBOUND_REPLIES,
             OutboundReply(
-                channel_id=msg.channel_id,
-                reply_id=reply.message_id,
-                in_reply_to=msg.message_id,
-                to=msg.sender_id,
-                text=reply.text,
-                metadata=msg.metadata,
-                created_at=reply.created_at,
+                channel_id=out.channel_id,
+                reply_id=out.message_id,
+                in_reply_to=out.in_reply_to,
+                to=out.sender_id,
+                text=out.text,
+                metadata=metadata,
+                created_at=out.created_at,
+                author=out.author,
+                event=out.event,
+                attachments=out.attachments,
             ),
-            key=conversation_key(msg.channel_id, msg.sender_id),
+            key=conversation_key(out.channel_id, out.sender_id),
         )
-        received = msg.received_at
-        if received.tzinfo is None:
-            received = received.replace(tzinfo=UTC)
-        REPLY_DELAY.observe(max(0.0, (datetime.now(UTC) - received).total_seconds()))
 
     async def _answer(
         self,
@@ -252,9 +426,10 @@ class AssistantService:
             max_chars=self._settings.context_chars,
         )
         model = settings.model or self._settings.model
+        tools = [HANDOFF_TOOL] if channel.mode == "assistant_with_handoff" else None
         started = time.perf_counter()
         try:
-            completion = await self._complete(messages, model, settings.temperature)
+            completion = await self._complete(messages, model, settings.temperature, tools)
         except LlmCallFailed as exc:
             log.warning(
                 "LLM failed for %s/%s, sending the fallback text: %s: %s",
@@ -281,6 +456,7 @@ class AssistantService:
                 latency_ms=completion.latency_ms,
                 prompt_tokens=completion.prompt_tokens,
                 completion_tokens=completion.completion_tokens,
+                tool_handoff=completion.handoff,
             )
         return StoredMessage(
             channel_id=msg.channel_id,
@@ -296,7 +472,11 @@ class AssistantService:
         )
 
     async def _complete(
-        self, messages: list[ChatMessage], model: str, temperature: float
+        self,
+        messages: list[ChatMessage],
+        model: str,
+        temperature: float,
+        tools: list[dict[str, Any]] | None,
     ) -> Completion:
         completion = await complete_with_retries(
             self._model,
@@ -304,6 +484,7 @@ class AssistantService:
             model_name=model,
             temperature=temperature,
             policy=self._retry,
+            tools=tools,
             on_error=lambda exc: LLM_ERRORS.labels(kind=exc.kind).inc(),
         )
         LLM_LATENCY.labels(provider=completion.provider).observe(completion.latency_ms / 1000)
@@ -312,6 +493,67 @@ class AssistantService:
         if completion.completion_tokens:
             LLM_TOKENS.labels(kind="completion").inc(completion.completion_tokens)
         return completion
+
+
+def _observe_reply_delay(received: datetime) -> None:
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    REPLY_DELAY.observe(max(0.0, (datetime.now(UTC) - received).total_seconds()))
+
+
+def _output_ids(msg: InboundMessage) -> tuple[str, str]:
+    """The ids of what may go out for ``msg``: its reply (or notice), and its handoff
+    event. Derived from the message, so a redelivery finds them."""
+    return (
+        reply_id_for(msg.channel_id, msg.message_id),
+        reply_id_for(msg.channel_id, msg.message_id + "\nhandoff"),
+    )
+
+
+def _system_message(msg: InboundMessage, message_id: str, text: str) -> StoredMessage:
+    return StoredMessage(
+        channel_id=msg.channel_id,
+        message_id=message_id,
+        sender_id=msg.sender_id,
+        role="system",
+        text=text,
+        created_at=datetime.now(UTC),
+        status="pending",
+        in_reply_to=msg.message_id,
+        author=SYSTEM,
+    )
+
+
+def _handoff_event(channel: Channel, msg: InboundMessage, event_id: str) -> StoredMessage:
+    event = _system_message(msg, event_id, channel.handoff_text)
+    event.event = "handoff"
+    return event
+
+
+_COMMAND_EVENTS: dict[str, ConversationEvent] = {
+    "take": "handoff",
+    "hand_back": "hand_back",
+    "close": "closed",
+}
+
+
+def _command_message(channel: Channel, cmd: ConversationCommand) -> StoredMessage:
+    event = _COMMAND_EVENTS.get(cmd.type)
+    text = cmd.text
+    if cmd.type == "take" and cmd.announce:
+        text = channel.handoff_text
+    return StoredMessage(
+        channel_id=cmd.channel_id,
+        message_id=cmd.message_id,
+        sender_id=cmd.sender_id,
+        role="operator" if event is None else "system",
+        text=text,
+        attachments=cmd.attachments,
+        created_at=cmd.at,
+        status="pending",
+        author=cmd.operator,
+        event=event,
+    )
 
 
 def _user_message(msg: InboundMessage) -> StoredMessage:

@@ -1,0 +1,118 @@
+"""The operators' inbox and its live updates (SPEC §6a)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from happ_admin.auth import CurrentPrincipal
+from happ_admin.deps import ERRORS
+from happ_admin.live import LiveUpdates
+from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
+from happ_admin.service_inbox import InboxService
+from happ_common.errors import ErrorBody
+
+
+def _inbox(request: Request) -> InboxService:
+    service: InboxService = request.app.state.inbox
+    return service
+
+
+def _live(request: Request) -> LiveUpdates:
+    live: LiveUpdates = request.app.state.live
+    return live
+
+
+Inbox = Annotated[InboxService, Depends(_inbox)]
+Live = Annotated[LiveUpdates, Depends(_live)]
+
+router = APIRouter(prefix="/api", tags=["inbox"], responses=ERRORS)
+
+CONFLICTS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorBody,
+        "description": (
+            "CONVERSATION_HELD (another operator holds it), NOT_HOLDING (take it over "
+            "first), HANDOFF_DISABLED (the channel's mode is 'assistant'), "
+            "CONVERSATION_CHANGED (someone acted on it meanwhile)"
+        ),
+    }
+}
+CONVERSATION = "/channels/{channel_id}/conversations/{sender_id:path}"
+
+
+@router.get("/inbox", summary="Conversations waiting for a person, held by me, held by others")
+async def inbox(principal: CurrentPrincipal, service: Inbox) -> InboxOut:
+    return await service.inbox(principal)
+
+
+@router.get(
+    "/events",
+    summary="Live updates as Server-Sent Events: 'conversation' events as conversations change",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(principal: CurrentPrincipal, live: Live) -> StreamingResponse:
+    return StreamingResponse(
+        live.stream(principal),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post(CONVERSATION + "/take", summary="Take over a conversation", responses=CONFLICTS)
+async def take(
+    channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
+) -> InboxConversation:
+    principal.require_channel(channel_id)
+    return await service.take(principal, channel_id, sender_id)
+
+
+@router.post(
+    CONVERSATION + "/hand-back",
+    summary="Give a conversation back to the assistant",
+    responses=CONFLICTS,
+)
+async def hand_back(
+    channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
+) -> InboxConversation:
+    principal.require_channel(channel_id)
+    return await service.hand_back(principal, channel_id, sender_id)
+
+
+@router.post(CONVERSATION + "/close", summary="Close a conversation", responses=CONFLICTS)
+async def close(
+    channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
+) -> InboxConversation:
+    principal.require_channel(channel_id)
+    return await service.close(principal, channel_id, sender_id)
+
+
+@router.post(
+    CONVERSATION + "/read", status_code=204, summary="Mark a conversation's messages as read"
+)
+async def read(
+    channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
+) -> Response:
+    principal.require_channel(channel_id)
+    await service.read(channel_id, sender_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    CONVERSATION + "/messages",
+    status_code=202,
+    summary="Reply as the operator holding the conversation (delivered like an AI reply)",
+    responses=CONFLICTS,
+)
+async def reply(
+    channel_id: str,
+    sender_id: str,
+    body: OperatorReplyIn,
+    principal: CurrentPrincipal,
+    service: Inbox,
+) -> MessageOut:
+    principal.require_channel(channel_id)
+    return await service.reply(principal, channel_id, sender_id, body)
