@@ -121,6 +121,7 @@ async def test_session_endpoint_reports_bearer_callers(system: System) -> None:
         "via": "bearer",
         "csrf_token": None,
         "expires_at": None,
+        "user": {"id": "token", "name": "Admin", "role": "admin", "channels": None},
     }
 
 

@@ -210,8 +210,13 @@ class ChannelRepository:
     async def insert(self, channel: Channel) -> None:
         await self._coll.insert_one(channel.to_document())
 
-    async def list(self, *, after: str | None, limit: int) -> list[Channel]:
+    async def list(
+        self, *, after: str | None, limit: int, only: frozenset[str] | None = None
+    ) -> list[Channel]:
+        """Channels by id; ``only``: of these ids (an operator's memberships)."""
         query: Document = {"_id": {"$gt": after}} if after else {}
+        if only is not None:
+            query = {"_id": {**query.get("_id", {}), "$in": sorted(only)}}
         cursor = self._coll.find(query).sort("_id", 1).limit(limit)
         return [Channel.model_validate(d) async for d in cursor]
 

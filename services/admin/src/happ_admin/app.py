@@ -14,21 +14,24 @@ from happ_admin import (
     endpoints_inbox,
     endpoints_logs,
     endpoints_session,
+    endpoints_users,
 )
 from happ_admin.auth import Authenticator
 from happ_admin.live import LiveUpdates
 from happ_admin.repository import AdminRepository, SessionRepository
 from happ_admin.repository_inbox import InboxRepository
+from happ_admin.repository_users import UserRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
+from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
 from happ_common.channels import ChannelRepository
-from happ_common.clients import shared_clients
+from happ_common.clients import Clients, shared_clients
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics
 from happ_common.kafka import EventPublisher
@@ -36,6 +39,21 @@ from happ_common.ops import ops_router
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.webhook_client import new_session
+
+
+def _inbox(
+    clients: Clients,
+    repo: AdminRepository,
+    channels: ChannelService,
+    publisher: EventPublisher,
+    settings: AdminSettings,
+) -> tuple[InboxService, LiveUpdates]:
+    inbox_repo = InboxRepository(clients.db)
+    inbox = InboxService(repo=inbox_repo, admin_repo=repo, channels=channels, publisher=publisher)
+    live = LiveUpdates(
+        inbox_repo, inbox, poll_s=settings.live_poll_s, keepalive_s=settings.live_keepalive_s
+    )
+    return inbox, live
 
 
 def create_app(
@@ -59,6 +77,8 @@ def create_app(
             sessions = SessionRepository(clients.db)
             await repo.ensure_indexes()
             await sessions.ensure_indexes()
+            users = UserRepository(clients.db)
+            await users.ensure_indexes()
             # Few requests (one per "Send test"), so a small pool.
             http = new_session(
                 ca_file=settings.delivery_ca_file,
@@ -67,7 +87,10 @@ def create_app(
             )
             channels = ChannelService(ChannelRepository(clients.db), happ)
             conversations = ConversationService(repo, channels)
-            app.state.auth = Authenticator(settings.tokens(), sessions, settings.session_ttl_hours)
+            app.state.auth = Authenticator(
+                settings.tokens(), sessions, settings.session_ttl_hours, users
+            )
+            app.state.users = UserService(users, channels)
             app.state.channels = channels
             app.state.logs = LogService(repo, channels)
             app.state.conversations = conversations
@@ -82,16 +105,7 @@ def create_app(
                 allow_private=happ.allow_private_endpoints,
             )
             app.state.dead_letters = DeadLetterService(infra.kafka_bootstrap_servers, publisher)
-            inbox_repo = InboxRepository(clients.db)
-            app.state.inbox = InboxService(
-                repo=inbox_repo, admin_repo=repo, channels=channels, publisher=publisher
-            )
-            app.state.live = LiveUpdates(
-                inbox_repo,
-                app.state.inbox,
-                poll_s=settings.live_poll_s,
-                keepalive_s=settings.live_keepalive_s,
-            )
+            app.state.inbox, app.state.live = _inbox(clients, repo, channels, publisher, settings)
             app.state.live.start()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
@@ -124,6 +138,7 @@ def create_app(
     app.include_router(endpoints_conversations.router)
     app.include_router(endpoints_dead_letters.router)
     app.include_router(endpoints_inbox.router)
+    app.include_router(endpoints_users.router)
     app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app

@@ -27,6 +27,7 @@ from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 
 from happ_admin.repository import SessionRepository
+from happ_admin.repository_users import User, UserRepository
 from happ_common.errors import HappError
 from happ_common.events import Author
 
@@ -66,6 +67,8 @@ class Session:
     id: str
     csrf_token: str
     expires_at: datetime
+    # Signed in with a username and password; None: with an admin token.
+    user: User | None = None
 
 
 Role = Literal["admin", "operator"]
@@ -108,10 +111,17 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, tokens: list[str], sessions: SessionRepository, ttl_hours: float) -> None:
+    def __init__(
+        self,
+        tokens: list[str],
+        sessions: SessionRepository,
+        ttl_hours: float,
+        users: UserRepository | None = None,
+    ) -> None:
         self._tokens = [t.encode() for t in tokens]
         self._fingerprints = {_fingerprint(t) for t in tokens}
         self._sessions = sessions
+        self._users = users
         self._ttl = timedelta(hours=ttl_hours)
 
     def token_matches(self, given: str) -> bool:
@@ -121,22 +131,25 @@ class Authenticator:
             ok |= hmac.compare_digest(expected, candidate)
         return ok
 
-    async def open_session(self, token: str) -> Session:
+    async def open_session(self, token: str | None = None, user: User | None = None) -> Session:
         now = datetime.now(UTC)
         session = Session(
             id=secrets.token_urlsafe(32),
             csrf_token=secrets.token_urlsafe(32),
             expires_at=now + self._ttl,
+            user=user,
         )
-        await self._sessions.insert(
-            {
-                "_id": _session_hash(session.id),
-                "token_fp": _fingerprint(token),
-                "csrf_token": session.csrf_token,
-                "created_at": now,
-                "expires_at": session.expires_at,
-            }
-        )
+        doc: dict[str, object] = {
+            "_id": _session_hash(session.id),
+            "csrf_token": session.csrf_token,
+            "created_at": now,
+            "expires_at": session.expires_at,
+        }
+        if user is not None:
+            doc["user_id"] = user.id
+        else:
+            doc["token_fp"] = _fingerprint(token or "")
+        await self._sessions.insert(doc)
         return session
 
     async def session(self, session_id: str) -> Session | None:
@@ -145,16 +158,43 @@ class Authenticator:
         doc = await self._sessions.get(_session_hash(session_id))
         if doc is None:
             return None
-        expires_at: datetime = doc["expires_at"]
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)
-        # The TTL sweep is lazy; and a token taken out of service ends its sessions.
-        if expires_at <= datetime.now(UTC) or doc.get("token_fp") not in self._fingerprints:
+        expires_at: datetime = _aware(doc["expires_at"])
+        # The TTL sweep is lazy.
+        if expires_at <= datetime.now(UTC):
             return None
-        return Session(id=session_id, csrf_token=doc["csrf_token"], expires_at=expires_at)
+        user = None
+        if "user_id" in doc:
+            # A user removed, disabled, or whose password changed since: signed out.
+            user = await self._users.get(doc["user_id"]) if self._users else None
+            created_at = _aware(doc["created_at"])
+            if user is None or user.disabled or _aware(user.password_changed_at) > created_at:
+                return None
+        elif doc.get("token_fp") not in self._fingerprints:
+            return None  # the token it was opened with was taken out of service
+        return Session(
+            id=session_id, csrf_token=doc["csrf_token"], expires_at=expires_at, user=user
+        )
 
     async def close_session(self, session_id: str) -> None:
         await self._sessions.delete(_session_hash(session_id))
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def principal_of(session: Session) -> Principal:
+    user = session.user
+    if user is None:
+        return Principal(via="cookie", session=session)
+    return Principal(
+        via="cookie",
+        session=session,
+        user_id=user.id,
+        name=user.name,
+        role=user.role,
+        channels=None if user.role == "admin" else frozenset(user.channels),
+    )
 
 
 def _authenticator(request: Request) -> Authenticator:
@@ -193,13 +233,27 @@ async def require_auth(
                     f"Send the {CSRF_HEADER} header returned at sign-in with every request "
                     "that changes something.",
                 )
-        return Principal(via="cookie", session=session)
+        return principal_of(session)
     raise unauthorized(
         "Send the admin token as 'Authorization: Bearer <token>', or sign in to the web UI."
     )
 
 
 CurrentPrincipal = Annotated[Principal, Depends(require_auth)]
+
+
+async def require_member(request: Request, principal: CurrentPrincipal) -> Principal:
+    """For routers whose routes are all about one channel (``{channel_id}``):
+    403 ``NOT_A_MEMBER`` for an operator who is not a member of it."""
+    channel_id = request.path_params.get("channel_id")
+    if channel_id is not None:
+        principal.require_channel(channel_id)
+    return principal
+
+
+async def require_admin(principal: CurrentPrincipal) -> Principal:
+    principal.require_admin()
+    return principal
 
 
 def cookie_is_secure(request: Request, configured: bool | None) -> bool:

@@ -11,6 +11,7 @@ from happ_admin.service_conversations import ConversationService
 from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_logs import LogService
+from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
 from happ_common.errors import ErrorBody
 from happ_common.settings import HappSettings
@@ -41,6 +42,11 @@ def _dead_letters(request: Request) -> DeadLetterService:
     return service
 
 
+def _users(request: Request) -> UserService:
+    service: UserService = request.app.state.users
+    return service
+
+
 def _public_url(request: Request) -> str:
     happ: HappSettings = request.app.state.happ
     return happ.public_url
@@ -56,12 +62,20 @@ Logs = Annotated[LogService, Depends(_logs)]
 Conversations = Annotated[ConversationService, Depends(_conversations)]
 Delivery = Annotated[DeliveryActions, Depends(_delivery)]
 DeadLetters = Annotated[DeadLetterService, Depends(_dead_letters)]
+Users = Annotated[UserService, Depends(_users)]
 PublicUrl = Annotated[str, Depends(_public_url)]
 Settings = Annotated[AdminSettings, Depends(_settings)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No valid token or session"},
-    403: {"model": ErrorBody, "description": "Session request without a valid X-CSRF-Token"},
+    403: {
+        "model": ErrorBody,
+        "description": (
+            "CSRF_TOKEN_INVALID (a session request without a valid X-CSRF-Token), "
+            "NOT_A_MEMBER (an operator, on a channel they are not a member of), "
+            "ADMIN_ONLY (an operator, on an admin's route)"
+        ),
+    },
     404: {"model": ErrorBody, "description": "No such channel (or item)"},
     422: {"model": ErrorBody, "description": "Invalid request"},
     503: {"model": ErrorBody, "description": "Database or broker unavailable; retry"},

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from happ_admin.auth import require_auth
+from happ_admin.auth import require_member
 from happ_admin.deps import ERRORS, Conversations, Delivery
 from happ_admin.schemas import ConversationPage, MessagePage, MessageStatusOut
 from happ_common.errors import ErrorBody
 
 router = APIRouter(
-    prefix="/api", tags=["conversations"], dependencies=[Depends(require_auth)], responses=ERRORS
+    prefix="/api", tags=["conversations"], dependencies=[Depends(require_member)], responses=ERRORS
 )
 
 Limit = Annotated[int, Query(ge=1, le=200)]

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from happ_admin.auth import require_auth
+from happ_admin.auth import require_admin
 from happ_admin.deps import ERRORS, DeadLetters
 from happ_admin.schemas import DeadLetterList, DeadLetterOut
 
 router = APIRouter(
-    prefix="/api", tags=["dead letters"], dependencies=[Depends(require_auth)], responses=ERRORS
+    prefix="/api", tags=["dead letters"], dependencies=[Depends(require_admin)], responses=ERRORS
 )
 
 

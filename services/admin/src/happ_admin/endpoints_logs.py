@@ -7,14 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from happ_admin.auth import require_auth
+from happ_admin.auth import CurrentPrincipal, require_member
 from happ_admin.deps import ERRORS, Logs
 from happ_admin.schemas import LogEntryOut, LogPage
 from happ_admin.service_logs import STATUS_FILTER_HELP
 from happ_common.request_log import Direction
 
 router = APIRouter(
-    prefix="/api", tags=["request log"], dependencies=[Depends(require_auth)], responses=ERRORS
+    prefix="/api", tags=["request log"], dependencies=[Depends(require_member)], responses=ERRORS
 )
 
 
@@ -46,5 +46,7 @@ async def channel_logs(
 
 
 @router.get("/logs/{log_id}", summary="One request-log entry")
-async def log_entry(log_id: str, logs: Logs) -> LogEntryOut:
-    return await logs.get(log_id)
+async def log_entry(log_id: str, logs: Logs, principal: CurrentPrincipal) -> LogEntryOut:
+    entry = await logs.get(log_id)
+    principal.require_channel(entry.channel_id)
+    return entry

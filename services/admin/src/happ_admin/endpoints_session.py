@@ -9,13 +9,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from happ_admin.auth import (
     Authenticator,
     CurrentPrincipal,
+    Principal,
     clear_session_cookie,
     cookie_is_secure,
+    principal_of,
     set_session_cookie,
     unauthorized,
 )
-from happ_admin.deps import ERRORS, Settings
-from happ_admin.schemas import LoginRequest, SessionOut
+from happ_admin.deps import ERRORS, Settings, Users
+from happ_admin.schemas import LoginRequest, SessionOut, SessionUser
 
 router = APIRouter(prefix="/api", tags=["session"], responses=ERRORS)
 
@@ -28,30 +30,51 @@ def _auth(request: Request) -> Authenticator:
 Auth = Annotated[Authenticator, Depends(_auth)]
 
 
-@router.post("/session", summary="Sign in to the web UI with an admin token")
+@router.post(
+    "/session", summary="Sign in to the web UI: a username and password, or an admin token"
+)
 async def sign_in(
-    body: LoginRequest, request: Request, response: Response, auth: Auth, settings: Settings
+    body: LoginRequest,
+    *,
+    request: Request,
+    response: Response,
+    auth: Auth,
+    users: Users,
+    settings: Settings,
 ) -> SessionOut:
-    if not auth.token_matches(body.token.strip()):
-        raise unauthorized("That token is not valid; use a token configured in HAPP_ADMIN_TOKEN.")
-    session = await auth.open_session(body.token.strip())
+    if body.token is not None:
+        if not auth.token_matches(body.token.strip()):
+            raise unauthorized(
+                "That token is not valid; use a token configured in HAPP_ADMIN_TOKEN."
+            )
+        session = await auth.open_session(token=body.token.strip())
+    else:
+        user = await users.authenticate(body.username or "", body.password or "")
+        if user is None:
+            raise unauthorized("Wrong username or password.")
+        session = await auth.open_session(user=user)
     set_session_cookie(response, session, secure=cookie_is_secure(request, settings.cookie_secure))
-    return SessionOut(
-        authenticated=True,
-        via="cookie",
-        csrf_token=session.csrf_token,
-        expires_at=session.expires_at,
-    )
+    return _session_out(principal_of(session))
 
 
 @router.get("/session", summary="Who is calling; the UI's CSRF token after a page load")
 async def current_session(principal: CurrentPrincipal) -> SessionOut:
+    return _session_out(principal)
+
+
+def _session_out(principal: Principal) -> SessionOut:
     session = principal.session
     return SessionOut(
         authenticated=True,
         via=principal.via,
         csrf_token=session.csrf_token if session else None,
         expires_at=session.expires_at if session else None,
+        user=SessionUser(
+            id=principal.user_id,
+            name=principal.name,
+            role=principal.role,
+            channels=None if principal.channels is None else sorted(principal.channels),
+        ),
     )
 
 

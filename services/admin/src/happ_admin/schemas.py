@@ -7,10 +7,18 @@ Every list answers ``{items, next_cursor}``; ``next_cursor`` is opaque and is
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from happ_admin.repository_users import User
 from happ_common.channels import (
     RULE_FIELDS,
     AssistantSettings,
@@ -108,7 +116,8 @@ class ChannelOut(ConversationRules):
     status: ChannelStatus
     webhook_url: str
     outgoing_url: str
-    hmac_secret: str
+    # Null for operators: only admins see the channel's secret.
+    hmac_secret: str | None
     # Until then the secret replaced by the last rotation still verifies.
     previous_secret_expires_at: datetime | None = None
     require_signature: bool
@@ -118,14 +127,14 @@ class ChannelOut(ConversationRules):
     updated_at: datetime
 
     @classmethod
-    def of(cls, channel: Channel, public_url: str) -> ChannelOut:
+    def of(cls, channel: Channel, public_url: str, *, show_secret: bool = True) -> ChannelOut:
         return cls(
             id=channel.id,
             name=channel.name,
             status=channel.status,
             webhook_url=f"{public_url.rstrip('/')}/webhook/{channel.id}",
             outgoing_url=channel.outgoing_url,
-            hmac_secret=channel.hmac_secret,
+            hmac_secret=channel.hmac_secret if show_secret else None,
             previous_secret_expires_at=(
                 channel.previous_secret_expires_at if channel.previous_secrets() else None
             ),
@@ -244,6 +253,9 @@ class MessageOut(BaseModel):
             reply_id=m.reply_id,
             delivery=delivery,
             llm=m.llm,
+            author=m.author,
+            event=m.event,
+            handling=m.handling,
         )
 
 
@@ -287,9 +299,29 @@ class SendTestResult(BaseModel):
 
 
 class LoginRequest(BaseModel):
+    """Either an admin token, or a user's username and password."""
+
     model_config = ConfigDict(extra="forbid")
 
-    token: str = Field(min_length=1, max_length=4096)
+    token: str | None = Field(default=None, min_length=1, max_length=4096)
+    username: str | None = Field(default=None, min_length=1, max_length=64)
+    password: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> LoginRequest:
+        by_password = self.username is not None and self.password is not None
+        mixed = self.token is not None and (self.username is not None or self.password is not None)
+        if mixed or (self.token is None and not by_password):
+            raise ValueError("send either 'token', or 'username' and 'password'")
+        return self
+
+
+class SessionUser(BaseModel):
+    id: str
+    name: str
+    role: Literal["admin", "operator"]
+    # The channels an operator is a member of; null for admins (every channel).
+    channels: list[str] | None
 
 
 class SessionOut(BaseModel):
@@ -299,6 +331,59 @@ class SessionOut(BaseModel):
     # the session cookie. Null for bearer-token callers, who need none.
     csrf_token: str | None
     expires_at: datetime | None
+    user: SessionUser
+
+
+# --- users (SPEC §6a) -----------------------------------------------------------
+
+Username = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"),
+]
+Password = Annotated[str, Field(min_length=10, max_length=200)]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: Username
+    name: str = Field(min_length=1, max_length=100)
+    password: Password
+    role: Literal["admin", "operator"] = "operator"
+    channels: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class UserUpdate(BaseModel):
+    """Only the fields sent change. A new password, or ``disabled: true``, ends
+    the user's open sessions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    password: Password | None = None
+    role: Literal["admin", "operator"] | None = None
+    channels: list[str] | None = Field(default=None, max_length=10_000)
+    disabled: bool | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    name: str
+    role: Literal["admin", "operator"]
+    channels: list[str]
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+    last_login_at: datetime | None
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls.model_validate(user.model_dump(exclude={"password_hash"}))
+
+
+class UserList(BaseModel):
+    items: list[UserOut]
 
 
 class DeadLetterOut(BaseModel):

@@ -73,8 +73,10 @@ class ChannelService:
             raise channel_not_found(channel_id)
         return channel
 
-    async def list(self, cursor: str | None, limit: int) -> tuple[list[Channel], str | None]:
-        items = await self._repo.list(after=cursor, limit=limit + 1)
+    async def list(
+        self, cursor: str | None, limit: int, *, only: frozenset[str] | None = None
+    ) -> tuple[list[Channel], str | None]:
+        items = await self._repo.list(after=cursor, limit=limit + 1, only=only)
         more = len(items) > limit
         items = items[:limit]
         return items, (items[-1].id if more and items else None)

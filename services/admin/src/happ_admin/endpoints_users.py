@@ -1,0 +1,53 @@
+"""Users and memberships (SPEC §6a): admins only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+
+from happ_admin.auth import require_admin
+from happ_admin.deps import ERRORS, Users
+from happ_admin.schemas import UserCreate, UserList, UserOut, UserUpdate
+from happ_common.errors import ErrorBody
+
+router = APIRouter(
+    prefix="/api", tags=["users"], dependencies=[Depends(require_admin)], responses=ERRORS
+)
+TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "USERNAME_TAKEN"}
+}
+
+
+@router.post("/users", status_code=201, summary="Add an operator or an admin", responses=TAKEN)
+async def create_user(body: UserCreate, users: Users) -> UserOut:
+    return UserOut.of(await users.create(body))
+
+
+@router.get("/users", summary="Every user, by username")
+async def list_users(users: Users) -> UserList:
+    return UserList(items=[UserOut.of(u) for u in await users.list()])
+
+
+@router.get("/users/{user_id}", summary="One user")
+async def get_user(user_id: str, users: Users) -> UserOut:
+    return UserOut.of(await users.get(user_id))
+
+
+@router.patch(
+    "/users/{user_id}",
+    summary="Change a user: name, password, role, channels (memberships), disabled",
+)
+async def update_user(user_id: str, body: UserUpdate, users: Users) -> UserOut:
+    return UserOut.of(await users.update(user_id, body))
+
+
+@router.delete("/users/{user_id}", status_code=204, summary="Remove a user (their sessions end)")
+async def delete_user(user_id: str, users: Users) -> Response:
+    await users.delete(user_id)
+    return Response(status_code=204)
+
+
+@router.get("/channels/{channel_id}/members", summary="The users who are members of a channel")
+async def channel_members(channel_id: str, users: Users) -> UserList:
+    return UserList(items=[UserOut.of(u) for u in await users.list(channel_id)])
