@@ -50,14 +50,14 @@ function attachmentList(m) {
   });
 }
 
-function deliveryInfo(channelId, m, after) {
+function deliveryInfo(channelId, m, after, quiet) {
   const d = m.delivery || {};
   const status = d.status || m.status;
   const info = [h("span", { class: "delivery", dataset: { test: "delivery" } }, badge(status))];
   if (d.attempts) info.push(h("span", {}, d.attempts + " attempt" + (d.attempts === 1 ? "" : "s")));
   if (d.last_error_code && status !== "delivered") info.push(h("span", { class: "mono" }, d.last_error_code));
   if (m.llm && m.llm.fallback) info.push(h("span", { class: "badge warn plain", title: m.llm.error || "" }, "Fallback text"));
-  if (FINAL.includes(status)) info.push(resendButton(channelId, m.message_id, after));
+  if (FINAL.includes(status) && !(quiet && status === "delivered")) info.push(resendButton(channelId, m.message_id, after));
   return info;
 }
 
@@ -74,7 +74,7 @@ function messageView(channelId, m, after) {
   if (m.event) {
     return h("div", { class: "msg event", dataset: { message: m.message_id, event: m.event } },
       h("div", { class: "notice" }, h("strong", {}, eventTitle(m)), m.text ? h("span", { class: "said" }, "“" + m.text + "”") : null),
-      h("div", { class: "info" }, when, m.delivery ? deliveryInfo(channelId, m, after) : null));
+      h("div", { class: "info" }, when, m.delivery ? deliveryInfo(channelId, m, after, true) : null));
   }
   const attachments = attachmentList(m);
   let byline = null;
