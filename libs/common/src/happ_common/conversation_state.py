@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from happ_common.events import Author
@@ -28,6 +29,11 @@ ASSISTANT_STATES: list[ConversationState | None] = [None, "assistant", "closed"]
 PEOPLE_STATES: tuple[ConversationState, ...] = ("waiting", "operator")
 # How a conversation reached the operators; also the label of happ_handoffs_total.
 HandoffTrigger = Literal["keyword", "route", "tool", "fallback", "mode", "off_hours", "operator"]
+# Counted where the handoff happens: the assistant (rules, tool, fallback) or the
+# admin API (an operator's Take over).
+HANDOFFS = Counter(
+    "happ_handoffs_total", "Conversations moved to the operators, by what moved them", ["trigger"]
+)
 
 
 class ConversationDoc(BaseModel):
@@ -46,6 +52,9 @@ class ConversationDoc(BaseModel):
     last_message_at: datetime | None = None
     handoff_at: datetime | None = None
     handoff_trigger: str | None = None
+    # The user's message that handed it over, so its redelivery (after a crash
+    # between this write and the handoff event's) still tells the user.
+    handoff_by: str | None = None
     # Set at a handoff, cleared by the first operator reply after it.
     awaiting_operator_since: datetime | None = None
     last_text: str | None = None
@@ -87,16 +96,26 @@ def claim_update(message_id: str, at: datetime, handoff: HandoffTrigger | None) 
     if handoff is None:
         fields["state"] = "assistant"
     else:
-        fields.update(waiting_fields(handoff, at))
+        fields.update(waiting_fields(handoff, at, message_id))
     return {"$set": fields}
 
 
-def waiting_fields(trigger: HandoffTrigger, at: datetime) -> Document:
+def waiting_fields(trigger: HandoffTrigger, at: datetime, message_id: str | None) -> Document:
     return {
         "state": "waiting",
         "operator": None,
         "handoff_at": at,
         "handoff_trigger": trigger,
+        "handoff_by": message_id,
         "awaiting_operator_since": at,
         "updated_at": at,
     }
+
+
+def handed_over_by(doc: ConversationDoc | None, message_id: str) -> HandoffTrigger | None:
+    """The trigger, if ``message_id`` moved this conversation to ``waiting`` and
+    nobody has taken it since (its handling was then cut short)."""
+    if doc is None or doc.state != "waiting" or doc.handoff_by != message_id:
+        return None
+    trigger = doc.handoff_trigger
+    return trigger if trigger in ("keyword", "route", "mode", "off_hours") else None  # type: ignore[return-value]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
 from happ_admin.auth import Principal
 from happ_admin.repository import AdminRepository
@@ -21,7 +21,7 @@ from happ_admin.repository_inbox import InboxRepository
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
 from happ_admin.service import ChannelService
 from happ_common.channels import Channel
-from happ_common.conversation_state import ConversationDoc, ConversationState
+from happ_common.conversation_state import HANDOFFS, ConversationDoc, ConversationState
 from happ_common.errors import HappError, invalid_payload, service_unavailable
 from happ_common.events import Attachment, CommandType, ConversationCommand
 from happ_common.ids import conversation_key
@@ -30,9 +30,6 @@ from happ_common.messages import StoredMessage
 from happ_common.mongo import Document
 from happ_common.topics import INBOUND_MESSAGES
 
-HANDOFFS = Counter(
-    "happ_handoffs_total", "Conversations moved to the operators, by what moved them", ["trigger"]
-)
 FIRST_REPLY = Histogram(
     "happ_operator_first_reply_seconds",
     "From a handoff to the first operator reply in the conversation",

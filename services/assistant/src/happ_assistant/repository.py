@@ -160,17 +160,23 @@ class ConversationRepository:
         )
         return result.matched_count == 1
 
-    async def to_operators(self, channel_id: str, sender_id: str, trigger: HandoffTrigger) -> bool:
+    async def to_operators(
+        self, channel_id: str, sender_id: str, trigger: HandoffTrigger, message_id: str
+    ) -> bool:
         """Moves the conversation to ``waiting`` unless a person has it already;
-        ``True`` if this call moved it (the user is then told of the handoff)."""
+        ``True`` if ``message_id`` moved it, now or before a crash (the user is then
+        told of the handoff)."""
         result = await self._conversations.update_one(
             {
                 "_id": conversation_id(channel_id, sender_id),
-                "state": {"$in": ASSISTANT_STATES},
+                "$or": [
+                    {"state": {"$in": ASSISTANT_STATES}},
+                    {"state": "waiting", "handoff_by": message_id},
+                ],
             },
-            {"$set": waiting_fields(trigger, datetime.now(UTC))},
+            {"$set": waiting_fields(trigger, datetime.now(UTC), message_id)},
         )
-        return result.modified_count == 1
+        return result.matched_count == 1
 
     async def unread(self, channel_id: str, sender_id: str, text: str, at: datetime) -> None:
         """One more message for the operators to read."""

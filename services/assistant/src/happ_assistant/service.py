@@ -48,9 +48,11 @@ from happ_assistant.repository import ConversationRepository
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.channels import Channel, ChannelCache
 from happ_common.conversation_state import (
+    HANDOFFS,
     PEOPLE_STATES,
     ConversationState,
     HandoffTrigger,
+    handed_over_by,
     left_for_people,
 )
 from happ_common.events import (
@@ -93,9 +95,6 @@ REPLY_DELAY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300),
 )
 
-HANDOFFS = Counter(
-    "happ_handoffs_total", "Conversations moved to the operators, by what moved them", ["trigger"]
-)
 FILTERED = Counter(
     "happ_assistant_messages_not_answered_total",
     "User messages the assistant did not answer, by outcome (SPEC §6a filters and handoffs)",
@@ -239,6 +238,13 @@ class AssistantService:
             if state not in PEOPLE_STATES and left_for_people(doc, msg.received_at):
                 # Sent while a person held the conversation, read after the hand-back.
                 state = "operator"
+            again = handed_over_by(doc, msg.message_id)
+            if again is not None:
+                # This message handed it over before its handling was cut short.
+                decision = Decision("handoff", again, handoff=again)
+                return await self._filtered(
+                    channel, msg, user, conversation, decision=decision, first_time=False
+                )
         decision = decide(
             channel,
             sender_id=msg.sender_id,
@@ -287,7 +293,9 @@ class AssistantService:
         if decision.notice is not None:
             outputs.append(_system_message(msg, reply_id, decision.notice))
         if decision.handoff is not None:
-            moved = await self._repo.to_operators(msg.channel_id, msg.sender_id, decision.handoff)
+            moved = await self._repo.to_operators(
+                msg.channel_id, msg.sender_id, decision.handoff, msg.message_id
+            )
             if moved:
                 HANDOFFS.labels(trigger=decision.handoff).inc()
                 outputs.append(_handoff_event(channel, msg, event_id))
