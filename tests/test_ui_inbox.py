@@ -99,7 +99,9 @@ async def operator_flow(
     await expect(reply.locator(".badge[data-status=delivered]")).to_be_visible(timeout=LONG)
     await expect(composer).to_have_value("")
     sent = [r.json() for r in system.receiver.on_path(path)]
-    (operator_body,) = [b for b in sent if not b.get("event") and b.get("text", "").startswith("Hello")]
+    (operator_body,) = [
+        b for b in sent if not b.get("event") and b.get("text", "").startswith("Hello")
+    ]
     assert operator_body["text"] == "Hello Marta, this is\nyour support team. How can I help?"
     assert operator_body["author"] == {"type": "operator", "name": me}
 
