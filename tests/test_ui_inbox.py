@@ -10,6 +10,7 @@ with ``HAPP_UPDATE_SCREENSHOTS=1``).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -243,3 +244,28 @@ async def test_who_answers_and_filters_settings(page: Page, system: System) -> N
     assert cleared["working_hours"] is None
     assert cleared["off_hours_text"] is None
     assert cleared["sender_rate_per_minute"] is None
+
+
+async def test_inbox_reconnects_and_catches_up_after_the_stream_drops(
+    page: Page, system: System
+) -> None:
+    path = "/" + unique("ui-inbox-drop")
+    channel = await system.create_channel(path, name="Night Desk", mode="operators")
+    await sign_in(page)
+    await page.click("[data-nav=inbox]")
+    live = page.locator("[data-test=live]")
+    await expect(live).to_have_class("live on")
+
+    # The admin goes away and comes back (a deploy): the stream drops meanwhile.
+    await asyncio.to_thread(system.stack.services["admin"].kill)
+    await expect(live).to_contain_text("Reconnecting…", timeout=LONG)
+    resp = await system.send(channel["id"], {"sender_id": "night-owl", "text": "Still open?"})
+    assert resp.status_code == 200, resp.text
+    await system.receiver.wait_for(path, 1)  # the handoff event: it is waiting now
+    await asyncio.to_thread(system.stack.start_service, "admin")
+    await asyncio.to_thread(system.stack.wait_ready, "admin", 60)
+
+    # The new admin never sends an event for it (it changed before it started):
+    # the browser reconnects by itself and reloads the lists.
+    await expect(live).to_have_class("live on", timeout=LONG)
+    await expect(conv_item(page, "waiting", channel, "night-owl")).to_be_visible(timeout=LONG)
