@@ -20,8 +20,11 @@ import { inboxPage } from "./inbox.js";
 // Before the users feature, a session carries no user: it is the admin token's.
 const TOKEN_USER = { id: "token", name: "Admin", role: "admin", channels: null };
 
-function signedIn(session) {
+async function signedIn(session) {
   state.csrf = session.csrf_token;
+  // The sign-in answer may not name the user: the session does.
+  if (!session.user) session = await api("GET", "/api/session").catch(() => session);
+  state.csrf = session.csrf_token || state.csrf;
   state.user = session.user || TOKEN_USER;
   startLive();
   return route();
