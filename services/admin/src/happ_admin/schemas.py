@@ -244,6 +244,9 @@ class MessageOut(BaseModel):
             reply_id=m.reply_id,
             delivery=delivery,
             llm=m.llm,
+            author=m.author,
+            event=m.event,
+            handling=m.handling,
         )
 
 
