@@ -1,12 +1,15 @@
-"""The web UI: plain HTML, CSS and JavaScript files, no build step.
+"""The web UI: plain HTML, CSS and JavaScript modules, no build step.
 
 The page carries no data and no token: the script signs in through
 ``/api/session`` and reads everything from the same JSON API that operators
-script against, so the UI can do nothing the API cannot.
+script against, so the UI can do nothing the API cannot. The script is a set of
+ES modules (``static/js/``, one per page plus shared helpers) the browser loads
+itself, from this origin only.
 """
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -15,6 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Module scripts must come with a JavaScript type (with nosniff the browser
+# refuses anything else); some systems' mime tables map .js differently.
+mimetypes.add_type("text/javascript", ".js")
 
 # Scripts and styles only from this origin, nothing inline, no framing: an
 # injected string can neither run nor restyle the page.
@@ -39,7 +46,8 @@ def mount_ui(app: FastAPI) -> None:
 
 class SecurityHeaders:
     """Headers for every response: no sniffing, no framing, no referrer; no
-    caching of API answers (they hold secrets); a strict CSP on the UI."""
+    caching of API answers (they hold secrets); a strict CSP on the UI, whose
+    files are revalidated on each load."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,6 +66,8 @@ class SecurityHeaders:
             extra.append((b"cache-control", b"no-store"))
         elif path == "/" or path.startswith("/static/"):
             extra.append((b"content-security-policy", UI_CSP.encode()))
+            # Revalidate (a cheap 304): after an upgrade the modules never mix versions.
+            extra.append((b"cache-control", b"no-cache"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
