@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from happ_common.events import Attachment, Author, ConversationEvent
+from happ_common.events import Attachment, Author, ConversationEvent, OutboundReply
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 # ``system``: notices HAPP sends on its own (handoff events, off-hours and rate notices).
@@ -180,3 +180,23 @@ def conversation_touch(
     if last_text is not None:
         update["$set"]["last_text"] = last_text[:200]
     return {"_id": conversation_id(channel_id, sender_id)}, update
+
+
+def outbound(
+    message: StoredMessage, metadata: dict[str, Any] | None, *, resend: bool = False
+) -> OutboundReply:
+    """The ``outbound.replies`` event that delivers a stored reply, notice or
+    operator message (the assistant publishing it, the admin API resending it)."""
+    return OutboundReply(
+        channel_id=message.channel_id,
+        reply_id=message.message_id,
+        in_reply_to=message.in_reply_to,
+        to=message.sender_id,
+        text=message.text,
+        metadata=metadata,
+        created_at=message.created_at,
+        author=message.author,
+        event=message.event,
+        attachments=message.attachments,
+        resend=resend,
+    )

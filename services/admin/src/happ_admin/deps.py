@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from happ_admin.live import LiveUpdates
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
+from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
@@ -47,6 +49,16 @@ def _users(request: Request) -> UserService:
     return service
 
 
+def _inbox(request: Request) -> InboxService:
+    service: InboxService = request.app.state.inbox
+    return service
+
+
+def _live(request: Request) -> LiveUpdates:
+    live: LiveUpdates = request.app.state.live
+    return live
+
+
 def _public_url(request: Request) -> str:
     happ: HappSettings = request.app.state.happ
     return happ.public_url
@@ -63,6 +75,8 @@ Conversations = Annotated[ConversationService, Depends(_conversations)]
 Delivery = Annotated[DeliveryActions, Depends(_delivery)]
 DeadLetters = Annotated[DeadLetterService, Depends(_dead_letters)]
 Users = Annotated[UserService, Depends(_users)]
+Inbox = Annotated[InboxService, Depends(_inbox)]
+Live = Annotated[LiveUpdates, Depends(_live)]
 PublicUrl = Annotated[str, Depends(_public_url)]
 Settings = Annotated[AdminSettings, Depends(_settings)]
 

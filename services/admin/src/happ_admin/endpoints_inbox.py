@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from happ_admin.auth import CurrentPrincipal
-from happ_admin.deps import ERRORS
-from happ_admin.live import LiveUpdates
+from happ_admin.deps import ERRORS, Inbox, Live
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
-from happ_admin.service_inbox import InboxService
 from happ_common.errors import ErrorBody
-
-
-def _inbox(request: Request) -> InboxService:
-    service: InboxService = request.app.state.inbox
-    return service
-
-
-def _live(request: Request) -> LiveUpdates:
-    live: LiveUpdates = request.app.state.live
-    return live
-
-
-Inbox = Annotated[InboxService, Depends(_inbox)]
-Live = Annotated[LiveUpdates, Depends(_live)]
 
 router = APIRouter(prefix="/api", tags=["inbox"], responses=ERRORS)
 

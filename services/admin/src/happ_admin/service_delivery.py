@@ -24,6 +24,7 @@ from happ_common.errors import HappError, service_unavailable
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
+from happ_common.messages import outbound
 from happ_common.outgoing import send_attempt
 from happ_common.request_log import RequestLogWriter
 from happ_common.topics import OUTBOUND_REPLIES
@@ -121,19 +122,7 @@ class DeliveryActions:
                 "This reply is still being delivered; resend it once it is delivered, failed "
                 "or canceled.",
             )
-        event = OutboundReply(
-            channel_id=channel_id,
-            reply_id=reply.message_id,
-            in_reply_to=reply.in_reply_to,
-            to=reply.sender_id,
-            text=reply.text,
-            metadata=reply.metadata,
-            created_at=reply.created_at,
-            author=reply.author,
-            event=reply.event,
-            attachments=reply.attachments,
-            resend=True,
-        )
+        event = outbound(reply, reply.metadata, resend=True)
         try:
             await self._publisher.publish(
                 OUTBOUND_REPLIES, event, key=conversation_key(channel_id, reply.sender_id)

@@ -60,11 +60,10 @@ from happ_common.events import (
     ConversationCommand,
     ConversationEvent,
     InboundMessage,
-    OutboundReply,
 )
 from happ_common.ids import conversation_key, reply_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import Handling, LlmTrace, StoredMessage
+from happ_common.messages import Handling, LlmTrace, StoredMessage, outbound
 from happ_common.topics import OUTBOUND_REPLIES
 
 log = logging.getLogger(__name__)
@@ -403,18 +402,7 @@ class AssistantService:
     async def _publish(self, out: StoredMessage, metadata: dict[str, Any] | None) -> None:
         await self._publisher.publish(
             OUTBOUND_REPLIES,
-            OutboundReply(
-                channel_id=out.channel_id,
-                reply_id=out.message_id,
-                in_reply_to=out.in_reply_to,
-                to=out.sender_id,
-                text=out.text,
-                metadata=metadata,
-                created_at=out.created_at,
-                author=out.author,
-                event=out.event,
-                attachments=out.attachments,
-            ),
+            outbound(out, metadata),
             key=conversation_key(out.channel_id, out.sender_id),
         )
 
