@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from happ_assistant.filters import RateWindow, decide
 from happ_common.channels import ConversationRules, WorkingHours, contains_phrase
 from happ_common.conversation_state import ConversationDoc, left_for_people
+from happ_common.messages import Handling, StoredMessage
 
 # A Monday, 10:00 UTC = 12:00 in Kyiv (winter).
 MONDAY_10 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -121,3 +122,28 @@ def test_bad_rules_are_refused(fields: dict[str, Any], where: str) -> None:
 def test_phrases_match_whole_words_across_spacing_and_case() -> None:
     assert contains_phrase("I want a REAL   person", "real person")
     assert not contains_phrase("unreal personality", "real person")
+
+
+def test_a_message_being_handled_again_is_not_counted_twice_by_the_rate() -> None:
+    def user(i: int, handling: Handling | None) -> StoredMessage:
+        return StoredMessage(
+            channel_id="c",
+            message_id=f"m{i}",
+            sender_id="u",
+            role="user",
+            text="x",
+            created_at=MONDAY_10 + timedelta(seconds=i),
+            status="accepted",
+            handling=handling,
+        )
+
+    window = RateWindow.seeded(
+        [
+            user(0, Handling(outcome="answered")),
+            user(1, Handling(outcome="rate_limited")),
+            user(2, None),  # stored, not decided: the message now handled again
+        ]
+    )
+    assert list(window.times) == [MONDAY_10]
+    r = rules(sender_rate_per_minute=2)
+    assert outcome(r, at=MONDAY_10 + timedelta(seconds=2), rate=window)[0] == "answered"

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from happ_devtools.fake_llm import HANDOFF_PHRASE, ModelScript
 from tests.conftest import System, eventually
+from tests.test_assistant_flow import inbound, produce
 
 
 def unique(prefix: str) -> str:
@@ -134,7 +135,7 @@ async def test_keyword_handoff_take_over_reply_and_hand_back_keep_one_order(
     assert [(b["author"]["type"], b.get("event")) for b in got] == [
         ("assistant", None),
         ("system", "handoff"),
-        ("operator", "handoff"),  # the take, by a person, once it was waiting
+        ("operator", "operator_joined"),  # the take, by a person, once it was waiting
         ("operator", None),
         ("operator", "hand_back"),
         ("assistant", None),
@@ -378,3 +379,65 @@ async def test_metrics_count_handoffs_and_waiting_conversations(system: System) 
     admin = (await system.http.get(system.url("admin", "/metrics"))).text
     assert "happ_operator_first_reply_seconds_count" in admin
     assert "happ_conversations_waiting" in admin
+
+
+async def test_a_handoff_recorded_by_the_claim_still_reaches_the_user_when_redelivered(
+    system: System,
+) -> None:
+    # The claim stored "waiting, handed over by M for the fallback", then the
+    # handling was cut short (a crash, a failed write) before anything was stored
+    # or published: M's redelivery must send the fallback and the handoff event,
+    # without asking the model again.
+    channel, model, path = await operator_channel(system, mode="assistant_with_handoff")
+    msg = inbound(channel["id"], "cut", "help")
+    await system.db.conversations.insert_one(
+        {
+            "_id": f"{channel['id']}\ncut",
+            "channel_id": channel["id"],
+            "sender_id": "cut",
+            "state": "waiting",
+            "claim": msg.message_id,
+            "handoff_by": msg.message_id,
+            "handoff_trigger": "fallback",
+        }
+    )
+    await produce(system, [msg])
+    got = [r.json() for r in await system.receiver.wait_for(path, 2)]
+    assert [(b["author"]["type"], b.get("event"), b["text"]) for b in got] == [
+        ("assistant", None, channel["assistant"]["fallback_text"]),
+        ("system", "handoff", channel["handoff_text"]),
+    ]
+    assert await handling(system, channel, msg.message_id) == {
+        "outcome": "handoff",
+        "trigger": "fallback",
+    }
+    assert system.llm.requests_for(model) == []
+    doc = await state(system, channel, "cut")
+    assert doc["state"] == "waiting"
+
+
+async def test_a_message_redelivered_after_a_take_over_is_left_to_the_person(
+    system: System,
+) -> None:
+    # M was claimed by the assistant, then an operator took the conversation
+    # before M's answer was stored: M's redelivery leaves it to the person, and
+    # the model is not asked.
+    channel, model, path = await operator_channel(system, mode="assistant_with_handoff")
+    msg = inbound(channel["id"], "late", "question")
+    await system.db.conversations.insert_one(
+        {
+            "_id": f"{channel['id']}\nlate",
+            "channel_id": channel["id"],
+            "sender_id": "late",
+            "state": "operator",
+            "operator": {"type": "operator", "id": "usr_x", "name": "Ann"},
+            "claim": msg.message_id,
+        }
+    )
+    await produce(system, [msg])
+    assert (await handling(system, channel, msg.message_id))["outcome"] == "for_operator"
+    await asyncio.sleep(1)
+    assert bodies(system, path) == []
+    doc = await state(system, channel, "late")
+    assert (doc["state"], doc["operator"]["name"], doc["unread"]) == ("operator", "Ann", 1)
+    assert system.llm.requests_for(model) == []

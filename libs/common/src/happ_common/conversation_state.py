@@ -58,6 +58,9 @@ class ConversationDoc(BaseModel):
     # Set at a handoff, cleared by the first operator reply after it.
     awaiting_operator_since: datetime | None = None
     last_text: str | None = None
+    # Changed for the operators' eyes (a handoff, a message for them, what a
+    # person did): what the admin's live updates follow.
+    inbox_at: datetime | None = None
     # Messages the webhook accepted before this were sent to the person who held
     # the conversation: they stay theirs even if the assistant reads them later.
     handed_back_at: datetime | None = None
@@ -80,12 +83,11 @@ def left_for_people(doc: ConversationDoc | None, received_at: datetime) -> bool:
     return received_at < back
 
 
-def claim_filter(channel_id: str, sender_id: str, message_id: str) -> Document:
-    """Matches while the assistant may answer ``message_id``: the conversation is
-    its own (or closed), or this very message claimed it already (a redelivery)."""
+def claim_filter(channel_id: str, sender_id: str) -> Document:
+    """Matches while the assistant may answer: the conversation is its own (or closed)."""
     return {
         "_id": conversation_id(channel_id, sender_id),
-        "$or": [{"state": {"$in": ASSISTANT_STATES}}, {"claim": message_id}],
+        "state": {"$in": ASSISTANT_STATES},
     }
 
 
@@ -109,6 +111,7 @@ def waiting_fields(trigger: HandoffTrigger, at: datetime, message_id: str | None
         "handoff_by": message_id,
         "awaiting_operator_since": at,
         "updated_at": at,
+        "inbox_at": at,
     }
 
 
@@ -118,4 +121,9 @@ def handed_over_by(doc: ConversationDoc | None, message_id: str) -> HandoffTrigg
     if doc is None or doc.state != "waiting" or doc.handoff_by != message_id:
         return None
     trigger = doc.handoff_trigger
-    return trigger if trigger in ("keyword", "route", "mode", "off_hours") else None  # type: ignore[return-value]
+    return trigger if trigger in AUTOMATIC_TRIGGERS else None  # type: ignore[return-value]
+
+
+AUTOMATIC_TRIGGERS = ("keyword", "route", "mode", "off_hours", "tool", "fallback")
+# Decided with the model's answer, in the assistant's claim of the message.
+ANSWER_TRIGGERS = ("tool", "fallback")

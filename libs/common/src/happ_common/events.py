@@ -25,7 +25,10 @@ class Attachment(BaseModel):
 
 AuthorType = Literal["assistant", "operator", "system"]
 # What a body with an ``event`` announces; a body without one is a message.
-ConversationEvent = Literal["handoff", "hand_back", "closed"]
+# handoff: to a person (text: the channel's handoff_text); operator_joined: a
+# person took over a conversation already waiting for one; hand_back: to the
+# assistant again; closed.
+ConversationEvent = Literal["handoff", "operator_joined", "hand_back", "closed"]
 
 
 class Author(BaseModel):

@@ -64,7 +64,7 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
     )
     # The admin's live updates read what changed since their last look; the inbox
     # reads the conversations waiting for or held by a person.
-    await db[CONVERSATIONS].create_index("updated_at", name="changed")
+    await db[CONVERSATIONS].create_index("inbox_at", name="changed_for_people", sparse=True)
     await db[CONVERSATIONS].create_index(
         [("state", ASCENDING), ("updated_at", DESCENDING)], name="inbox"
     )

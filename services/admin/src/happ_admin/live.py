@@ -1,7 +1,9 @@
 """Live updates for the web UI: conversations as they change, as Server-Sent Events.
 
-One poller per admin process reads what changed in ``conversations`` since its
-last look (an indexed range on ``updated_at``, every ``live_poll_s``) and fans
+One poller per admin process reads what changed for the operators in
+``conversations`` since its last look (an indexed range on ``inbox_at``, which
+handoffs, messages for people and what people do move, and ordinary AI traffic
+does not; every ``live_poll_s``) and fans
 it out to every open stream, so a hundred open inboxes cost one query, not a
 hundred. Each stream keeps only the conversations its user may see. Polling,
 not a change stream: it works the same on the embedded database and on a
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Gauge
@@ -37,6 +39,7 @@ STREAMS = Gauge("happ_admin_live_streams", "Open live-update streams (GET /api/e
 _OVERLAP = timedelta(seconds=2)
 _QUEUE = 1000
 _BATCH = 500
+_PAGES = 20
 
 
 class LiveUpdates:
@@ -65,7 +68,7 @@ class LiveUpdates:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
 
-    async def stream(self, principal: Principal) -> AsyncIterator[str]:
+    async def stream(self, principal: Principal) -> AsyncGenerator[str, None]:
         queue: asyncio.Queue[InboxConversation | None] = asyncio.Queue(_QUEUE)
         self._subscribers.add(queue)
         STREAMS.set(len(self._subscribers))
@@ -98,25 +101,29 @@ class LiveUpdates:
             await asyncio.sleep(self._poll_s)
 
     async def _look(self) -> None:
-        changed = await self._repo.changed_since(self._since - _OVERLAP, _BATCH)
-        fresh = [d for d in changed if d.updated_at and self._sent.get(d.id) != d.updated_at]
-        if changed:
-            newest = max(d.updated_at for d in changed if d.updated_at)
-            self._since = max(self._since, newest)
-        horizon = self._since - 2 * _OVERLAP
-        self._sent = {k: v for k, v in self._sent.items() if v > horizon}
-        if not fresh or not self._subscribers:
+        """Everything changed since the last look, page by page: a burst larger than
+        a page is read to its end, never re-read forever."""
+        since, after_id = self._since - _OVERLAP, None
+        for _ in range(_PAGES):
+            page = await self._repo.changed_since(since, after_id, _BATCH)
+            fresh = [d for d in page if d.inbox_at and self._sent.get(d.id) != d.inbox_at]
+            if fresh and self._subscribers:
+                names = await self._inbox.channel_names({d.channel_id for d in fresh})
+                for d in fresh:
+                    self._publish(InboxConversation.of(d, names.get(d.channel_id)))
             for d in fresh:
                 self._remember(d)
-            return
-        names = await self._inbox.channel_names({d.channel_id for d in fresh})
-        for d in fresh:
-            self._remember(d)
-            self._publish(InboxConversation.of(d, names.get(d.channel_id)))
+            if page and page[-1].inbox_at is not None:
+                since, after_id = page[-1].inbox_at, page[-1].id
+                self._since = max(self._since, since)
+            if len(page) < _BATCH:
+                break
+        horizon = self._since - 2 * _OVERLAP
+        self._sent = {k: v for k, v in self._sent.items() if v > horizon}
 
     def _remember(self, doc: ConversationDoc) -> None:
-        if doc.updated_at is not None:
-            self._sent[doc.id] = doc.updated_at
+        if doc.inbox_at is not None:
+            self._sent[doc.id] = doc.inbox_at
 
     def _publish(self, item: InboxConversation) -> None:
         for queue in list(self._subscribers):

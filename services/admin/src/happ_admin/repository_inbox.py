@@ -16,7 +16,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from happ_common.conversation_state import PEOPLE_STATES, ConversationDoc, ConversationState
+from happ_common.conversation_state import PEOPLE_STATES, ConversationDoc
 from happ_common.messages import StoredMessage, conversation_id
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
@@ -38,10 +38,17 @@ class InboxRepository:
         cursor = self._conversations.find(query).sort("updated_at", DESCENDING).limit(limit)
         return [ConversationDoc.model_validate(d) async for d in cursor]
 
-    async def changed_since(self, since: datetime, limit: int) -> list[ConversationDoc]:
+    async def changed_since(
+        self, since: datetime, after_id: str | None, limit: int
+    ) -> list[ConversationDoc]:
+        """Conversations changed for the operators (``inbox_at``) after ``since``
+        (or at ``since`` with an ``_id`` after ``after_id``: the next page)."""
+        query: Document = {"inbox_at": {"$gt": since}}
+        if after_id is not None:
+            query = {"$or": [query, {"inbox_at": since, "_id": {"$gt": after_id}}]}
         cursor = (
-            self._conversations.find({"updated_at": {"$gt": since}})
-            .sort("updated_at", ASCENDING)
+            self._conversations.find(query)
+            .sort([("inbox_at", ASCENDING), ("_id", ASCENDING)])
             .limit(limit)
         )
         return [ConversationDoc.model_validate(d) async for d in cursor]
@@ -63,7 +70,7 @@ class InboxRepository:
             "operator.id": doc.operator.id if doc.operator else None,
             "state": doc.state if doc.state != "assistant" else {"$in": [None, "assistant"]},
         }
-        update: Document = {"$set": fields}
+        update: Document = {"$set": {**fields, "inbox_at": fields["updated_at"]}}
         if unset:
             update["$unset"] = dict.fromkeys(unset, "")
         new = await self._conversations.find_one_and_update(
@@ -71,23 +78,30 @@ class InboxRepository:
         )
         return ConversationDoc.model_validate(new) if new else None
 
-    async def restore(self, doc: ConversationDoc, state: ConversationState) -> None:
-        """Undoes a transition whose event could not be published."""
+    async def restore(self, before: ConversationDoc, after: ConversationDoc, at: datetime) -> None:
+        """Undoes a transition whose event could not be queued: every field it set,
+        back as it was, if nobody changed the conversation since."""
+        fields = {
+            k: before.model_dump(include={k}, by_alias=True)[k]
+            for k in (
+                "state",
+                "operator",
+                "unread",
+                "handoff_at",
+                "handoff_trigger",
+                "awaiting_operator_since",
+                "handed_back_at",
+            )
+        }
         await self._conversations.update_one(
-            {"_id": doc.id, "state": state},
-            {
-                "$set": {
-                    "state": doc.state,
-                    "operator": doc.operator.model_dump() if doc.operator else None,
-                    "updated_at": doc.updated_at,
-                }
-            },
+            {"_id": after.id, "state": after.state, "updated_at": after.updated_at},
+            {"$set": {**fields, "updated_at": at, "inbox_at": at}},
         )
 
     async def mark_read(self, channel_id: str, sender_id: str, at: datetime) -> None:
         await self._conversations.update_one(
             {"_id": conversation_id(channel_id, sender_id), "unread": {"$gt": 0}},
-            {"$set": {"unread": 0, "updated_at": at}},
+            {"$set": {"unread": 0, "updated_at": at, "inbox_at": at}},
         )
 
     async def first_reply(self, channel_id: str, sender_id: str) -> datetime | None:

@@ -462,3 +462,6 @@ class OperatorReplyIn(BaseModel):
 
     text: str = Field(default="", max_length=10_000)
     attachments: list[OperatorAttachment] = Field(default_factory=list, max_length=10)
+    # Optional, chosen by the client: a retry with the same id (after a timeout
+    # or a 503) sends the message once.
+    client_message_id: str | None = Field(default=None, min_length=1, max_length=128)

@@ -11,6 +11,7 @@ retried, logged delivery.
 from __future__ import annotations
 
 import secrets
+import uuid
 from datetime import UTC, datetime
 
 from prometheus_client import Histogram
@@ -21,7 +22,7 @@ from happ_admin.repository_inbox import InboxRepository
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
 from happ_admin.service import ChannelService
 from happ_common.channels import Channel
-from happ_common.conversation_state import HANDOFFS, ConversationDoc, ConversationState
+from happ_common.conversation_state import HANDOFFS, ConversationDoc
 from happ_common.errors import HappError, invalid_payload, service_unavailable
 from happ_common.events import Attachment, CommandType, ConversationCommand
 from happ_common.ids import conversation_key
@@ -36,6 +37,7 @@ FIRST_REPLY = Histogram(
     buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
 )
 INBOX_LIMIT = 200
+_OPERATOR_NAMESPACE = uuid.UUID("0b6f7f0e-2d0e-4d57-9a43-5f4a3c7e9b21")
 
 
 def conversation_not_found(sender_id: str) -> HappError:
@@ -108,7 +110,6 @@ class InboxService:
             "state": "operator",
             "operator": principal.author.model_dump(),
             "updated_at": now,
-            "unread": doc.unread,
         }
         from_assistant = doc.state in ("assistant", "closed")
         if from_assistant:
@@ -149,11 +150,14 @@ class InboxService:
             return InboxConversation.of(doc, channel.name)
         if doc.state == "operator":
             self._must_hold(principal, doc)
+        now = datetime.now(UTC)
         fields: Document = {
             "state": "closed",
             "operator": None,
             "unread": 0,
-            "updated_at": datetime.now(UTC),
+            "updated_at": now,
+            # What was sent while a person had it stays theirs, as at a hand-back.
+            "handed_back_at": now,
             "awaiting_operator_since": None,
         }
         new = await self._change(doc, fields, principal, "close")
@@ -173,6 +177,15 @@ class InboxService:
             raise invalid_payload("Write a text or attach something.")
         now = datetime.now(UTC)
         command = self._command(principal, doc, "operator_reply", now, text=body.text)
+        if body.client_message_id is not None:
+            # A retry after a timeout carries the same id: one message, not two.
+            command.message_id = (
+                "op_"
+                + uuid.uuid5(
+                    _OPERATOR_NAMESPACE,
+                    f"{channel_id}\n{sender_id}\n{principal.user_id}\n{body.client_message_id}",
+                ).hex
+            )
         command.attachments = [Attachment.model_validate(a.model_dump()) for a in body.attachments]
         await self._send(command)
         message = StoredMessage(
@@ -241,8 +254,9 @@ class InboxService:
         try:
             await self._send(command)
         except HappError:
-            state: ConversationState = fields["state"]
-            await self._repo.restore(doc, state)
+            # The user would not be told: the change is undone, the caller retries.
+            # (A publish that timed out may still arrive: docs/admin.md says so.)
+            await self._repo.restore(doc, new, datetime.now(UTC))
             raise
         return new
 

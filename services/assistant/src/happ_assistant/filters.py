@@ -5,9 +5,10 @@ the conversation and the sender's recent pace, so every rule is tested without
 a broker. Its order is the channel's promise to the user:
 
 1. ``ignore_senders``: accepted and logged, never answered;
-2. ``sender_rate_per_minute``: beyond it, one notice, then silence until the
+2. a conversation waiting for or held by a person: left for the person (no
+   notices from HAPP in a conversation a person holds);
+3. ``sender_rate_per_minute``: beyond it, one notice, then silence until the
    window passes (messages silenced do not count toward the window);
-3. a conversation waiting for or held by a person: left for the person;
 4. ``routes``, then ``handoff_keywords``: to the operators;
 5. outside ``working_hours``: the off-hours text, else to the operators;
 6. ``mode = operators``: to the operators;
@@ -48,12 +49,11 @@ class RateWindow:
     def seeded(cls, messages: Iterable[StoredMessage]) -> RateWindow:
         window = cls()
         for m in messages:
-            if m.role != "user":
-                continue
-            outcome = m.handling.outcome if m.handling else None
-            if outcome == "rate_notice":
+            if m.role != "user" or m.handling is None:
+                continue  # not decided yet: the message being handled again
+            if m.handling.outcome == "rate_notice":
                 window.noticed_at = m.created_at
-            elif outcome != "rate_limited":
+            elif m.handling.outcome != "rate_limited":
                 window.times.append(m.created_at)
         return window
 
@@ -98,15 +98,15 @@ def decide(
 ) -> Decision:
     if sender_id in rules.ignore_senders:
         return Decision("ignored", "ignore_senders")
+    people = rules.has_operators
+    if people and state in ("waiting", "operator"):
+        return Decision("for_operator", f"conversation:{state}")
     if rules.sender_rate_per_minute is not None:
         pace = rate.pace(at, rules.sender_rate_per_minute)
         if pace == "notice":
             return Decision("rate_notice", "sender_rate_per_minute", notice=rules.rate_notice_text)
         if pace == "silent":
             return Decision("rate_limited", "sender_rate_per_minute")
-    people = rules.has_operators
-    if people and state in ("waiting", "operator"):
-        return Decision("for_operator", f"conversation:{state}")
     if people:
         for route in rules.routes:
             if route.matches(text):

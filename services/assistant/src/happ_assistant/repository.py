@@ -30,6 +30,7 @@ from pymongo.errors import BulkWriteError
 
 from happ_common.batching import Batcher
 from happ_common.conversation_state import (
+    ANSWER_TRIGGERS,
     ASSISTANT_STATES,
     ConversationDoc,
     HandoffTrigger,
@@ -118,8 +119,12 @@ class ConversationRepository:
         sender_name: str | None,
         at: datetime,
         last_text: str | None = None,
+        *,
+        for_people: bool = False,
     ) -> None:
         query, update = conversation_touch(channel_id, sender_id, sender_name, at, last_text)
+        if for_people:
+            update["$set"]["inbox_at"] = update["$set"]["updated_at"]
         _outcome(await self._conversation_writes.submit(UpdateOne(query, update, upsert=True)))
 
     async def get(self, channel_id: str, message_id: str) -> StoredMessage | None:
@@ -151,14 +156,31 @@ class ConversationRepository:
         sender_id: str,
         message_id: str,
         handoff: HandoffTrigger | None = None,
-    ) -> bool:
+    ) -> tuple[bool, HandoffTrigger | None]:
         """Whether the assistant may answer ``message_id`` (no person holds the
-        conversation); with ``handoff`` the same write moves it to ``waiting``."""
+        conversation), and the handoff that goes with the answer. With ``handoff``
+        the same write moves the conversation to ``waiting``.
+
+        A message claimed already (a redelivery, or its partition's previous owner)
+        changes nothing: the first claim's handoff stands, whatever this answer says.
+        """
         result = await self._conversations.update_one(
-            claim_filter(channel_id, sender_id, message_id),
+            claim_filter(channel_id, sender_id),
             claim_update(message_id, datetime.now(UTC), handoff),
         )
-        return result.matched_count == 1
+        if result.matched_count == 1:
+            return True, handoff
+        doc = await self._conversations.find_one(
+            {"_id": conversation_id(channel_id, sender_id), "claim": message_id},
+            {"state": 1, "handoff_by": 1, "handoff_trigger": 1},
+        )
+        if doc is None:
+            return False, None  # a person has it
+        trigger = doc.get("handoff_trigger") if doc.get("handoff_by") == message_id else None
+        if doc.get("state") == "waiting" and trigger in ANSWER_TRIGGERS:
+            return True, trigger
+        # Claimed before, then taken by a person: theirs now.
+        return doc.get("state") in ASSISTANT_STATES, None
 
     async def to_operators(
         self, channel_id: str, sender_id: str, trigger: HandoffTrigger, message_id: str
@@ -180,12 +202,13 @@ class ConversationRepository:
 
     async def unread(self, channel_id: str, sender_id: str, text: str, at: datetime) -> None:
         """One more message for the operators to read."""
+        now = datetime.now(UTC)
         await self._conversations.update_one(
             {"_id": conversation_id(channel_id, sender_id)},
             {
                 "$inc": {"unread": 1},
                 "$max": {"last_message_at": at},
-                "$set": {"updated_at": datetime.now(UTC), "last_text": text[:200]},
+                "$set": {"updated_at": now, "inbox_at": now, "last_text": text[:200]},
             },
         )
 

@@ -48,6 +48,7 @@ from happ_assistant.repository import ConversationRepository
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.channels import Channel, ChannelCache
 from happ_common.conversation_state import (
+    ANSWER_TRIGGERS,
     HANDOFFS,
     PEOPLE_STATES,
     ConversationState,
@@ -120,6 +121,8 @@ def _stage(name: str) -> Iterator[None]:
 # Answers whose storing failed, kept for the handler's retry so that one message
 # costs one LLM call even when the database hiccups.
 _UNSTORED_ANSWERS = 4096
+# Outcomes that send the user nothing.
+SILENT_OUTCOMES = ("ignored", "rate_limited", "for_operator")
 
 
 class AssistantService:
@@ -218,7 +221,10 @@ class AssistantService:
                 *(self._repo.get(msg.channel_id, i) for i in ids),
             )
             outputs = [m for m in found if m is not None]
-            if outputs or (stored_user is not None and stored_user.handling is not None):
+            decided = stored_user.handling if stored_user is not None else None
+            # An outcome that sends something but has nothing stored (its reply's
+            # write failed beside the message's update) is decided again.
+            if outputs or (decided is not None and decided.outcome in SILENT_OUTCOMES):
                 REPUBLISHED.inc()
                 if outputs:
                     await self._repo.mark_replied(
@@ -238,11 +244,16 @@ class AssistantService:
                 # Sent while a person held the conversation, read after the hand-back.
                 state = "operator"
             again = handed_over_by(doc, msg.message_id)
+            if again in ANSWER_TRIGGERS:
+                # Its answer handed it over before its handling was cut short.
+                return await self._answer_or_hand_off(
+                    channel, msg, user, conversation, first_time=first_time, recorded=again
+                )
             if again is not None:
                 # This message handed it over before its handling was cut short.
                 decision = Decision("handoff", again, handoff=again)
                 return await self._filtered(
-                    channel, msg, user, conversation, decision=decision, first_time=False
+                    channel, msg, user, conversation, decision=decision, first_time=first_time
                 )
         decision = decide(
             channel,
@@ -253,7 +264,9 @@ class AssistantService:
             rate=conversation.rate,
         )
         if decision.assistant_answers:
-            return await self._answer_or_hand_off(channel, msg, user, conversation)
+            return await self._answer_or_hand_off(
+                channel, msg, user, conversation, first_time=first_time
+            )
         return await self._filtered(
             channel, msg, user, conversation, decision=decision, first_time=first_time
         )
@@ -296,7 +309,8 @@ class AssistantService:
                 msg.channel_id, msg.sender_id, decision.handoff, msg.message_id
             )
             if moved:
-                HANDOFFS.labels(trigger=decision.handoff).inc()
+                if first_time:
+                    HANDOFFS.labels(trigger=decision.handoff).inc()
                 outputs.append(_handoff_event(channel, msg, event_id))
             else:
                 # A person has it already (an operator took it meanwhile).
@@ -320,10 +334,21 @@ class AssistantService:
         return outputs
 
     async def _answer_or_hand_off(
-        self, channel: Channel, msg: InboundMessage, user: StoredMessage, conversation: Conversation
+        self,
+        channel: Channel,
+        msg: InboundMessage,
+        user: StoredMessage,
+        conversation: Conversation,
+        *,
+        first_time: bool,
+        recorded: HandoffTrigger | None = None,
     ) -> list[StoredMessage]:
+        """The model's answer, committed only while the conversation is the
+        assistant's (``recorded``: the handoff its claim already stored)."""
         reply_id, event_id = _output_ids(msg)
         reply = self._unstored.pop(reply_id, None)
+        if reply is None and recorded == "fallback":
+            reply = _fallback_reply(channel, msg, reply_id, self._model.provider)
         if reply is None:
             history = conversation.history_before(msg.message_id, channel.assistant.max_history)
             with _stage("llm"):
@@ -338,7 +363,7 @@ class AssistantService:
             elif reply.llm is not None and reply.llm.tool_handoff:
                 handoff = "tool"
             with _stage("claim"):
-                claimed = await self._repo.claim(
+                claimed, handoff = await self._repo.claim(
                     msg.channel_id, msg.sender_id, msg.message_id, handoff
                 )
             if not claimed:
@@ -347,11 +372,13 @@ class AssistantService:
                 self._unstored.pop(reply_id, None)
                 decision = Decision("for_operator", "conversation:operator")
                 return await self._filtered(
-                    channel, msg, user, conversation, decision=decision, first_time=True
+                    channel, msg, user, conversation, decision=decision, first_time=first_time
                 )
         outputs = [reply] if reply.text or handoff is None else []
+        user.handling = Handling(outcome="answered")
         if handoff is not None:
-            HANDOFFS.labels(trigger=handoff).inc()
+            if first_time and recorded is None:
+                HANDOFFS.labels(trigger=handoff).inc()
             outputs.append(_handoff_event(channel, msg, event_id))
             user.handling = Handling(outcome="handoff", trigger=handoff)
         with _stage("store_reply"):
@@ -386,7 +413,12 @@ class AssistantService:
             if conversation.get(cmd.message_id) is None:
                 await self._repo.insert_reply(message)
                 await self._repo.touch_conversation(
-                    cmd.channel_id, cmd.sender_id, None, message.created_at, message.text or None
+                    cmd.channel_id,
+                    cmd.sender_id,
+                    None,
+                    message.created_at,
+                    message.text or None,
+                    for_people=True,
                 )
                 conversation.add(message)
             await self._publish(message, None)
@@ -520,6 +552,25 @@ def _system_message(msg: InboundMessage, message_id: str, text: str) -> StoredMe
     )
 
 
+def _fallback_reply(
+    channel: Channel, msg: InboundMessage, reply_id: str, provider: str
+) -> StoredMessage:
+    """The fallback answer a claim recorded, rebuilt for a redelivery without
+    asking the model again (its handoff is decided; the text must match it)."""
+    return StoredMessage(
+        channel_id=msg.channel_id,
+        message_id=reply_id,
+        sender_id=msg.sender_id,
+        role="assistant",
+        text=channel.assistant.fallback_text,
+        metadata=msg.metadata,
+        created_at=datetime.now(UTC),
+        status="pending",
+        in_reply_to=msg.message_id,
+        llm=LlmTrace(provider=provider, error="the model kept failing", fallback=True),
+    )
+
+
 def _handoff_event(channel: Channel, msg: InboundMessage, event_id: str) -> StoredMessage:
     event = _system_message(msg, event_id, channel.handoff_text)
     event.event = "handoff"
@@ -527,7 +578,7 @@ def _handoff_event(channel: Channel, msg: InboundMessage, event_id: str) -> Stor
 
 
 _COMMAND_EVENTS: dict[str, ConversationEvent] = {
-    "take": "handoff",
+    "take": "operator_joined",
     "hand_back": "hand_back",
     "close": "closed",
 }
@@ -537,7 +588,8 @@ def _command_message(channel: Channel, cmd: ConversationCommand) -> StoredMessag
     event = _COMMAND_EVENTS.get(cmd.type)
     text = cmd.text
     if cmd.type == "take" and cmd.announce:
-        text = channel.handoff_text
+        # Taken straight from the assistant: this is the user's handoff.
+        event, text = "handoff", channel.handoff_text
     return StoredMessage(
         channel_id=cmd.channel_id,
         message_id=cmd.message_id,

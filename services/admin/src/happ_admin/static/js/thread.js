@@ -64,6 +64,7 @@ function deliveryInfo(channelId, m, after, quiet) {
 function eventTitle(m) {
   const who = m.author && m.author.type === "operator" ? m.author.name : null;
   if (m.event === "handoff") return who ? who + " took over" : "Handed off to a person";
+  if (m.event === "operator_joined") return (who || "An operator") + " joined the conversation";
   if (m.event === "hand_back") return (who || "An operator") + " handed back to the assistant";
   if (m.event === "closed") return (who || "An operator") + " closed the conversation";
   return "System";
