@@ -16,6 +16,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from happ_devtools.fake_llm import HANDOFF_PHRASE, ModelScript
+from happ_devtools.receiver import signature_ok
 from tests.conftest import System, eventually
 from tests.test_assistant_flow import inbound, produce
 
@@ -131,7 +132,10 @@ async def test_keyword_handoff_take_over_reply_and_hand_back_keep_one_order(
     assert back.status_code == 200 and back.json()["state"] == "assistant"
     await say(system, channel, "u2", "Thanks, one more question")
 
-    got = [r.json() for r in await system.receiver.wait_for(path, 6)]
+    received = await system.receiver.wait_for(path, 6)
+    # Signed like every reply, notices and the person's reply included.
+    assert all(signature_ok(r, channel["hmac_secret"]) for r in received)
+    got = [r.json() for r in received]
     assert [(b["author"]["type"], b.get("event")) for b in got] == [
         ("assistant", None),
         ("system", "handoff"),

@@ -205,8 +205,11 @@ class AssistantService:
         user = _user_message(msg)
         known = [m for m in map(conversation.get, ids) if m is not None]
         if known:
-            # Handled by this instance before (a redelivery): published again, as it was.
+            # Handled before (a redelivery; its outputs are in the loaded history):
+            # published again, as they were. The message's own update may not have
+            # been written (a crash between the two), so it is written again.
             REPUBLISHED.inc()
+            await self._repo.mark_replied(msg.channel_id, msg.message_id, known[0].message_id)
             return known
         first_time = True
         if conversation.get(msg.message_id) is None:
