@@ -317,13 +317,17 @@ async def test_an_admin_user_and_a_token_see_every_channel_and_its_secret(
 
 async def test_user_changes_are_checked_and_a_removed_users_session_ends(system: System) -> None:
     user = await new_user(system)
-    resp = await system.admin.patch(
-        f"/api/users/{user['id']}", json={"channels": ["cm_nosuchchannel123"]}
-    )
+    real = await system.create_channel("/users-real")
+    wanted = [real["id"], "cm_nosuchchannel123", "not-a-channel-id", real["id"]]
+    resp = await system.admin.patch(f"/api/users/{user['id']}", json={"channels": wanted})
     assert (resp.status_code, resp.json()["error"]["code"]) == (422, "INVALID_PAYLOAD")
     assert resp.json()["error"]["details"] == [
-        {"field": "channels", "problem": "no channel cm_nosuchchannel123"}
+        {"field": "channels", "problem": "no channel cm_nosuchchannel123"},
+        {"field": "channels", "problem": "no channel not-a-channel-id"},
     ]
+    assert (await system.admin.get(f"/api/users/{user['id']}")).json()["channels"] == []
+    resp = await system.admin.patch(f"/api/users/{user['id']}", json={"channels": wanted[:1] * 2})
+    assert resp.status_code == 200 and resp.json()["channels"] == [real["id"]]
     for method in ("GET", "PATCH", "DELETE"):
         resp = await system.admin.request(
             method, "/api/users/usr_nobody", json={"name": "x"} if method == "PATCH" else None
