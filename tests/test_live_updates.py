@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
+
 from happ_admin.auth import Principal
 from happ_admin.live import LiveUpdates
 from happ_admin.repository_inbox import InboxRepository
@@ -107,3 +109,38 @@ async def test_a_stream_shows_only_the_channels_its_user_may_see() -> None:
         await stream.aclose()
     assert event.startswith("event: conversation\ndata: ")
     assert '"channel_id":"cm_mine"' in event
+
+
+async def test_a_stream_follows_its_users_memberships_and_ends_with_the_session() -> None:
+    repo = PagedRepo([])
+    live = LiveUpdates(
+        cast(InboxRepository, repo),
+        cast(InboxService, Names()),
+        poll_s=0.02,
+        keepalive_s=60,
+        recheck_s=0.05,
+    )
+    operator = Principal(via="cookie", role="operator", channels=frozenset({"cm_mine"}))
+    # What the Authenticator answers when asked again: the memberships change,
+    # then the session ends (a disable, a new password, a sign-out).
+    answers: list[Principal | None] = [
+        Principal(via="cookie", role="operator", channels=frozenset({"cm_mine", "cm_other"})),
+    ]
+
+    async def refresh(_: Principal) -> Principal | None:
+        return answers[-1]
+
+    stream = live.stream(operator, refresh)
+    assert await anext(stream) == "retry: 2000\n\n"
+    live.start()
+    try:
+        await asyncio.sleep(0.2)  # a recheck or two: now a member of cm_other too
+        repo.docs.append(doc(1, datetime.now(UTC) + timedelta(seconds=1), "cm_other"))
+        event = await asyncio.wait_for(anext(stream), 5)
+        assert '"channel_id":"cm_other"' in event
+        answers.append(None)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(stream), 5)
+    finally:
+        await live.stop()
+        await stream.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import System
+from tests.conftest import ADMIN_TOKEN, System, eventually
 
 
 def unique(prefix: str) -> str:
@@ -179,3 +180,188 @@ async def test_user_input_is_checked(system: System) -> None:
     ):
         resp = await system.admin.post("/api/users", json=body)
         assert resp.status_code == 422, body
+
+
+async def _logs(system: System, channel_id: str, count: int) -> list[dict[str, Any]]:
+    async def enough() -> bool:
+        resp = await system.admin.get(f"/api/channels/{channel_id}/logs?limit=200")
+        return len(resp.json()["items"]) >= count
+
+    await eventually(enough)
+    items: list[dict[str, Any]] = (
+        await system.admin.get(f"/api/channels/{channel_id}/logs?limit=200")
+    ).json()["items"]
+    return items
+
+
+async def test_a_foreign_channels_log_entries_messages_and_replies_are_refused(
+    system: System,
+) -> None:
+    mine = await system.create_channel("/users-own-log")
+    other = await system.create_channel("/users-foreign-log")
+    for channel in (mine, other):
+        resp = await system.send(channel["id"], {"sender_id": "s3", "text": "hello"})
+        assert resp.status_code == 200, resp.text
+    mine_log = await _logs(system, mine["id"], 2)  # incoming and the reply's delivery
+    other_log = await _logs(system, other["id"], 2)
+    incoming = next(e for e in other_log if e["direction"] == "incoming")
+    reply = next(e for e in other_log if e["direction"] == "outgoing")
+    user = await new_user(system, channels=[mine["id"]])
+
+    async with signed_in(system, user["username"]) as client:
+        assert (await client.get(f"/api/logs/{mine_log[0]['id']}")).status_code == 200
+        for method, path in (
+            ("GET", f"/api/logs/{incoming['id']}"),
+            ("GET", f"/api/channels/{other['id']}/messages/{incoming['message_id']}"),
+            ("POST", f"/api/channels/{other['id']}/messages/{reply['message_id']}/resend"),
+            ("POST", f"/api/channels/{other['id']}/test"),
+        ):
+            resp = await client.request(method, path)
+            assert (resp.status_code, resp.json()["error"]["code"]) == (403, "NOT_A_MEMBER"), path
+        for method, path in (
+            ("POST", f"/api/channels/{mine['id']}/disconnect"),
+            ("POST", f"/api/channels/{mine['id']}/connect"),
+            ("GET", f"/api/channels/{mine['id']}/members"),
+            ("GET", f"/api/users/{user['id']}"),
+            ("PATCH", f"/api/users/{user['id']}"),
+            ("DELETE", f"/api/users/{user['id']}"),
+        ):
+            resp = await client.request(method, path, json={} if method == "PATCH" else None)
+            assert (resp.status_code, resp.json()["error"]["code"]) == (403, "ADMIN_ONLY"), path
+        # Still connected: the operator's attempt changed nothing.
+        got = (await system.admin.get(f"/api/channels/{mine['id']}")).json()
+        assert got["status"] == "connected"
+
+        # A membership removed takes effect on the next request too.
+        resp = await system.admin.patch(f"/api/users/{user['id']}", json={"channels": []})
+        assert resp.status_code == 200 and resp.json()["channels"] == []
+        assert (await client.get("/api/channels")).json()["items"] == []
+        resp = await client.get(f"/api/logs/{mine_log[0]['id']}")
+        assert (resp.status_code, resp.json()["error"]["code"]) == (403, "NOT_A_MEMBER")
+        assert (await client.get("/api/session")).json()["user"]["channels"] == []
+
+
+async def test_users_are_never_returned_with_their_password_hash(system: System) -> None:
+    user = await new_user(system, role="operator")
+    expected = {
+        "id",
+        "username",
+        "name",
+        "role",
+        "channels",
+        "disabled",
+        "created_at",
+        "updated_at",
+        "last_login_at",
+    }
+    assert set(user) == expected
+    patched = await system.admin.patch(
+        f"/api/users/{user['id']}", json={"name": "Olena K.", "password": "a new password 42"}
+    )
+    assert patched.status_code == 200 and patched.json()["name"] == "Olena K."
+    for resp in (
+        patched,
+        await system.admin.get(f"/api/users/{user['id']}"),
+    ):
+        assert set(resp.json()) == expected, resp.text
+    listed = (await system.admin.get("/api/users")).json()["items"]
+    assert user["id"] in [u["id"] for u in listed]
+    assert all(set(u) == expected for u in listed)
+    assert "scrypt$" not in str(listed)
+    doc = await system.db.users.find_one({"_id": user["id"]})
+    assert doc is not None and doc["password_hash"].startswith("scrypt$16384$8$1$")
+    # Its salt is 16 random bytes, its key 32 (base64); a second hash differs.
+    _, _, _, _, salt, key = doc["password_hash"].split("$")
+    assert (len(salt), len(key)) == (24, 44)
+    other = await new_user(system)
+    other_doc = await system.db.users.find_one({"_id": other["id"]})
+    assert other_doc is not None and other_doc["password_hash"] != doc["password_hash"]
+    # The new password signs in, and the sign-in is recorded.
+    async with signed_in(system, user["username"], "a new password 42"):
+        pass
+    got = (await system.admin.get(f"/api/users/{user['id']}")).json()
+    assert got["last_login_at"] is not None
+
+
+async def test_an_admin_user_and_a_token_see_every_channel_and_its_secret(
+    system: System,
+) -> None:
+    channel = await system.create_channel("/users-admin")
+    admin = await new_user(system, role="admin", name="Ada")
+    async with signed_in(system, admin["username"]) as client:
+        me = (await client.get("/api/session")).json()
+        assert me["user"] == {"id": admin["id"], "name": "Ada", "role": "admin", "channels": None}
+        got = (await client.get(f"/api/channels/{channel['id']}")).json()
+        assert got["hmac_secret"] == channel["hmac_secret"] and got["hmac_secret"]
+        resp = await client.post(
+            "/api/users", json={"username": unique("by-ada"), "name": "B", "password": PASSWORD}
+        )
+        assert resp.status_code == 201, resp.text
+    async with httpx.AsyncClient(base_url=system.url("admin"), timeout=15) as client:
+        resp = await client.post("/api/session", json={"token": ADMIN_TOKEN})
+        assert resp.status_code == 200
+        token_user = {"id": "token", "name": "Admin", "role": "admin", "channels": None}
+        assert resp.json()["user"] == token_user
+        assert (await client.get("/api/session")).json()["user"] == token_user
+    bearer = (await system.admin.get("/api/session")).json()
+    assert (bearer["via"], bearer["user"]) == ("bearer", token_user)
+
+    # An operator promoted to admin is one on the next request.
+    user = await new_user(system)
+    async with signed_in(system, user["username"]) as client:
+        assert (await client.get(f"/api/channels/{channel['id']}")).status_code == 403
+        await system.admin.patch(f"/api/users/{user['id']}", json={"role": "admin"})
+        got = (await client.get(f"/api/channels/{channel['id']}")).json()
+        assert got["hmac_secret"] == channel["hmac_secret"]
+
+
+async def test_user_changes_are_checked_and_a_removed_users_session_ends(system: System) -> None:
+    user = await new_user(system)
+    real = await system.create_channel("/users-real")
+    wanted = [real["id"], "cm_nosuchchannel123", "not-a-channel-id", real["id"]]
+    resp = await system.admin.patch(f"/api/users/{user['id']}", json={"channels": wanted})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "INVALID_PAYLOAD")
+    assert resp.json()["error"]["details"] == [
+        {"field": "channels", "problem": "no channel cm_nosuchchannel123"},
+        {"field": "channels", "problem": "no channel not-a-channel-id"},
+    ]
+    assert (await system.admin.get(f"/api/users/{user['id']}")).json()["channels"] == []
+    resp = await system.admin.patch(f"/api/users/{user['id']}", json={"channels": wanted[:1] * 2})
+    assert resp.status_code == 200 and resp.json()["channels"] == [real["id"]]
+    for method in ("GET", "PATCH", "DELETE"):
+        resp = await system.admin.request(
+            method, "/api/users/usr_nobody", json={"name": "x"} if method == "PATCH" else None
+        )
+        assert (resp.status_code, resp.json()["error"]["code"]) == (404, "USER_NOT_FOUND")
+    resp = await system.admin.get("/api/channels/cm_nosuchchannel123/members")
+    assert resp.status_code == 404
+
+    async with signed_in(system, user["username"]) as client:
+        assert (await client.get("/api/session")).status_code == 200
+        assert (await system.admin.delete(f"/api/users/{user['id']}")).status_code == 204
+        resp = await client.get("/api/session")
+        assert (resp.status_code, resp.json()["error"]["code"]) == (401, "UNAUTHORIZED")
+    async with httpx.AsyncClient(base_url=system.url("admin"), timeout=15) as client:
+        resp = await client.post(
+            "/api/session", json={"username": user["username"], "password": PASSWORD}
+        )
+        assert resp.status_code == 401
+
+
+async def test_an_open_live_stream_ends_when_the_user_is_disabled(system: System) -> None:
+    user = await new_user(system)
+    async with (
+        signed_in(system, user["username"]) as client,
+        client.stream("GET", "/api/events", timeout=30) as stream,
+    ):
+        assert stream.status_code == 200
+        lines = stream.aiter_lines()
+        assert (await anext(lines)).startswith("retry:")
+        await system.admin.patch(f"/api/users/{user['id']}", json={"disabled": True})
+
+        async def ends() -> None:
+            async for _ in lines:
+                pass
+
+        # The stream asks every 5 s whether its session still holds.
+        await asyncio.wait_for(ends(), timeout=12)

@@ -24,6 +24,9 @@ IDEMPOTENCY = "idempotency"
 # their _id index, so their writes stay cheap.
 DELIVERIES = "deliveries"
 PENDING_RETRIES = "pending_retries"
+# People who sign in to the admin UI (admins and operators) and their channel
+# memberships; only the admin service reads and writes it (happ_admin.repository_users).
+USERS = "users"
 
 Document = dict[str, Any]
 
@@ -79,3 +82,6 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
         name="retention",
     )
     await db[IDEMPOTENCY].create_index("created_at", expireAfterSeconds=86400, name="ttl_24h")
+    # One user per username; and a channel's members (GET /api/channels/{id}/members).
+    await db[USERS].create_index("username", unique=True, name="username")
+    await db[USERS].create_index("channels", name="member_of")

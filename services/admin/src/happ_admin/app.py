@@ -78,7 +78,6 @@ def create_app(
             await repo.ensure_indexes()
             await sessions.ensure_indexes()
             users = UserRepository(clients.db)
-            await users.ensure_indexes()
             # Few requests (one per "Send test"), so a small pool.
             http = new_session(
                 ca_file=settings.delivery_ca_file,

@@ -165,7 +165,7 @@ class Authenticator:
         user = None
         if "user_id" in doc:
             # A user removed, disabled, or whose password changed since: signed out.
-            user = await self._users.get(doc["user_id"]) if self._users else None
+            user = await self._users.recent(doc["user_id"]) if self._users else None
             created_at = _aware(doc["created_at"])
             if user is None or user.disabled or _aware(user.password_changed_at) > created_at:
                 return None
@@ -174,6 +174,16 @@ class Authenticator:
         return Session(
             id=session_id, csrf_token=doc["csrf_token"], expires_at=expires_at, user=user
         )
+
+    async def current(self, principal: Principal) -> Principal | None:
+        """The caller as they are now, for a long-lived request (the live-update
+        stream): None once their session has ended (signed out, expired; the user
+        removed, disabled or given a new password), with their memberships and
+        role as they are now otherwise. A bearer token is checked per request."""
+        if principal.session is None:
+            return principal
+        session = await self.session(principal.session.id)
+        return None if session is None else principal_of(session)
 
     async def close_session(self, session_id: str) -> None:
         await self._sessions.delete(_session_hash(session_id))

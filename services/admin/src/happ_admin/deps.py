@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from happ_admin.auth import Authenticator
 from happ_admin.live import LiveUpdates
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
@@ -17,6 +18,11 @@ from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
 from happ_common.errors import ErrorBody
 from happ_common.settings import HappSettings
+
+
+def _auth(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
 
 
 def _channels(request: Request) -> ChannelService:
@@ -69,6 +75,7 @@ def _settings(request: Request) -> AdminSettings:
     return settings
 
 
+Auth = Annotated[Authenticator, Depends(_auth)]
 Channels = Annotated[ChannelService, Depends(_channels)]
 Logs = Annotated[LogService, Depends(_logs)]
 Conversations = Annotated[ConversationService, Depends(_conversations)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from happ_admin.auth import CurrentPrincipal
-from happ_admin.deps import ERRORS, Inbox, Live
+from happ_admin.deps import ERRORS, Auth, Inbox, Live
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
 from happ_common.errors import ErrorBody
 
@@ -38,9 +38,9 @@ async def inbox(principal: CurrentPrincipal, service: Inbox) -> InboxOut:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def events(principal: CurrentPrincipal, live: Live) -> StreamingResponse:
+async def events(principal: CurrentPrincipal, live: Live, auth: Auth) -> StreamingResponse:
     return StreamingResponse(
-        live.stream(principal),
+        live.stream(principal, auth.current),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

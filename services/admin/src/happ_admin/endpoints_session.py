@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from happ_admin.auth import (
-    Authenticator,
     CurrentPrincipal,
     Principal,
     clear_session_cookie,
@@ -16,18 +13,10 @@ from happ_admin.auth import (
     set_session_cookie,
     unauthorized,
 )
-from happ_admin.deps import ERRORS, Settings, Users
+from happ_admin.deps import ERRORS, Auth, Settings, Users
 from happ_admin.schemas import LoginRequest, SessionOut, SessionUser
 
 router = APIRouter(prefix="/api", tags=["session"], responses=ERRORS)
-
-
-def _auth(request: Request) -> Authenticator:
-    auth: Authenticator = request.app.state.auth
-    return auth
-
-
-Auth = Annotated[Authenticator, Depends(_auth)]
 
 
 @router.post(

@@ -11,6 +11,11 @@ MongoDB without a replica set, and what changes is a handful of documents.
 
 A stream that cannot keep up (its queue full) is closed; the browser's
 EventSource reconnects and the UI reloads its lists.
+
+A stream outlives the request that checked who opened it, so every
+``recheck_s`` it asks again (``refresh``): it ends once the session has (signed
+out, the user disabled, removed or given a new password), and follows the
+user's memberships as an admin changes them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Gauge
@@ -40,16 +45,26 @@ _OVERLAP = timedelta(seconds=2)
 _QUEUE = 1000
 _BATCH = 500
 _PAGES = 20
+_RECHECK_S = 5.0
+
+Refresh = Callable[[Principal], Awaitable[Principal | None]]
 
 
 class LiveUpdates:
     def __init__(
-        self, repo: InboxRepository, inbox: InboxService, *, poll_s: float, keepalive_s: float
+        self,
+        repo: InboxRepository,
+        inbox: InboxService,
+        *,
+        poll_s: float,
+        keepalive_s: float,
+        recheck_s: float = _RECHECK_S,
     ) -> None:
         self._repo = repo
         self._inbox = inbox
         self._poll_s = poll_s
         self._keepalive_s = keepalive_s
+        self._recheck_s = recheck_s
         self._subscribers: set[asyncio.Queue[InboxConversation | None]] = set()
         self._sent: dict[str, datetime] = {}
         self._since = datetime.now(UTC)
@@ -68,22 +83,41 @@ class LiveUpdates:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
 
-    async def stream(self, principal: Principal) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, principal: Principal, refresh: Refresh | None = None
+    ) -> AsyncGenerator[str, None]:
         queue: asyncio.Queue[InboxConversation | None] = asyncio.Queue(_QUEUE)
         self._subscribers.add(queue)
         STREAMS.set(len(self._subscribers))
+        loop = asyncio.get_running_loop()
+        checked = said = loop.time()
         try:
             yield "retry: 2000\n\n"
             while True:
+                item: InboxConversation | None = None
                 try:
-                    item = await asyncio.wait_for(queue.get(), self._keepalive_s)
+                    wait = min(self._keepalive_s - (loop.time() - said), self._recheck_s)
+                    item = await asyncio.wait_for(queue.get(), max(wait, 0.01))
+                    if item is None:
+                        return  # overflowed or shutting down: the browser reconnects
                 except TimeoutError:
-                    yield ": keepalive\n\n"
-                    continue
-                if item is None:
-                    return  # overflowed or shutting down: the browser reconnects
-                if principal.can_access(item.channel_id):
+                    pass
+                if refresh is not None and loop.time() - checked >= self._recheck_s:
+                    checked = loop.time()
+                    try:
+                        now = await refresh(principal)
+                    except Exception as exc:  # the database is away: end; it reconnects
+                        log.warning("live updates: checking a stream's session: %s", exc)
+                        return
+                    if now is None:
+                        return  # the session has ended
+                    principal = now
+                if item is not None and principal.can_access(item.channel_id):
+                    said = loop.time()
                     yield f"event: conversation\ndata: {item.model_dump_json()}\n\n"
+                elif loop.time() - said >= self._keepalive_s:
+                    said = loop.time()
+                    yield ": keepalive\n\n"
         finally:
             self._subscribers.discard(queue)
             STREAMS.set(len(self._subscribers))

@@ -93,7 +93,12 @@ class UserService:
         return user
 
     async def _check_channels(self, channel_ids: builtins.list[str]) -> None:
-        missing = [c for c in channel_ids if await self._channels.find(c) is None]
+        wanted = list(dict.fromkeys(channel_ids))
+        if not wanted:
+            return
+        found, _ = await self._channels.list(None, len(wanted), only=frozenset(wanted))
+        existing = {c.id for c in found}
+        missing = [c for c in wanted if c not in existing]
         if missing:
             raise invalid_payload(
                 "Some channels in 'channels' do not exist.",
