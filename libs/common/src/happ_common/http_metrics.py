@@ -9,6 +9,7 @@ bounded whatever callers send.
 from __future__ import annotations
 
 import time
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -28,11 +29,20 @@ HTTP_DURATION = Histogram(
 )
 
 
+def service_version(service: str) -> str:
+    """The installed ``happ-<service>`` package's version: what a dashboard shows
+    during a rolling deploy is what is really running."""
+    try:
+        return version(f"happ-{service}")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
 class HttpMetrics:
-    def __init__(self, app: ASGIApp, service: str, version: str = "1.0.0") -> None:
+    def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
-        SERVICE_INFO.labels(service=service, version=version).set(1)
+        SERVICE_INFO.labels(service=service, version=service_version(service)).set(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

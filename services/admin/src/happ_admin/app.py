@@ -33,7 +33,7 @@ from happ_admin.ui import SecurityHeaders, mount_ui
 from happ_common.channels import ChannelRepository
 from happ_common.clients import Clients, shared_clients
 from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics
+from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.service_runtime import freeze_startup_heap
@@ -123,7 +123,7 @@ def create_app(
             "on state-changing requests. Errors: "
             '`{"error": {"code", "message", "details": [{"field", "problem"}]}}`.'
         ),
-        version="1.0.0",
+        version=service_version("admin"),
         lifespan=lifespan,
     )
     app.state.settings = settings

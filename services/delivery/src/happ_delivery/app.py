@@ -12,7 +12,7 @@ from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
 from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics
+from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
@@ -86,7 +86,7 @@ def create_app(
                 await repository.drain()
                 await session.close()
 
-    app = FastAPI(title="HAPP delivery", version="1.0.0", lifespan=lifespan)
+    app = FastAPI(title="HAPP delivery", version=service_version("delivery"), lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(HttpMetrics, service="delivery")
     # Late-bound: the lifespan sets both.

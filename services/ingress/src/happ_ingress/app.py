@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
 from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics
+from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import DirectPublisher
 from happ_common.ops import ops_router
 from happ_common.service_runtime import freeze_startup_heap
@@ -63,7 +63,7 @@ def create_app(
     app = FastAPI(
         title="HAPP ingress",
         summary="Incoming webhooks: each user message onto inbound.messages.",
-        version="1.0.0",
+        version=service_version("ingress"),
         lifespan=lifespan,
     )
     install_error_handlers(app)
