@@ -91,8 +91,10 @@ async def test_a_burst_of_changes_at_one_instant_is_sent_once_and_the_poller_mov
 async def test_a_stream_shows_only_the_channels_its_user_may_see() -> None:
     repo = PagedRepo(
         [
-            doc(1, datetime.now(UTC) + timedelta(seconds=1), "cm_mine"),
-            doc(2, datetime.now(UTC) + timedelta(seconds=1), "cm_other"),
+            # The other channel's change comes first: a stream that did not
+            # filter would show it first.
+            doc(1, datetime.now(UTC) + timedelta(seconds=1), "cm_other"),
+            doc(2, datetime.now(UTC) + timedelta(seconds=2), "cm_mine"),
         ]
     )
     live = LiveUpdates(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 from happ_devtools.fake_llm import HANDOFF_PHRASE, ModelScript
 from happ_devtools.receiver import signature_ok
 from tests.conftest import System, eventually
-from tests.test_assistant_flow import inbound, produce
+from tests.test_assistant_flow import inbound, metric, produce
 
 
 def unique(prefix: str) -> str:
@@ -372,17 +373,34 @@ async def test_live_updates_stream_a_conversation_as_it_changes(system: System) 
     assert seen[-1]["last_text"] == "is anybody there?"
 
 
+async def admin_metric(system: System, name: str) -> float:
+    text = (await system.http.get(system.url("admin", "/metrics"))).text
+    found = re.search(rf"^{re.escape(name)} ([\d.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 async def test_metrics_count_handoffs_and_waiting_conversations(system: System) -> None:
+    mode_handoffs = 'happ_handoffs_total{trigger="mode"}'
+    handoffs_before = await metric(system, mode_handoffs)
+    replies_before = await admin_metric(system, "happ_operator_first_reply_seconds_count")
+    taken_before = await admin_metric(system, 'happ_handoffs_total{trigger="operator"}')
     channel, _, path = await operator_channel(system, mode="operators")
     await say(system, channel, "m1", "hello")
     await system.receiver.wait_for(path, 1)
-    assistant = (await system.http.get(system.url("assistant", "/metrics"))).text
-    assert 'happ_handoffs_total{trigger="mode"}' in assistant
+    assert await metric(system, mode_handoffs) == handoffs_before + 1
+
+    async def counted_waiting() -> bool:  # the admin counts every 10 s
+        return await admin_metric(system, "happ_conversations_waiting") >= 1
+
+    await eventually(counted_waiting, timeout_s=15)
     await system.admin.post(conv(channel, "m1", "/take"))
-    await system.admin.post(conv(channel, "m1", "/messages"), json={"text": "Hi!"})
-    admin = (await system.http.get(system.url("admin", "/metrics"))).text
-    assert "happ_operator_first_reply_seconds_count" in admin
-    assert "happ_conversations_waiting" in admin
+    for text in ("Hi!", "Anything else?"):  # only the first reply after a handoff counts
+        sent = await system.admin.post(conv(channel, "m1", "/messages"), json={"text": text})
+        assert sent.status_code == 202
+    after = await admin_metric(system, "happ_operator_first_reply_seconds_count")
+    assert after == replies_before + 1
+    taken = await admin_metric(system, 'happ_handoffs_total{trigger="operator"}')
+    assert taken == taken_before  # taken from "waiting": the handoff was the mode's, counted once
 
 
 async def test_a_handoff_recorded_by_the_claim_still_reaches_the_user_when_redelivered(

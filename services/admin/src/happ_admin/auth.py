@@ -27,7 +27,7 @@ from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 
 from happ_admin.repository import SessionRepository
-from happ_admin.repository_users import User, UserRepository
+from happ_admin.repository_users import User, UserRepository, UserRole
 from happ_common.errors import HappError
 from happ_common.events import Author
 
@@ -71,7 +71,7 @@ class Session:
     user: User | None = None
 
 
-Role = Literal["admin", "operator"]
+Role = UserRole
 
 
 def not_a_member(channel_id: str) -> HappError:
