@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,10 @@ from happ_devtools.procs import free_port
 from happ_devtools.receiver import Receiver
 
 ADMIN_TOKEN = "test-admin-token"
+
+# Every test talks to the embedded broker, which refuses idempotent producers
+# (InfraSettings.kafka_enable_idempotence); clients built in this process read it here.
+os.environ.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -77,10 +81,17 @@ async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> Async
 
 @asynccontextmanager
 async def running_system(
-    tls: DevTls, data_dir: Path, llm: FakeLlm, logs_to: Path = ARTIFACTS, **env: str
+    tls: DevTls,
+    data_dir: Path,
+    llm: FakeLlm,
+    logs_to: Path = ARTIFACTS,
+    *,
+    kafka_tls: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[System]:
     """The whole system on a broker and database of its own, with ``llm`` and a
     receiver in this process; ``env`` overrides the services' test settings.
+    ``kafka_tls``: the broker is reachable only over TLS (the test CA's certificate).
     The services' logs are copied to ``logs_to`` at the end."""
     llm_port = free_port()
     llm_runner = await fake_llm.start(llm, llm_port)
@@ -89,7 +100,7 @@ async def running_system(
     rec_runner = await receiver.start(
         rec, rec_port, receiver.server_ssl(tls.cert_file, tls.key_file)
     )
-    stack = make_stack(data_dir, tls, llm_port, **env)
+    stack = make_stack(data_dir, tls, llm_port, kafka_tls=kafka_tls, **(env or {}))
     config = stack.config
     try:
         await asyncio.to_thread(stack.start_infra)
@@ -116,7 +127,9 @@ async def running_system(
         await llm_runner.cleanup()
 
 
-def make_stack(data_dir: Path, tls: DevTls, llm_port: int, **env: str) -> LocalStack:
+def make_stack(
+    data_dir: Path, tls: DevTls, llm_port: int, *, kafka_tls: bool = False, **env: str
+) -> LocalStack:
     """A stack (not started) with its own embedded broker and database, configured for
     tests: the fake LLM on ``llm_port``, the test CA, short retries; ``env`` overrides."""
     service_env = {
@@ -139,6 +152,7 @@ def make_stack(data_dir: Path, tls: DevTls, llm_port: int, **env: str) -> LocalS
         env=service_env,
         ports={name: free_port() for name in SERVICES},
         partitions=6,
+        kafka_tls=tls if kafka_tls else None,
     )
     return LocalStack(config, base_env=base_env)
 

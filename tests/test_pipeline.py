@@ -53,7 +53,7 @@ async def _produce(bootstrap: str, topic: str, keys: int, per_key: int) -> dict[
 def _config(system: System, topic: str, **kw: Any) -> PipelineConfig:
     return PipelineConfig(
         name=f"test-{topic[-8:]}",
-        bootstrap_servers=system.stack.kafka_bootstrap,
+        connection={"bootstrap_servers": system.stack.kafka_bootstrap},
         group_id=f"group-{topic}",
         topics=(topic,),
         commit_interval_s=0.05,

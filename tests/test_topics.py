@@ -10,7 +10,14 @@ import uuid
 import pytest
 
 from happ_common.settings import InfraSettings
-from happ_common.topics import TopicLayoutError, check_topic_layout, ensure_topics
+from happ_common.topics import (
+    ALL_TOPICS,
+    DEAD_LETTER_TOPICS,
+    TopicLayoutError,
+    check_topic_layout,
+    ensure_topics,
+    topic_configs,
+)
 from happ_devtools.procs import PYTHON, Child, free_port, wait_until
 from tests.conftest import System
 
@@ -105,3 +112,37 @@ async def test_the_assistant_and_delivery_refuse_to_start_on_another_partition_c
     finally:
         for child in children:
             await asyncio.to_thread(child.stop)
+
+
+async def test_topics_are_created_with_min_insync_replicas_and_explicit_retention(
+    system: System,
+) -> None:
+    """The session's own topics, as the stack created them: acks=all means two copies
+    on a cluster that has them, and the broker's default retention is not trusted."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # noqa: PLC0415
+
+    settings = infra(system, 6)
+    admin = AIOKafkaAdminClient(bootstrap_servers=system.stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in ALL_TOPICS]
+        )
+    finally:
+        await admin.close()
+    configs = {
+        name: {entry[0]: entry[1] for entry in entries}
+        for _err, _msg, _type, name, entries in response.resources
+    }
+    week, month = 168 * 3600 * 1000, 720 * 3600 * 1000
+    for topic in ALL_TOPICS:
+        assert configs[topic]["min.insync.replicas"] == "1"  # replication factor 1 here
+        retention = month if topic in DEAD_LETTER_TOPICS else week
+        assert configs[topic]["retention.ms"] == str(retention), topic
+    assert (
+        topic_configs(settings.model_copy(update={"kafka_replication_factor": 3}), "x")[
+            "min.insync.replicas"
+        ]
+        == "2"
+    )

@@ -267,7 +267,7 @@ async def fault_system(
     """A fresh system for one scenario; its logs and report go to
     ``test-artifacts/faults/<scenario>/``."""
     artifacts = ARTIFACTS / "faults" / scenario
-    async with running_system(tls, data_dir, llm, logs_to=artifacts, **env) as system:
+    async with running_system(tls, data_dir, llm, logs_to=artifacts, env=env) as system:
         faults = Faults(system, artifacts)
         try:
             yield faults

@@ -16,8 +16,9 @@ from pathlib import Path
 from happ_common import mongo
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import ensure_topics
+from happ_devtools.certs import DevTls
 from happ_devtools.procs import PYTHON, Child, free_port, wait_until
-from happ_devtools.stack import embedded_broker, embedded_database
+from happ_devtools.stack import embedded_broker, embedded_database, kafka_tls_proxy
 
 SERVICES = ("ingress", "admin", "assistant", "delivery")
 DEFAULT_PORTS = {"ingress": 8080, "admin": 8081, "assistant": 8082, "delivery": 8083}
@@ -31,6 +32,8 @@ class StackConfig:
     kafka_port: int | None = None
     mongo_port: int | None = None
     partitions: int = 12
+    # Serve the embedded broker over TLS only (a stunnel proxy with this certificate).
+    kafka_tls: DevTls | None = None
 
 
 def wait_ready(port: int, child: Child, timeout_s: float = 60) -> None:
@@ -54,6 +57,7 @@ class LocalStack:
         self.services: dict[str, Child] = {}
         self.kafka_bootstrap = self.base_env.get("KAFKA_BOOTSTRAP_SERVERS", "")
         self.mongodb_uri = self.base_env.get("MONGODB_URI", "")
+        self.embedded_kafka = False
 
     @property
     def logs(self) -> Path:
@@ -62,8 +66,22 @@ class LocalStack:
     def start_infra(self) -> None:
         cfg = self.config
         if not self.kafka_bootstrap:
+            self.embedded_kafka = True
             port = cfg.kafka_port or free_port()
-            self.infra_children.append(embedded_broker(port, self.logs / "kafka.log"))
+            if cfg.kafka_tls is None:
+                self.infra_children.append(embedded_broker(port, self.logs / "kafka.log"))
+            else:
+                # Clients learn the TLS port from the broker's metadata, so every
+                # connection after the bootstrap one goes through the proxy too.
+                plain = free_port()
+                self.infra_children.append(
+                    embedded_broker(plain, self.logs / "kafka.log", advertised_port=port)
+                )
+                self.infra_children.append(
+                    kafka_tls_proxy(
+                        port, plain, cfg.kafka_tls, cfg.data_dir, self.logs / "stunnel.log"
+                    )
+                )
             self.kafka_bootstrap = f"127.0.0.1:{port}"
         if not self.mongodb_uri:
             port = cfg.mongo_port or free_port()
@@ -74,12 +92,7 @@ class LocalStack:
         asyncio.run(self._prepare())
 
     async def _prepare(self) -> None:
-        infra = InfraSettings(
-            kafka_bootstrap_servers=self.kafka_bootstrap,
-            mongodb_uri=self.mongodb_uri,
-            mongodb_db=self.env().get("MONGODB_DB", "happ"),
-            kafka_partitions=self.config.partitions,
-        )
+        infra = self.infra()
         await ensure_topics(infra)
         client = mongo.connect(infra)
         try:
@@ -87,11 +100,25 @@ class LocalStack:
         finally:
             await client.close()
 
+    def infra(self) -> InfraSettings:
+        """The infrastructure settings the services get, for this process's clients."""
+        env = self.env()
+        given = {
+            name: env[name.upper()] for name in InfraSettings.model_fields if name.upper() in env
+        }
+        return InfraSettings.model_validate(given)
+
     def env(self) -> dict[str, str]:
         env = {**self.base_env, **self.config.env}
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
         env["MONGODB_URI"] = self.mongodb_uri
         env["KAFKA_PARTITIONS"] = str(self.config.partitions)
+        if self.embedded_kafka:
+            # It answers InitProducerId with an error (see InfraSettings).
+            env.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
+        if self.config.kafka_tls is not None:
+            env["KAFKA_SECURITY_PROTOCOL"] = "SSL"
+            env["KAFKA_SSL_CA_FILE"] = str(self.config.kafka_tls.ca_file)
         env.setdefault("HAPP_PUBLIC_URL", f"http://localhost:{self.config.ports['ingress']}")
         for name, port in self.config.ports.items():
             env[f"HAPP_{name.upper()}_PORT"] = str(port)

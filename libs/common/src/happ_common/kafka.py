@@ -24,6 +24,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
+from happ_common.kafka_connection import client_options, faststream_security
 from happ_common.settings import InfraSettings
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ class DirectPublisher:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self._infra.kafka_bootstrap_servers,
+            **client_options(self._infra),
             client_id=self._client_id,
             acks="all",
+            enable_idempotence=self._infra.kafka_enable_idempotence,
             linger_ms=1,  # concurrent requests share batches
             request_timeout_ms=int(self._timeout * 1000),
         )
@@ -150,11 +152,14 @@ class EventPublisher:
         self._timeout = timeout_s
         self.broker = KafkaBroker(
             infra.kafka_bootstrap_servers,
+            security=faststream_security(infra),
             acks="all",
             client_id=client_id,
             linger_ms=1,
             request_timeout_ms=int(timeout_s * 1000),
-            enable_idempotence=False,
+            # A resend after a lost acknowledgement is dropped by the broker
+            # instead of duplicating a reply or a retry on the topic.
+            enable_idempotence=infra.kafka_enable_idempotence,
         )
 
     async def start(self) -> None:

@@ -230,7 +230,8 @@ class _Key:
 @dataclass
 class PipelineConfig:
     name: str
-    bootstrap_servers: str
+    # Where and how to connect (happ_common.kafka_connection.client_options).
+    connection: dict[str, Any]
     group_id: str
     topics: tuple[str, ...]
     max_in_flight: int = 1024
@@ -326,7 +327,7 @@ class KeyedPipeline:
     async def start(self) -> None:
         cfg = self.config
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap_servers,
+            **cfg.connection,
             group_id=cfg.group_id,
             client_id=f"happ-{cfg.name}",
             enable_auto_commit=False,

@@ -8,7 +8,10 @@ own prefix (``HAPP_INGRESS_``, ``HAPP_DELIVERY_``, ...).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The request-log buffer's default bound (HAPP_REQUEST_LOG_BUFFER_BYTES).
@@ -28,6 +31,58 @@ class InfraSettings(BaseSettings):
     # outbound.replies and delivery.retry co-partitioned.
     kafka_partitions: int = Field(default=12, ge=1, le=1024)
     kafka_replication_factor: int = Field(default=1, ge=1, le=16)
+    # Topics HAPP creates keep their records this long (existing topics are left alone).
+    kafka_retention_hours: float = Field(default=168, gt=0)
+    kafka_dead_letter_retention_hours: float = Field(default=720, gt=0)
+    # How every Kafka client (producers, consumers, the admin client) connects:
+    # happ_common.kafka_connection turns these into the clients' options.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_ca_file: Path | None = None  # None: the system's trusted CAs
+    kafka_ssl_cert_file: Path | None = None  # a client certificate (mutual TLS)
+    kafka_ssl_key_file: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # Producers that publish replies, retries and messages dedupe their own
+    # resends on the broker. The embedded development broker refuses it
+    # (InitProducerId), so the local stack turns it off.
+    kafka_enable_idempotence: bool = True
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Self:
+        """A half-configured connection is refused at startup, naming what is missing,
+        rather than silently connecting without the part that was forgotten."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        tls = self.kafka_security_protocol.endswith("SSL")
+        if sasl:
+            missing = [
+                name
+                for name, value in (
+                    ("KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                    ("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                    ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                    f"{', '.join(missing)}"
+                )
+        elif self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password:
+            raise ValueError(
+                "KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if not tls and (self.kafka_ssl_ca_file or self.kafka_ssl_cert_file):
+            raise ValueError(
+                "KAFKA_SSL_* is set but KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}: use SSL (or SASL_SSL)"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together")
+        return self
 
 
 class HappSettings(BaseSettings):

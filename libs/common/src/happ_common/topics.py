@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from happ_common.kafka_connection import client_options
 from happ_common.settings import InfraSettings
 
 INBOUND_MESSAGES = "inbound.messages"
@@ -42,7 +43,7 @@ class TopicLayoutError(Exception):
 
 @contextlib.asynccontextmanager
 async def _admin(infra: InfraSettings) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(infra), client_id="happ-topics")
     await admin.start()
     try:
         yield admin
@@ -61,11 +62,42 @@ async def ensure_topics(infra: InfraSettings, topics: tuple[str, ...] = ALL_TOPI
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(
                 [
-                    NewTopic(t, infra.kafka_partitions, infra.kafka_replication_factor)
+                    NewTopic(
+                        t,
+                        infra.kafka_partitions,
+                        infra.kafka_replication_factor,
+                        topic_configs=topic_configs(infra, t),
+                    )
                     for t in missing
                 ]
             )
-        log.info("created topics %s with %d partitions", missing, infra.kafka_partitions)
+        log.info(
+            "created topics %s with %d partitions, replication factor %d",
+            missing,
+            infra.kafka_partitions,
+            infra.kafka_replication_factor,
+        )
+
+
+def topic_configs(infra: InfraSettings, topic: str) -> dict[str, str]:
+    """What a topic HAPP creates is configured with, rather than the broker's defaults.
+
+    ``acks=all`` waits only for the in-sync replicas: with ``min.insync.replicas``
+    at 1 a write acknowledged by a lone leader is lost with that broker. Two (or
+    the replication factor, if smaller) makes the webhook's 200 mean two copies.
+    Retention is explicit so that a broker default of hours cannot delete
+    records a long outage left unconsumed; dead letters wait for a person.
+    """
+    hours = (
+        infra.kafka_dead_letter_retention_hours
+        if topic in DEAD_LETTER_TOPICS
+        else infra.kafka_retention_hours
+    )
+    return {
+        "min.insync.replicas": str(min(2, infra.kafka_replication_factor)),
+        "retention.ms": str(int(hours * 3600 * 1000)),
+        "cleanup.policy": "delete",
+    }
 
 
 async def check_topic_layout(

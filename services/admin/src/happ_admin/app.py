@@ -103,7 +103,7 @@ def create_app(
                 timeout_s=settings.delivery_timeout_s,
                 allow_private=happ.allow_private_endpoints,
             )
-            app.state.dead_letters = DeadLetterService(infra.kafka_bootstrap_servers, publisher)
+            app.state.dead_letters = DeadLetterService(infra, publisher)
             app.state.inbox, app.state.live = _inbox(clients, repo, channels, publisher, settings)
             app.state.live.start()
             app.state.checks = clients.readiness_checks()

@@ -22,6 +22,8 @@ from happ_admin.schemas import DeadLetterOut
 from happ_common import dead_letters as dl
 from happ_common.errors import HappError, service_unavailable
 from happ_common.kafka import Publisher, PublishFailed
+from happ_common.kafka_connection import client_options
+from happ_common.settings import InfraSettings
 from happ_common.topics import DEAD_LETTER_TOPICS
 
 # What an idle poll means: the topic has nothing more for us.
@@ -68,14 +70,14 @@ def _out(record: ConsumerRecord[bytes, bytes]) -> DeadLetterOut:
 
 
 class DeadLetterService:
-    def __init__(self, bootstrap_servers: str, publisher: Publisher) -> None:
-        self._bootstrap = bootstrap_servers
+    def __init__(self, infra: InfraSettings, publisher: Publisher) -> None:
+        self._infra = infra
         self._publisher = publisher
 
     @contextlib.asynccontextmanager
     async def _consumer(self) -> AsyncIterator[AIOKafkaConsumer]:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
+            **client_options(self._infra), group_id=None, enable_auto_commit=False
         )
         try:
             await consumer.start()

@@ -20,6 +20,7 @@ from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
+from happ_common.kafka_connection import client_options
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.service_runtime import freeze_startup_heap
@@ -72,7 +73,7 @@ def create_app(
             pipeline = KeyedPipeline(
                 PipelineConfig(
                     name="assistant",
-                    bootstrap_servers=infra.kafka_bootstrap_servers,
+                    connection=client_options(infra),
                     group_id=settings.group_id,
                     topics=(INBOUND_MESSAGES,),
                     max_in_flight=settings.max_in_flight,
