@@ -63,6 +63,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pymongo.errors import PyMongoError
 
 from happ_common.kafka import PublishFailed
+from happ_common.log_context import message_scope
 
 
 class Record(Protocol):
@@ -537,7 +538,15 @@ class KeyedPipeline:
             IN_FLIGHT.labels(**self._labels).set(self._in_flight)
 
     async def _handle(self, record: Record, part: _Partition) -> bool:
-        """Handle one record until it is done (True) or let go of (False)."""
+        """Handle one record until it is done (True) or let go of (False).
+
+        In a log scope of its own: the handler binds the message it decoded, so
+        this loop's lines about that record (failures, dead letters) carry it too.
+        """
+        with message_scope():
+            return await self._handle_in_scope(record, part)
+
+    async def _handle_in_scope(self, record: Record, part: _Partition) -> bool:
         if record.timestamp:
             DELAY.labels(**self._labels).observe(max(0.0, time.time() - record.timestamp / 1000))
         started = time.perf_counter()

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
+from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI
 
+from happ_common.log_context import log_handler
+from happ_common.settings import HappSettings
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
-        force=True,
-    )
+
+def configure_logging(
+    service: str, level: str = "INFO", fmt: Literal["text", "json"] = "text"
+) -> None:
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(service, fmt)], force=True)
+    debug = level.upper() == "DEBUG"
     # aiokafka logs every transient connection error at ERROR; the services
     # report those through /readyz and metrics instead.
-    logging.getLogger("aiokafka").setLevel(
-        logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
-    )
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    # The HTTP clients log every request at INFO: one line per LLM call or POST,
+    # which the services' own lines about each message already say.
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def freeze_startup_heap() -> None:
@@ -40,8 +43,9 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def serve(app: FastAPI, *, host: str, port: int, service: str, log_level: str) -> None:
-    configure_logging(service, log_level)
+def serve(app: FastAPI, *, host: str, port: int, service: str) -> None:
+    happ = HappSettings()
+    configure_logging(service, happ.log_level, happ.log_format)
     uvicorn.run(
         app,
         host=host,

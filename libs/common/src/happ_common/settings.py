@@ -93,6 +93,9 @@ class HappSettings(BaseSettings):
     public_url: str = "http://localhost:8080"
     allow_private_endpoints: bool = False
     log_level: str = "INFO"
+    # json: one object per line, with channel_id, conversation_id and message_id
+    # on every line that concerns a message (happ_common.log_context).
+    log_format: Literal["text", "json"] = "text"
     # How long the previous secret keeps verifying after a rotation.
     secret_overlap_hours: float = Field(default=24.0, ge=0)
     # Channel settings are cached in memory on hot paths; this is how stale they may be.

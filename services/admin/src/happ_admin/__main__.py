@@ -1,7 +1,6 @@
 from happ_admin.app import create_app
 from happ_admin.settings import AdminSettings
 from happ_common.service_runtime import serve
-from happ_common.settings import HappSettings
 
 settings = AdminSettings()
 serve(
@@ -9,5 +8,4 @@ serve(
     host=settings.host,
     port=settings.port,
     service="admin",
-    log_level=HappSettings().log_level,
 )

@@ -16,6 +16,7 @@ from happ_admin import (
     endpoints_session,
     endpoints_users,
 )
+from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
 from happ_admin.live import LiveUpdates
 from happ_admin.repository import AdminRepository, SessionRepository
@@ -130,6 +131,7 @@ def create_app(
     app.state.happ = happ
     install_error_handlers(app)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(ActionLog)
     app.add_middleware(HttpMetrics, service="admin")
     app.include_router(endpoints_session.router)
     app.include_router(endpoints.router)

@@ -90,7 +90,9 @@ def create_app(
             try:
                 yield
             finally:
-                await pipeline.stop()
+                # An answer in flight at shutdown may finish (its LLM call is
+                # not paid twice); the deployments' termination grace covers it.
+                await pipeline.stop(grace_s=settings.llm_timeout_s + 5)
                 await repository.drain()
                 await model.close()
 

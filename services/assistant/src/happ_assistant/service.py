@@ -155,6 +155,7 @@ class AssistantService:
     ) -> None:
         if isinstance(event, ConversationCommand):
             await self._command(event, partition)
+            log.info("%s by %s handled", event.type, event.operator.name)
             return
         msg = event
         with _stage("channel"):
@@ -174,6 +175,11 @@ class AssistantService:
                     await self._publish(output, msg.metadata)
             if outputs:
                 _observe_reply_delay(msg.received_at)
+            log.info(
+                "message handled: %s",
+                ", ".join(f"{o.event or 'reply'} {o.message_id}" for o in outputs)
+                or "nothing to send",
+            )
         except BaseException:
             # Whatever this attempt left half done, the next one reads back from MongoDB.
             self._history.forget(key)

@@ -1,5 +1,4 @@
 from happ_common.service_runtime import serve
-from happ_common.settings import HappSettings
 from happ_delivery.app import create_app
 from happ_delivery.settings import DeliverySettings
 
@@ -9,5 +8,4 @@ serve(
     host=settings.host,
     port=settings.port,
     service="delivery",
-    log_level=HappSettings().log_level,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiokafka import TopicPartition
 
 from happ_common.events import DeliveryRetry, OutboundReply
+from happ_common.log_context import bind_message
 from happ_common.pipeline import Handler, PartitionsCallback, Record, decode
 from happ_common.topics import DELIVERY_RETRY
 from happ_delivery.service import DeliveryService
@@ -24,11 +25,24 @@ def pipeline_key(record: Record) -> object:
 def delivery_handler(service: DeliveryService) -> Handler:
     async def handle(record: Record) -> None:
         if record.topic == DELIVERY_RETRY:
-            await service.deliver_retry(decode(record, DeliveryRetry), record.partition)
+            retry = decode(record, DeliveryRetry)
+            _bind(retry.reply)
+            await service.deliver_retry(retry, record.partition)
         else:
-            await service.deliver_new(decode(record, OutboundReply), record.partition)
+            reply = decode(record, OutboundReply)
+            _bind(reply)
+            await service.deliver_new(reply, record.partition)
 
     return handle
+
+
+def _bind(reply: OutboundReply) -> None:
+    bind_message(
+        channel_id=reply.channel_id,
+        conversation_id=reply.to,
+        message_id=reply.in_reply_to,
+        reply_id=reply.reply_id,
+    )
 
 
 def on_assigned(service: DeliveryService) -> PartitionsCallback:

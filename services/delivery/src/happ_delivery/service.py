@@ -245,6 +245,7 @@ class DeliveryService:
         if channel is None or channel.status != "connected":
             await self._record(reply, "canceled", attempt)
             FINAL.labels(state="canceled").inc()
+            log.info("reply canceled: the channel is disconnected or gone")
             self._open(reply)
             return
         async with self._slots.hold(channel.id, channel.outgoing_url):
@@ -265,6 +266,12 @@ class DeliveryService:
         if outcome.ok:
             await self._record(reply, "delivered", attempt, outcome)
             FINAL.labels(state="delivered").inc()
+            log.info(
+                "reply delivered: attempt %d, HTTP %s in %.0f ms",
+                attempt,
+                outcome.status_code,
+                outcome.duration_ms,
+            )
             END_TO_END.observe(max(0.0, (datetime.now(UTC) - reply.created_at).total_seconds()))
             self._open(reply)
         elif attempt < self.max_attempts:
@@ -277,6 +284,13 @@ class DeliveryService:
                 reply, "retrying", attempt, outcome, partition=partition, next_attempt_at=due
             )
             await self._publish_retry(reply, attempt + 1, due)
+            log.info(
+                "reply attempt %d failed (%s); attempt %d due at %s",
+                attempt,
+                outcome.error_code,
+                attempt + 1,
+                due.isoformat(timespec="seconds"),
+            )
         else:
             await self._record(reply, "failed", attempt, outcome)
             FINAL.labels(state="failed").inc()

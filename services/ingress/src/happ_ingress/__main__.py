@@ -1,5 +1,4 @@
 from happ_common.service_runtime import serve
-from happ_common.settings import HappSettings
 from happ_ingress.app import create_app
 from happ_ingress.settings import IngressSettings
 
@@ -9,5 +8,4 @@ serve(
     host=settings.host,
     port=settings.port,
     service="ingress",
-    log_level=HappSettings().log_level,
 )

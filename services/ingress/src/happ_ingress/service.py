@@ -27,6 +27,7 @@ from happ_common.errors import (
 from happ_common.events import Attachment, InboundMessage
 from happ_common.ids import CHANNEL_ID_RE, conversation_key, new_log_id, new_message_id
 from happ_common.kafka import Publisher, PublishFailed
+from happ_common.log_context import message_context
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
 from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
@@ -104,6 +105,9 @@ class IngressService:
         else:
             outcome = result.status
             self._record(req, started, 200, None, result.message_id)
+            if outcome == "duplicate":
+                with message_context(channel_id=req.channel_id, message_id=result.message_id):
+                    log.info("duplicate of an accepted message: not enqueued again")
             return result
         finally:
             REQUESTS.labels(outcome=outcome).inc()
@@ -271,16 +275,21 @@ class IngressService:
             attachments=[Attachment.model_validate(a.model_dump()) for a in payload.attachments],
             received_at=datetime.now(UTC),
         )
-        try:
-            await self._publisher.publish(
-                INBOUND_MESSAGES, event, key=conversation_key(channel.id, payload.sender_id)
-            )
-        except PublishFailed as exc:
-            raise service_unavailable(
-                "The message could not be stored durably right now; retry after Retry-After "
-                "seconds.",
-                5,
-            ) from exc
+        with message_context(
+            channel_id=channel.id, conversation_id=payload.sender_id, message_id=message_id
+        ):
+            try:
+                await self._publisher.publish(
+                    INBOUND_MESSAGES, event, key=conversation_key(channel.id, payload.sender_id)
+                )
+            except PublishFailed as exc:
+                log.warning("message not accepted, the broker did not acknowledge: %s", exc)
+                raise service_unavailable(
+                    "The message could not be stored durably right now; retry after "
+                    "Retry-After seconds.",
+                    5,
+                ) from exc
+            log.info("message accepted")
 
     def _record(
         self,
