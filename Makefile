@@ -71,5 +71,9 @@ bench-publish: install ## Benchmark: CPU per Kafka publish, FastStream vs aiokaf
 bench-assistant: install ## Benchmark: replies/s of one assistant with a 1 s LLM, order checked
 	$(UV) run --frozen python bench/assistant.py
 
+.PHONY: asyncapi
+asyncapi: install ## Regenerate docs/asyncapi.json from the event models (happ_common.asyncapi)
+	$(UV) run --frozen python -m happ_devtools.asyncapi docs/asyncapi.json
+
 clean: ## Remove local data, caches and the virtualenv
 	rm -rf .happ .venv .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -14,6 +14,7 @@ from happ_assistant.llm import ChatModel, OfflineResponder, OpenAIChat
 from happ_assistant.repository import ConversationRepository
 from happ_assistant.service import AssistantService
 from happ_assistant.settings import AssistantServiceSettings
+from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
 from happ_common.dead_letters import DeadLetterPublisher
@@ -101,4 +102,5 @@ def create_app(
     app.add_middleware(HttpMetrics, service="assistant")
     # Late-bound: the lifespan sets both.
     app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
+    app.include_router(asyncapi_router())
     return app

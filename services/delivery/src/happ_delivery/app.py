@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
 from happ_common.dead_letters import DeadLetterPublisher
@@ -92,4 +93,5 @@ def create_app(
     app.add_middleware(HttpMetrics, service="delivery")
     # Late-bound: the lifespan sets both.
     app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
+    app.include_router(asyncapi_router())
     return app
