@@ -601,3 +601,45 @@ async def test_a_restart_mid_stream_loses_nothing_and_answers_nothing_twice(
             text = f"restart {c} message {j}"
             expected += [("user", text), ("assistant", f"Echo: {text}")]
         assert turns(last)[1:] == [*expected, ("user", final)]
+
+
+async def test_lag_and_oldest_unfinished_age_grow_while_a_partition_is_held_and_recover_after(
+    system: System,
+) -> None:
+    """What the stalled-consumer alerts read: a conversation whose LLM takes 1.5 s a
+    message holds its partition's committed offset; lag and the oldest record's age
+    climb while it does, and both fall back to 0 once it has caught up."""
+    channel_id, _ = await channel_with_model(system, ModelScript(delay_s=1.5))
+    sender = unique("held")
+    messages = [inbound(channel_id, sender, f"held {i}") for i in range(4)]
+    producer = AIOKafkaProducer(bootstrap_servers=system.stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(
+                INBOUND_MESSAGES,
+                m.model_dump_json().encode(),
+                key=conversation_key(channel_id, sender),
+            )
+            for m in messages
+        ]
+        partition = (await asyncio.gather(*sent))[0].partition
+    finally:
+        await producer.stop()
+    labels = f'{{consumer="assistant",partition="{partition}",topic="{INBOUND_MESSAGES}"}}'
+    age, lag = (
+        f"happ_pipeline_oldest_unfinished_age_seconds{labels}",
+        f"happ_pipeline_lag_records{labels}",
+    )
+    seen_age = seen_lag = 0.0
+
+    async def caught_up() -> bool:
+        nonlocal seen_age, seen_lag
+        now_age, now_lag = await metric(system, age), await metric(system, lag)
+        seen_age, seen_lag = max(seen_age, now_age), max(seen_lag, now_lag)
+        replies = await stored_replies(system, channel_id)
+        return len(replies) == 4 and now_age == 0 and now_lag == 0
+
+    await eventually(caught_up, 30, interval_s=0.25)
+    assert seen_age >= 2.5, seen_age  # the third record waited 3 s behind two others
+    assert seen_lag >= 2, seen_lag
