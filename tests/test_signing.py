@@ -31,6 +31,14 @@ def test_verify_accepts_any_current_secret_and_rejects_others() -> None:
     assert not verify_happ_signature([new], BODY, "sha256=")
 
 
+def test_verify_accepts_upper_case_hex_but_not_another_body() -> None:
+    secret = new_channel_secret()
+    upper = "sha256=" + happ_signature(secret, BODY).removeprefix("sha256=").upper()
+    assert verify_happ_signature([secret], BODY, upper)
+    assert verify_happ_signature([secret], BODY, upper.replace("sha256", "SHA256"))
+    assert not verify_happ_signature([secret], BODY + b"x", upper)
+
+
 def test_channel_secret_has_standard_webhooks_form() -> None:
     secret = new_channel_secret()
     assert secret.startswith("whsec_")

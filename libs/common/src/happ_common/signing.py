@@ -27,7 +27,8 @@ def verify_happ_signature(secrets: Iterable[str], body: bytes, header: str) -> b
     Every secret is checked, with a constant-time comparison, so the time taken
     does not tell which secret (if any) came close.
     """
-    candidate = header.strip().encode()
+    # Hex is case-insensitive: .NET's Convert.ToHexString, for one, writes upper case.
+    candidate = header.strip().lower().encode()
     ok = False
     for secret in secrets:
         expected = happ_signature(secret, body).encode()
