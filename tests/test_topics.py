@@ -18,6 +18,7 @@ from happ_common.topics import (
     ensure_topics,
     topic_configs,
 )
+from happ_devtools.local_stack import SERVICES
 from happ_devtools.procs import PYTHON, Child, free_port, wait_until
 from tests.conftest import System
 
@@ -74,7 +75,7 @@ async def test_a_missing_topic_is_refused(system: System) -> None:
     assert f"{retry} is missing" in str(refused.value)
 
 
-async def test_the_assistant_and_delivery_refuse_to_start_on_another_partition_count(
+async def test_every_service_refuses_to_start_on_another_partition_count_saying_why(
     system: System,
 ) -> None:
     # The session's topics have 6 partitions; these processes are told 5. They
@@ -84,8 +85,7 @@ async def test_the_assistant_and_delivery_refuse_to_start_on_another_partition_c
     env = {
         **system.stack.env(),
         "KAFKA_PARTITIONS": "5",
-        "HAPP_ASSISTANT_PORT": str(free_port()),
-        "HAPP_DELIVERY_PORT": str(free_port()),
+        **{f"HAPP_{name.upper()}_PORT": str(free_port()) for name in SERVICES},
     }
     children = [
         Child(
@@ -94,24 +94,30 @@ async def test_the_assistant_and_delivery_refuse_to_start_on_another_partition_c
             env=env,
             log_path=system.stack.logs / f"layout-{name}.log",
         ).start()
-        for name in ("assistant", "delivery")
+        for name in SERVICES
     ]
     try:
         await asyncio.to_thread(
             wait_until,
             lambda: all(c.poll() is not None for c in children),
-            60,
-            "the assistant and delivery to refuse the topic layout",
+            90,
+            "every service to refuse the topic layout",
         )
         for child in children:
             assert child.poll() != 0
             log = child.tail(400)
-            assert "TopicLayoutError" in log, log
-            assert "inbound.messages has 6 partitions" in log
-            assert "KAFKA_PARTITIONS is 5" in log
+            (refusal,) = [line for line in log.splitlines() if "refusing to start" in line]
+            assert '"level": "CRITICAL"' in refusal, refusal
+            assert "inbound.messages has 6 partitions" in refusal
+            assert "KAFKA_PARTITIONS is 5" in refusal
     finally:
         for child in children:
             await asyncio.to_thread(child.stop)
+
+
+async def test_missing_dead_letter_topics_are_refused(system: System) -> None:
+    with pytest.raises(TopicLayoutError, match=r"Dead-letter topics missing: nowhere\.dlq"):
+        await check_topic_layout(infra(system, 6), dead_letter_topics=("nowhere.dlq",))
 
 
 async def test_topics_are_created_with_min_insync_replicas_and_explicit_retention(

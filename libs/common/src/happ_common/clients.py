@@ -22,7 +22,7 @@ from happ_common.mongo import Document
 from happ_common.ops import ReadinessCheck
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import check_topic_layout, ensure_topics
+from happ_common.topics import TopicLayoutError, check_topic_layout, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,16 @@ class Clients:
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         return {"kafka": self.publisher.ping, "mongodb": lambda: mongo.ping(self.db)}
 
-    async def check_topic_layout(self) -> None:
-        """For the consumers, which rely on the topics being co-partitioned: raises
-        ``TopicLayoutError`` (startup fails) when they are not."""
-        await check_topic_layout(self.infra)
+
+async def _topics_ready(infra: InfraSettings) -> None:
+    """Create missing topics, then check all of them: every service refuses to start
+    on a layout that would reorder or strand messages, saying why in one line."""
+    await ensure_topics(infra)
+    try:
+        await check_topic_layout(infra)
+    except TopicLayoutError as exc:
+        log.critical("refusing to start: %s", exc)
+        raise
 
 
 @contextlib.asynccontextmanager
@@ -60,11 +66,13 @@ async def shared_clients(
     try:
         if wait_for_infrastructure:
             await mongo.ensure_indexes(db, happ)
-            await ensure_topics(infra)
+            await _topics_ready(infra)
         else:
             try:
-                await asyncio.wait_for(ensure_topics(infra), setup_timeout_s)
+                await asyncio.wait_for(_topics_ready(infra), setup_timeout_s)
                 await asyncio.wait_for(mongo.ensure_indexes(db, happ), setup_timeout_s)
+            except TopicLayoutError:
+                raise
             except Exception as exc:
                 log.warning("starting without topics or indexes checked: %s", exc)
         await publisher.start()

@@ -101,7 +101,9 @@ def topic_configs(infra: InfraSettings, topic: str) -> dict[str, str]:
 
 
 async def check_topic_layout(
-    infra: InfraSettings, topics: tuple[str, ...] = PIPELINE_TOPICS
+    infra: InfraSettings,
+    topics: tuple[str, ...] = PIPELINE_TOPICS,
+    dead_letter_topics: tuple[str, ...] = DEAD_LETTER_TOPICS,
 ) -> None:
     """Raise ``TopicLayoutError`` unless each topic exists with KAFKA_PARTITIONS partitions.
 
@@ -117,6 +119,12 @@ async def check_topic_layout(
     layout = {t: counts.get(t) for t in topics}
     if any(n != infra.kafka_partitions for n in layout.values()):
         raise TopicLayoutError(_layout_problem(layout, infra.kafka_partitions))
+    if missing := [t for t in dead_letter_topics if t not in counts]:
+        raise TopicLayoutError(
+            f"Dead-letter topics missing: {', '.join(missing)}; a record that can never be "
+            "handled would be retried forever instead of parked. Create them (any partition "
+            "count) or let HAPP create them (its principal needs CREATE on the cluster)."
+        )
 
 
 def _layout_problem(layout: dict[str, int | None], wanted: int) -> str:

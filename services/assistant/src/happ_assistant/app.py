@@ -53,7 +53,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher = EventPublisher(infra, client_id="happ-assistant")
         async with shared_clients(infra, happ, publisher) as clients:
-            await clients.check_topic_layout()
             model = chat_model(settings)
             repository = ConversationRepository(
                 clients.db, batch_wait_s=settings.db_batch_wait_s, batch_max=settings.db_batch_max

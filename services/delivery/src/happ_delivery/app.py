@@ -41,7 +41,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher = EventPublisher(infra, client_id="happ-delivery")
         async with shared_clients(infra, happ, publisher) as clients:
-            await clients.check_topic_layout()
             session = new_session(
                 ca_file=settings.ca_file,
                 allow_private=happ.allow_private_endpoints,
