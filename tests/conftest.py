@@ -24,8 +24,9 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from happ_devtools import fake_llm, receiver
+from happ_devtools import fake_collector, fake_llm, receiver
 from happ_devtools.certs import DevTls, dev_tls
+from happ_devtools.fake_collector import FakeCollector
 from happ_devtools.fake_llm import FakeLlm
 from happ_devtools.local_stack import SERVICES, LocalStack, StackConfig
 from happ_devtools.procs import free_port
@@ -49,6 +50,8 @@ class System:
     admin: httpx.AsyncClient
     http: httpx.AsyncClient
     db: AsyncDatabase[dict[str, Any]]
+    # The services' spans, when started with tracing (the session's system is).
+    collector: FakeCollector | None = None
 
     def url(self, service: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.stack.config.ports[service]}{path}"
@@ -75,7 +78,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> DevTls:
 
 @pytest_asyncio.fixture(scope="session")
 async def system(tls: DevTls, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    async with running_system(tls, tmp_path_factory.mktemp("happ"), FakeLlm()) as running:
+    async with running_system(
+        tls, tmp_path_factory.mktemp("happ"), FakeLlm(), tracing=True
+    ) as running:
         yield running
 
 
@@ -87,11 +92,13 @@ async def running_system(
     logs_to: Path = ARTIFACTS,
     *,
     kafka_tls: bool = False,
+    tracing: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[System]:
     """The whole system on a broker and database of its own, with ``llm`` and a
     receiver in this process; ``env`` overrides the services' test settings.
     ``kafka_tls``: the broker is reachable only over TLS (the test CA's certificate).
+    ``tracing``: the services export OpenTelemetry spans to a collector in this process.
     The services' logs are copied to ``logs_to`` at the end."""
     llm_port = free_port()
     llm_runner = await fake_llm.start(llm, llm_port)
@@ -100,7 +107,16 @@ async def running_system(
     rec_runner = await receiver.start(
         rec, rec_port, receiver.server_ssl(tls.cert_file, tls.key_file)
     )
-    stack = make_stack(data_dir, tls, llm_port, kafka_tls=kafka_tls, **(env or {}))
+    env = dict(env or {})
+    collector: FakeCollector | None = None
+    collector_runner = None
+    if tracing:
+        collector = FakeCollector()
+        collector_port = free_port()
+        collector_runner = await fake_collector.start(collector, collector_port)
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{collector_port}/v1/traces"
+        env["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # ms: spans reach the test quickly
+    stack = make_stack(data_dir, tls, llm_port, kafka_tls=kafka_tls, **env)
     config = stack.config
     try:
         await asyncio.to_thread(stack.start_infra)
@@ -117,7 +133,9 @@ async def running_system(
                 stack.mongodb_uri, tz_aware=True
             )
             try:
-                yield System(stack, tls, llm, rec, rec_port, admin, http, mongo_client["happ"])
+                yield System(
+                    stack, tls, llm, rec, rec_port, admin, http, mongo_client["happ"], collector
+                )
             finally:
                 await mongo_client.close()
     finally:
@@ -125,6 +143,8 @@ async def running_system(
         _keep_logs(stack, logs_to)
         await rec_runner.cleanup()
         await llm_runner.cleanup()
+        if collector_runner is not None:
+            await collector_runner.cleanup()
 
 
 def make_stack(

@@ -68,6 +68,16 @@ PIPELINE_HEADERS: dict[str, Any] = {
             "services publish (a new UUID per publish); absent on the ingress's records. "
             "HAPP does not read it.",
         },
+        "traceparent": {
+            "type": "string",
+            "pattern": r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            "description": "W3C trace context of the span that published the record, when "
+            "OpenTelemetry tracing is on (happ_common.tracing); the consumer's span continues it.",
+        },
+        "tracestate": {
+            "type": "string",
+            "description": "W3C trace state, with traceparent, when the trace carries any.",
+        },
         "happ-replayed-from": {
             "type": "string",
             "pattern": r"^[a-z.]+\.dlq:\d+:\d+$",
@@ -108,6 +118,8 @@ DEAD_LETTER_HEADERS: dict[str, Any] = {
             "description": "Empty: the value is the original record's, byte for byte.",
         },
         "correlation_id": PIPELINE_HEADERS["properties"]["correlation_id"],
+        "traceparent": PIPELINE_HEADERS["properties"]["traceparent"],
+        "tracestate": PIPELINE_HEADERS["properties"]["tracestate"],
     },
 }
 

@@ -24,6 +24,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
+from happ_common import tracing
 from happ_common.kafka_connection import client_options, faststream_security
 from happ_common.settings import InfraSettings
 
@@ -113,11 +114,15 @@ class DirectPublisher:
             await self._producer.stop()
 
     async def publish(self, topic: str, event: BaseModel, key: bytes) -> None:
-        await self._send(topic, event.model_dump_json().encode(), key, _HEADERS)
+        headers = _HEADERS
+        if tracing.enabled():
+            headers = _HEADERS + [(k, v.encode()) for k, v in tracing.outgoing_headers().items()]
+        await self._send(topic, event.model_dump_json().encode(), key, headers)
 
     async def publish_raw(
         self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
     ) -> None:
+        headers = {**headers, **tracing.outgoing_headers()}
         await self._send(topic, value, key, [(k, v.encode()) for k, v in headers.items()])
 
     async def _send(
@@ -177,6 +182,7 @@ class EventPublisher:
         self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
     ) -> None:
         started = time.perf_counter()
+        headers = {**headers, **tracing.outgoing_headers()}
         try:
             async with asyncio.timeout(self._timeout):
                 await self.broker.publish(value, topic, key=key, headers=headers)

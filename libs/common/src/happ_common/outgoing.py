@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
+from happ_common import tracing
 from happ_common.channels import Channel
 from happ_common.events import ASSISTANT, Attachment, AuthorType, ConversationEvent, OutboundReply
 from happ_common.ids import new_log_id
@@ -104,14 +106,26 @@ async def send_attempt(
     timestamp = int(time.time())
     body = render(reply, timestamp)
     headers = signed_headers(channel, reply.reply_id, timestamp, attempt, body)
-    outcome = await post_signed(
-        session,
-        channel.outgoing_url,
-        body,
-        headers,
-        timeout_s=timeout_s,
-        allow_private=allow_private,
-    )
+    with tracing.span(
+        "POST",
+        SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "POST",
+            "url.full": channel.outgoing_url,
+            "happ.reply_id": reply.reply_id,
+            "happ.attempt": attempt,
+        },
+    ):
+        # Not signed (the signatures cover the body): the endpoint's tracing continues.
+        headers.update(tracing.outgoing_headers())
+        outcome = await post_signed(
+            session,
+            channel.outgoing_url,
+            body,
+            headers,
+            timeout_s=timeout_s,
+            allow_private=allow_private,
+        )
     entry = LogEntry.model_construct(  # every field is ours: skip validation
         id=new_log_id(),
         channel_id=channel.id,

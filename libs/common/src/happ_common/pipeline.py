@@ -58,10 +58,12 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from bson.errors import BSONError
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pymongo.errors import PyMongoError
 
+from happ_common import tracing
 from happ_common.kafka import PublishFailed
 from happ_common.log_context import message_scope
 
@@ -543,7 +545,21 @@ class KeyedPipeline:
         In a log scope of its own: the handler binds the message it decoded, so
         this loop's lines about that record (failures, dead letters) carry it too.
         """
-        with message_scope():
+        with (
+            message_scope(),
+            tracing.span(
+                f"{record.topic} process",
+                SpanKind.CONSUMER,
+                parent=tracing.kafka_trace_headers(getattr(record, "headers", None)),
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": record.topic,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                    "messaging.consumer.group.name": self.config.group_id,
+                },
+            ),
+        ):
             return await self._handle_in_scope(record, part)
 
     async def _handle_in_scope(self, record: Record, part: _Partition) -> bool:

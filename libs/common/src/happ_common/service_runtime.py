@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from happ_common.log_context import log_handler
 from happ_common.settings import HappSettings
+from happ_common.tracing import setup_tracing
 
 
 def configure_logging(
@@ -46,6 +47,7 @@ def freeze_startup_heap() -> None:
 def serve(app: FastAPI, *, host: str, port: int, service: str) -> None:
     happ = HappSettings()
     configure_logging(service, happ.log_level, happ.log_format)
+    setup_tracing(service)
     uvicorn.run(
         app,
         host=host,

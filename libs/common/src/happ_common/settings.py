@@ -85,6 +85,22 @@ class InfraSettings(BaseSettings):
         return self
 
 
+class TracingSettings(BaseSettings):
+    """OpenTelemetry's own variables: tracing is on once an OTLP endpoint is set."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_service_name: str | None = None
+    otel_sdk_disabled: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+        return bool(endpoint) and not self.otel_sdk_disabled
+
+
 class HappSettings(BaseSettings):
     """Product-wide settings used by more than one service."""
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import re
 
+from opentelemetry.trace import SpanKind
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from happ_common import tracing
 from happ_common.errors import HappError, service_unavailable
 from happ_ingress.schemas import Accepted, Duplicate
 from happ_ingress.service import IncomingRequest, IngressService
@@ -92,16 +94,22 @@ class WebhookRoutes:
             except HappError as exc:
                 await service.record_rejection(channel_id, path, exc)
                 raise
-            result = await service.receive(
-                IncomingRequest(
-                    channel_id=channel_id,
-                    path=path,
-                    body=body,
-                    content_type=_text(headers.get(b"content-type")),
-                    signature=_text(headers.get(b"x-happ-signature")),
-                    idempotency_key=_text(headers.get(b"idempotency-key")),
+            with tracing.span(
+                "POST /webhook/{channel_id}",
+                SpanKind.SERVER,
+                parent=_trace_parent(headers) if tracing.enabled() else None,
+                attributes={"http.request.method": "POST", "happ.channel_id": channel_id},
+            ):
+                result = await service.receive(
+                    IncomingRequest(
+                        channel_id=channel_id,
+                        path=path,
+                        body=body,
+                        content_type=_text(headers.get(b"content-type")),
+                        signature=_text(headers.get(b"x-happ-signature")),
+                        idempotency_key=_text(headers.get(b"idempotency-key")),
+                    )
                 )
-            )
         except HappError as exc:
             response = exc.response()
         except Exception:
@@ -127,3 +135,12 @@ async def _send_ok(result: Accepted | Duplicate, send: Send) -> None:
     headers = [*_JSON, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _trace_parent(headers: dict[bytes, bytes]) -> dict[str, str]:
+    """The integrator's own trace context, if its request carried one."""
+    return {
+        name: value.decode("latin-1")
+        for name in tracing.TRACE_HEADERS
+        if (value := headers.get(name.encode())) is not None
+    }
