@@ -11,7 +11,7 @@ import pytest
 
 from happ_admin.app import create_app
 from happ_admin.settings import AdminSettings
-from happ_common.settings import HappSettings, InfraSettings
+from happ_common.settings import HappSettings
 from tests.conftest import ADMIN_TOKEN, System
 
 
@@ -26,10 +26,7 @@ async def admin_app(
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
         AdminSettings(token=tokens, cookie_secure=cookie_secure),
-        InfraSettings(
-            kafka_bootstrap_servers=system.stack.kafka_bootstrap,
-            mongodb_uri=system.stack.mongodb_uri,
-        ),
+        system.stack.infra(),
         HappSettings(allow_private_endpoints=allow_private),
     )
     async with (

@@ -28,6 +28,7 @@ async def test_broker_outage_gives_503_then_recovers(system: System) -> None:
     env = {
         **system.stack.env(),
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap_servers,
+        "KAFKA_PARTITIONS": str(infra.kafka_partitions),
         "HAPP_INGRESS_PORT": str(ingress_port),
         "HAPP_INGRESS_PUBLISH_TIMEOUT_S": "1",
     }
