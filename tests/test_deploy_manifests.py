@@ -37,6 +37,8 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 # Imported for their metrics: each module registers its happ_* metrics on import.
+import happ_admin.live
+import happ_admin.service_inbox
 import happ_assistant.service
 import happ_common.http_metrics
 import happ_common.pipeline
@@ -68,6 +70,8 @@ RUN_AS_UID = 10001
 Doc = dict[str, Any]
 
 _METRIC_MODULES = (
+    happ_admin.live,
+    happ_admin.service_inbox,
     happ_assistant.service,
     happ_common.http_metrics,
     happ_common.pipeline,
@@ -631,6 +635,8 @@ def test_every_alert_is_documented_and_shown_firing_in_a_unit_test() -> None:
         "HappDeliveryRetriesPilingUp",
         "HappAssistantFallbackRateHigh",
         "HappConsumerProcessingDelayHigh",
+        "HappConsumerStalled",
+        "HappConsumerAbsent",
         "HappRequestLogDropping",
     }
     assert expected <= set(names)
@@ -652,6 +658,67 @@ def test_every_alert_is_documented_and_shown_firing_in_a_unit_test() -> None:
     }
     assert set(names) <= firing, set(names) - firing
     assert set(names) <= quiet, set(names) - quiet
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (lower case, punctuation
+    other than - and _ dropped, spaces to -, repeats numbered)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if in_code or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(2).strip().lower()).replace(" ", "-")
+        candidate, n = slug, 0
+        while candidate in anchors:
+            n += 1
+            candidate = f"{slug}-{n}"
+        anchors.add(candidate)
+    return anchors
+
+
+def test_github_anchors_follow_githubs_rules() -> None:
+    text = (
+        "# Runbooks\n## HappServiceDown\n```\n# not a heading\n```\n## What? Now!\n## What? Now!\n"
+    )
+    assert github_anchors(text) == {"runbooks", "happservicedown", "what-now", "what-now-1"}
+
+
+def test_every_alert_links_its_runbook() -> None:
+    runbooks = ROOT / "docs" / "runbooks.md"
+    text = runbooks.read_text()
+    anchors = github_anchors(text)
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url")
+        assert url, f"{rule['alert']} has no runbook_url"
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbooks.md", url
+        assert (ROOT / path).is_file()
+        assert anchor == rule["alert"].lower(), url
+        assert anchor in anchors, f"{url}: no such heading in docs/runbooks.md"
+        # Each section says what it means, what to check and what to do.
+        section = text.split(f"## {rule['alert']}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Means.**", "**Check.**", "**Do.**"):
+            assert part in section, f"{rule['alert']}: the runbook has no {part}"
+    # No runbook for an alert that does not exist (a renamed alert leaves one behind).
+    names = {r["alert"] for r in alert_rules()}
+    sections = set(re.findall(r"^## (Happ\w+)$", text, flags=re.M))
+    assert sections == names, sections ^ names
+
+
+def test_runbooks_name_only_real_metrics_and_settings() -> None:
+    """A runbook that tells the on-call engineer to look at a metric or a setting
+    that does not exist wastes the minutes that matter."""
+    text = (ROOT / "docs" / "runbooks.md").read_text()
+    exported = set(REGISTRY._names_to_collectors)
+    metrics = set(re.findall(r"\b(happ_[a-z0-9_]*[a-z0-9])\b", text))
+    assert metrics, "the runbooks name no metric"
+    assert not metrics - exported, metrics - exported
+    settings = set(re.findall(r"\b((?:HAPP|KAFKA|MONGODB|OPENAI)_[A-Z0-9_]*[A-Z0-9])\b", text))
+    assert not settings - known_env_vars(), settings - known_env_vars()
 
 
 def promql_expressions() -> list[tuple[str, str]]:
