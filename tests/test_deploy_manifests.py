@@ -55,6 +55,7 @@ from happ_ingress.settings import IngressSettings
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager"
 GRAFANA = ROOT / "deploy" / "grafana"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -522,6 +523,7 @@ def test_compose_runs_the_whole_system(compose: Doc) -> None:
         "mongodb",
         "topics",
         "prometheus",
+        "alertmanager",
         "grafana",
         *SERVICES,
     }
@@ -592,6 +594,73 @@ def test_compose_mounts_the_monitoring_config(compose: Doc) -> None:
     dashboards_path = provider["providers"][0]["options"]["path"]
     assert mounts["grafana"]["./deploy/grafana/dashboards"] == dashboards_path
     assert mounts["grafana"]["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def compose_mount(service: Doc, target: str) -> str:
+    """The host path mounted at ``target``, with a ${VAR:-default} resolved to its default."""
+    for volume in service["volumes"]:
+        source, mounted = re.sub(r":(ro|rw)$", "", volume).rsplit(":", 1)
+        if mounted == target:
+            default = re.fullmatch(r"\$\{\w+:-([^}]*)\}", source)
+            return default.group(1) if default else source
+    raise AssertionError(f"nothing mounted at {target}")
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager(compose: Doc) -> None:
+    services = compose["services"]
+    alertmanager = services["alertmanager"]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    assert alertmanager["ports"] == ["127.0.0.1:9093:9093"]
+    flags = dict(arg.split("=", 1) for arg in alertmanager["command"])
+    config_path = flags["--config.file"]
+    assert compose_mount(alertmanager, config_path) == "./deploy/alertmanager/alertmanager.yml"
+    # The user's own file can replace it without editing the repository.
+    assert any(v.startswith("${HAPP_ALERTMANAGER_CONFIG:-") for v in alertmanager["volumes"])
+    assert "http://127.0.0.1:9093/-/ready" in alertmanager["healthcheck"]["test"]
+
+    prometheus = load_yaml(PROMETHEUS / "prometheus.yml")
+    (am,) = prometheus["alerting"]["alertmanagers"]
+    targets = [t for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert services["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+
+
+def test_alertmanager_routes_every_alert_to_a_documented_receiver() -> None:
+    path = ALERTMANAGER / "alertmanager.yml"
+    config = load_yaml(path)
+    receivers = {r["name"]: r for r in config["receivers"]}
+
+    def routes(route: Doc) -> Iterable[Doc]:
+        yield route
+        for child in route.get("routes", []):
+            yield from routes(child)
+
+    used = {r["receiver"] for r in routes(config["route"]) if "receiver" in r}
+    assert used == set(receivers), "a route names an unknown receiver, or one is unused"
+    (webhook,) = receivers[config["route"]["receiver"]]["webhook_configs"]
+    assert webhook["send_resolved"] is True
+    # A placeholder that can never reach anyone by accident, and says so.
+    assert webhook["url"].startswith("http://") and ".invalid/" in webhook["url"]
+    text = path.read_text()
+    assert "PLACEHOLDER" in text.split(webhook["url"], 1)[1].splitlines()[0]
+    assert "RECEIVER PLACEHOLDER" in text
+    # One notification per alert and per place it fires: every label the rules
+    # group or match by is a grouping label.
+    grouping = set(config["route"]["group_by"])
+    assert {"alertname", "job", "instance", "consumer", "topic", "partition"} <= grouping
+    # Critical alerts go somewhere with their own, shorter reminder.
+    (critical,) = [r for r in config["route"]["routes"] if 'severity="critical"' in r["matchers"]]
+    assert critical["repeat_interval"] < config["route"]["repeat_interval"]
+    for rule in config.get("inhibit_rules", []):
+        source = " ".join(rule["source_matchers"])
+        assert any(f'alertname="{r["alert"]}"' in source for r in alert_rules()), source
+    amtool = shutil.which("amtool")  # Debian package prometheus-alertmanager, when present
+    if amtool:
+        run([amtool, "check-config", str(path)])
+        routed = run(
+            [amtool, "config", "routes", "test", f"--config.file={path}", "severity=critical"]
+        )
+        assert routed.stdout.strip() == critical["receiver"]
 
 
 def test_prometheus_scrapes_every_service(compose: Doc, rendered: list[Doc]) -> None:
