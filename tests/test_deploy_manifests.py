@@ -50,7 +50,7 @@ import happ_delivery.service
 import happ_ingress.service
 from happ_admin.settings import AdminSettings
 from happ_assistant.settings import AssistantServiceSettings
-from happ_common.settings import HappSettings, InfraSettings
+from happ_common.settings import HappSettings, InfraSettings, TracingSettings
 from happ_common.topics import ALL_TOPICS, PIPELINE_TOPICS
 from happ_delivery.settings import DeliverySettings
 from happ_ingress.settings import IngressSettings
@@ -165,6 +165,7 @@ def known_env_vars() -> set[str]:
     classes: tuple[type[BaseSettings], ...] = (
         InfraSettings,
         HappSettings,
+        TracingSettings,
         IngressSettings,
         AdminSettings,
         AssistantServiceSettings,
@@ -498,15 +499,16 @@ def test_the_services_create_their_topics(rendered: list[Doc], rendered_full: li
     new image would fail while it exists): every service's startup does it."""
     for docs in (rendered, rendered_full):
         assert not [d for d in docs if d["kind"] in ("Job", "CronJob")]
-    clients = inspect.getsource(happ_common.clients.shared_clients)
+    # shared_clients, which every service enters at startup, creates the missing
+    # topics and checks the layout (tests/test_topics.py runs it on a broker).
+    clients = inspect.getsource(happ_common.clients)
     assert "await ensure_topics(infra)" in clients
+    assert "await check_topic_layout(infra)" in clients
+    startup = inspect.getsource(happ_common.clients.shared_clients)
+    assert "_topics_ready(infra)" in startup
     for name in SERVICES:
         app = (ROOT / f"services/{name}/src/happ_{name}/app.py").read_text()
         assert "shared_clients(" in app, name
-    # Before they consume, the workers check the layout they rely on.
-    for name in ("assistant", "delivery"):
-        app = (ROOT / f"services/{name}/src/happ_{name}/app.py").read_text()
-        assert "check_topic_layout()" in app, name
     config = generated(rendered, "ConfigMap", "happ-config")["data"]
     assert config["KAFKA_PARTITIONS"] == "12"
     assert set(PIPELINE_TOPICS) == {"inbound.messages", "outbound.replies", "delivery.retry"}
