@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import inspect
 import json
 import os
 import re
@@ -37,22 +38,28 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 # Imported for their metrics: each module registers its happ_* metrics on import.
+import happ_admin.live
+import happ_admin.service_inbox
 import happ_assistant.service
+import happ_common.clients
 import happ_common.http_metrics
 import happ_common.pipeline
 import happ_common.request_log
+import happ_common.service_runtime
 import happ_delivery.service
 import happ_ingress.service
 from happ_admin.settings import AdminSettings
 from happ_assistant.settings import AssistantServiceSettings
-from happ_common.settings import HappSettings, InfraSettings
+from happ_common.settings import HappSettings, InfraSettings, TracingSettings
 from happ_common.topics import ALL_TOPICS, PIPELINE_TOPICS
 from happ_delivery.settings import DeliverySettings
 from happ_ingress.settings import IngressSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
+EXAMPLE = ROOT / "deploy" / "examples" / "production"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager"
 GRAFANA = ROOT / "deploy" / "grafana"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -68,6 +75,8 @@ RUN_AS_UID = 10001
 Doc = dict[str, Any]
 
 _METRIC_MODULES = (
+    happ_admin.live,
+    happ_admin.service_inbox,
     happ_assistant.service,
     happ_common.http_metrics,
     happ_common.pipeline,
@@ -156,6 +165,7 @@ def known_env_vars() -> set[str]:
     classes: tuple[type[BaseSettings], ...] = (
         InfraSettings,
         HappSettings,
+        TracingSettings,
         IngressSettings,
         AdminSettings,
         AssistantServiceSettings,
@@ -180,9 +190,44 @@ def python_code_of(command: list[str]) -> str:
     return command[2]
 
 
+def generated(docs: Iterable[Doc], kind: str, name: str) -> Doc:
+    """An object a kustomize generator made: its name carries a content hash."""
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind and re.fullmatch(rf"{name}-[a-z0-9]{{10}}", d["metadata"]["name"])
+    ]
+    assert len(found) == 1, f"{len(found)} generated {kind}/{name}-<hash>"
+    return found[0]
+
+
+def overlay(tmp_path: Path, **fields: Any) -> list[Doc]:
+    """Render a kustomization in ``tmp_path`` over the base, as a user's overlay is."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, tmp_path)],
+        **fields,
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return kustomize(tmp_path)
+
+
+def config_env() -> dict[str, str]:
+    lines = (K8S / "config.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 @pytest.fixture(scope="module")
 def rendered() -> list[Doc]:
     return kustomize(K8S)
+
+
+@pytest.fixture(scope="module")
+def rendered_full(tmp_path_factory: pytest.TempPathFactory) -> list[Doc]:
+    """The base with every optional part (deploy/k8s/optional)."""
+    where = tmp_path_factory.mktemp("full")
+    return overlay(where, components=[os.path.relpath(K8S / "optional", where)])
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +241,11 @@ def compose() -> Doc:
 
 def test_kustomize_renders_every_object_in_the_namespace(rendered: list[Doc]) -> None:
     objects = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    config = generated(rendered, "ConfigMap", "happ-config")
     expected = {
         ("Namespace", NAMESPACE),
         ("ServiceAccount", "happ"),
-        ("ConfigMap", "happ-config"),
-        ("Secret", "happ-secrets"),
-        ("Job", "happ-create-topics"),
+        ("ConfigMap", config["metadata"]["name"]),
     }
     for name in SERVICES:
         expected |= {
@@ -209,6 +253,7 @@ def test_kustomize_renders_every_object_in_the_namespace(rendered: list[Doc]) ->
             ("Service", f"happ-{name}"),
             ("PodDisruptionBudget", f"happ-{name}"),
         }
+    # No Secret (yours is never overwritten) and no Job (nothing immutable to re-apply).
     assert objects == expected
     for d in rendered:
         if d["kind"] != "Namespace":
@@ -216,15 +261,31 @@ def test_kustomize_renders_every_object_in_the_namespace(rendered: list[Doc]) ->
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "happ"
 
 
+# Custom resources of the Prometheus Operator: no schema in kubernetes-validate;
+# their shape is checked in tests/test_deploy_k8s_optional.py.
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
 @pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
-def test_manifests_match_the_kubernetes_schemas(rendered: list[Doc], version: str) -> None:
-    errors = []
-    for d in rendered:
+@pytest.mark.parametrize("rendering", ["base", "base + optional", "example overlay"])
+def test_manifests_match_the_kubernetes_schemas(
+    rendered: list[Doc], rendered_full: list[Doc], rendering: str, version: str
+) -> None:
+    docs = {
+        "base": rendered,
+        "base + optional": rendered_full,
+        "example overlay": kustomize(EXAMPLE),
+    }[rendering]
+    errors, unchecked = [], set()
+    for d in docs:
         try:
             kubernetes_validate.validate(d, version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            unchecked.add(d["kind"])
         except kubernetes_validate.ValidationError as exc:
             errors.append(f"{d['kind']}/{d['metadata']['name']}: {exc.message}")
     assert not errors, "\n".join(errors)
+    assert unchecked <= OPERATOR_KINDS, unchecked
 
 
 def test_schema_validation_catches_mistakes(rendered: list[Doc]) -> None:
@@ -278,7 +339,8 @@ def test_deployment_runs_its_service_safely(rendered: list[Doc], name: str) -> N
     assert spec["enableServiceLinks"] is False
     assert spec["automountServiceAccountToken"] is False
 
-    assert {"configMapRef": {"name": "happ-config"}} in c["envFrom"]
+    config = generated(rendered, "ConfigMap", "happ-config")
+    assert c["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
     assert env["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == "happ-secrets"
 
     labels = pod["metadata"]["labels"]
@@ -296,36 +358,48 @@ def test_deployment_runs_its_service_safely(rendered: list[Doc], name: str) -> N
     assert deployment["spec"].get("replicas", 2) >= 2
 
 
-def test_secret_references_resolve(rendered: list[Doc]) -> None:
-    secret = find(rendered, "Secret", "happ-secrets")
-    config = find(rendered, "ConfigMap", "happ-config")
-    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
-    assert keys == {"HAPP_ADMIN_TOKEN", "OPENAI_API_KEY", "MONGODB_URI"}
-    # A template: no usable admin token is shipped (the admin refuses to start without one).
-    assert secret["stringData"]["HAPP_ADMIN_TOKEN"] == ""
-    for d in rendered:
-        if d["kind"] not in ("Deployment", "Job"):
-            continue
-        for c in d["spec"]["template"]["spec"]["containers"]:
-            for ref in c.get("envFrom", []):
-                assert ref == {"configMapRef": {"name": "happ-config"}}, ref
-            for e in c.get("env", []):
-                key_ref = e.get("valueFrom", {}).get("secretKeyRef")
-                if key_ref:
-                    assert key_ref["name"] == "happ-secrets"
-                    assert key_ref["key"] in keys
-    admin_env = {
-        e["name"]: e for e in container_of(find(rendered, "Deployment", "happ-admin"))["env"]
-    }
-    assert admin_env["HAPP_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "HAPP_ADMIN_TOKEN"
-    assistant = container_of(find(rendered, "Deployment", "happ-assistant"))
-    assistant_env = {e["name"]: e for e in assistant["env"]}
-    assert assistant_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "OPENAI_API_KEY"
+def secret_refs(docs: Iterable[Doc]) -> dict[str, dict[str, Doc]]:
+    """Per Deployment: env name -> its secretKeyRef."""
+    refs: dict[str, dict[str, Doc]] = {}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        refs.setdefault(d["metadata"]["name"], {})[e["name"]] = ref
+    return refs
+
+
+def test_secrets_come_from_happ_secrets_which_the_base_never_ships(rendered: list[Doc]) -> None:
+    # `kubectl apply -k` of a base with a Secret would overwrite the one you made.
+    assert not [d for d in rendered if d["kind"] == "Secret"]
+    refs = secret_refs(rendered)
+    assert set(refs) == {f"happ-{n}" for n in SERVICES}
+    for deployment, env in refs.items():
+        for name, ref in env.items():
+            assert ref["name"] == "happ-secrets", (deployment, name)
+            assert ref["key"] == name, (deployment, name)
+        # Required everywhere: where the data is.
+        assert "optional" not in env["MONGODB_URI"], deployment
+        # Only for Kafka clusters that want them: absent keys are fine.
+        for key in ("KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"):
+            assert env[key]["optional"] is True, (deployment, key)
+    assert "optional" not in refs["happ-admin"]["HAPP_ADMIN_TOKEN"]
+    assert refs["happ-assistant"]["OPENAI_API_KEY"]["optional"] is True
+    # Each service gets the secrets it uses, no more.
+    assert "HAPP_ADMIN_TOKEN" not in refs["happ-ingress"]
+    assert "OPENAI_API_KEY" not in refs["happ-delivery"]
     # Secrets stay out of the ConfigMap; an empty OPENAI_BASE_URL would break the
     # OpenAI client (it is not treated as unset), so it is absent unless configured.
-    for key in config["data"]:
+    config = generated(rendered, "ConfigMap", "happ-config")["data"]
+    for key in config:
         assert not re.search(r"TOKEN|API_KEY|PASSWORD|MONGODB_URI", key), key
-    assert config["data"].get("OPENAI_BASE_URL", "unset") != ""
+    assert config.get("OPENAI_BASE_URL", "unset") != ""
+    # The env file's values are taken literally by kustomize: no quotes, no comments.
+    for key, value in config_env().items():
+        assert not re.search(r"""["']|\s#""", value), f"{key}={value}"
+        assert config[key] == value
 
 
 def test_every_configured_variable_is_read_by_the_code(rendered: list[Doc], compose: Doc) -> None:
@@ -334,21 +408,66 @@ def test_every_configured_variable_is_read_by_the_code(rendered: list[Doc], comp
     for d in rendered:
         if d["kind"] == "ConfigMap":
             configured.setdefault("configmap", set()).update(d["data"])
-        if d["kind"] == "Secret":
-            configured.setdefault("secret", set()).update(d.get("stringData", {}))
-        if d["kind"] in ("Deployment", "Job"):
+        if d["kind"] == "Deployment":
             for c in d["spec"]["template"]["spec"]["containers"]:
                 names = {e["name"] for e in c.get("env", [])}
                 configured.setdefault(d["metadata"]["name"], set()).update(names)
+    # The settings config.env shows commented out, ready to use, must be real too.
+    commented = re.findall(r"^# ([A-Z][A-Z0-9_]+)=", (K8S / "config.env").read_text(), re.M)
+    configured["config.env (commented)"] = set(commented)
     for name, service in compose["services"].items():
         if service.get("image", "").startswith("${HAPP_IMAGE"):
             configured.setdefault(f"compose {name}", set()).update(service["environment"])
     unknown = {where: sorted(names - known) for where, names in configured.items()}
     assert not any(unknown.values()), unknown
     assert {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_PARTITIONS", "MONGODB_DB"} <= configured["configmap"]
+    assert {"KAFKA_SSL_CA_FILE", "KAFKA_SASL_MECHANISM"} <= set(commented)
+    # Each value the ConfigMap sets is one the settings accept.
+    config = generated(rendered, "ConfigMap", "happ-config")["data"]
+    settings: tuple[type[BaseSettings], ...] = (
+        InfraSettings,
+        HappSettings,
+        IngressSettings,
+        AssistantServiceSettings,
+        DeliverySettings,
+    )
+    for cls in settings:
+        cls.model_validate({})  # defaults are valid
+        prefix = cls.model_config.get("env_prefix") or ""
+        values = {
+            field: config[f"{prefix}{field}".upper()]
+            for field in cls.model_fields
+            if f"{prefix}{field}".upper() in config
+        }
+        cls.model_validate(values)
 
 
-def test_ingress_replicas_match_the_per_replica_rate_limit_share(rendered: list[Doc]) -> None:
+def test_config_change_rolls_the_pods(rendered: list[Doc], tmp_path: Path) -> None:
+    """Settings reach pods only at their start: a changed ConfigMap must give every
+    Deployment a changed pod template, or `kubectl apply -k` changes nothing running."""
+    before = generated(rendered, "ConfigMap", "happ-config")["metadata"]["name"]
+    docs = overlay(
+        tmp_path,
+        configMapGenerator=[
+            {
+                "name": "happ-config",
+                "namespace": NAMESPACE,
+                "behavior": "merge",
+                "literals": ["HAPP_LOG_LEVEL=DEBUG"],
+            }
+        ],
+    )
+    after = generated(docs, "ConfigMap", "happ-config")
+    assert after["metadata"]["name"] != before
+    assert after["data"]["HAPP_LOG_LEVEL"] == "DEBUG"
+    for name in SERVICES:
+        c = container_of(find(docs, "Deployment", f"happ-{name}"))
+        assert c["envFrom"] == [{"configMapRef": {"name": after["metadata"]["name"]}}]
+
+
+def test_ingress_replicas_match_the_per_replica_rate_limit_share(
+    rendered: list[Doc], rendered_full: list[Doc]
+) -> None:
     deployment = find(rendered, "Deployment", "happ-ingress")
     replicas = deployment["spec"]["replicas"]
     env = {
@@ -359,6 +478,15 @@ def test_ingress_replicas_match_the_per_replica_rate_limit_share(rendered: list[
     # must agree or a channel gets more (or less) than its limit.
     assert env["HAPP_INGRESS_REPLICAS"] == str(replicas)
     assert not [d for d in rendered if d["kind"] == "HorizontalPodAutoscaler"]
+    # The optional autoscalers leave the ingress alone.
+    for docs in (rendered, rendered_full):
+        scaled = {
+            d["spec"]["scaleTargetRef"]["name"]
+            for d in docs
+            if d["kind"] == "HorizontalPodAutoscaler"
+        }
+        assert "happ-ingress" not in scaled
+        assert find(docs, "Deployment", "happ-ingress")["spec"]["replicas"] == replicas
     rate_limit = ROOT / "services/ingress/src/happ_ingress/settings.py"
     assert "replicas: int" in rate_limit.read_text()
     deployment_text = (K8S / "ingress.yaml").read_text().split("\n---")[0]
@@ -366,38 +494,38 @@ def test_ingress_replicas_match_the_per_replica_rate_limit_share(rendered: list[
     assert "happ_ingress/rate_limit.py" in deployment_text
 
 
-def test_topics_job_creates_the_topics(rendered: list[Doc]) -> None:
-    job = find(rendered, "Job", "happ-create-topics")
-    c = job["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == f"{IMAGE}:{IMAGE_TAG}"
-    code = python_code_of(c["command"])
-    compile(code, "happ-create-topics", "exec")
-    assert "ensure_topics(InfraSettings())" in code
-    assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    config = find(rendered, "ConfigMap", "happ-config")["data"]
+def test_the_services_create_their_topics(rendered: list[Doc], rendered_full: list[Doc]) -> None:
+    """No Job creates the topics (its pod template is immutable: a re-apply with a
+    new image would fail while it exists): every service's startup does it."""
+    for docs in (rendered, rendered_full):
+        assert not [d for d in docs if d["kind"] in ("Job", "CronJob")]
+    # shared_clients, which every service enters at startup, creates the missing
+    # topics and checks the layout (tests/test_topics.py runs it on a broker).
+    clients = inspect.getsource(happ_common.clients)
+    assert "await ensure_topics(infra)" in clients
+    assert "await check_topic_layout(infra)" in clients
+    startup = inspect.getsource(happ_common.clients.shared_clients)
+    assert "_topics_ready(infra)" in startup
+    for name in SERVICES:
+        app = (ROOT / f"services/{name}/src/happ_{name}/app.py").read_text()
+        assert "shared_clients(" in app, name
+    config = generated(rendered, "ConfigMap", "happ-config")["data"]
     assert config["KAFKA_PARTITIONS"] == "12"
     assert set(PIPELINE_TOPICS) == {"inbound.messages", "outbound.replies", "delivery.retry"}
     assert set(ALL_TOPICS) - set(PIPELINE_TOPICS) == {f"{t}.dlq" for t in PIPELINE_TOPICS}
 
 
-def test_overlay_from_the_readme_replaces_secret_and_merges_config(tmp_path: Path) -> None:
+def test_overlay_from_the_readme_generates_the_secret_and_merges_config(
+    rendered: list[Doc], tmp_path: Path
+) -> None:
     """The workflow deploy/k8s/README.md documents renders as it says."""
     (tmp_path / "secrets.env").write_text(
         "HAPP_ADMIN_TOKEN=t0ken\nOPENAI_API_KEY=sk-test\nMONGODB_URI=mongodb://u:p@db:27017\n"
     )
-    overlay = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S, tmp_path)],
+    fields: Doc = {
         "images": [{"name": IMAGE, "newName": "registry.example.com/happ", "newTag": "9.9.9"}],
         "secretGenerator": [
-            {
-                "name": "happ-secrets",
-                "namespace": NAMESPACE,
-                "behavior": "replace",
-                "envs": ["secrets.env"],
-            }
+            {"name": "happ-secrets", "namespace": NAMESPACE, "envs": ["secrets.env"]}
         ],
         "configMapGenerator": [
             {
@@ -408,22 +536,67 @@ def test_overlay_from_the_readme_replaces_secret_and_merges_config(tmp_path: Pat
             }
         ],
     }
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
-    docs = kustomize(tmp_path)
-    secret = find(docs, "Secret", "happ-secrets")
-    assert "stringData" not in secret
+    docs = overlay(tmp_path, **fields)
+    secret = generated(docs, "Secret", "happ-secrets")
     assert base64.b64decode(secret["data"]["HAPP_ADMIN_TOKEN"]) == b"t0ken"
-    config = find(docs, "ConfigMap", "happ-config")["data"]
+    # Every reference follows the generated name, so a changed secret rolls the pods.
+    for deployment, env in secret_refs(docs).items():
+        for name, ref in env.items():
+            assert ref["name"] == secret["metadata"]["name"], (deployment, name)
+    config = generated(docs, "ConfigMap", "happ-config")["data"]
     assert config["KAFKA_BOOTSTRAP_SERVERS"] == "broker:9092"
     assert config["KAFKA_PARTITIONS"] == "12"
     for name in SERVICES:
         c = container_of(find(docs, "Deployment", f"happ-{name}"))
         assert c["image"] == "registry.example.com/happ:9.9.9"
 
+    (tmp_path / "secrets.env").write_text("HAPP_ADMIN_TOKEN=an0ther\n")
+    rotated = generated(overlay(tmp_path, **fields), "Secret", "happ-secrets")
+    assert rotated["metadata"]["name"] != secret["metadata"]["name"]
 
-def test_optional_servicemonitor_selects_the_services(rendered: list[Doc]) -> None:
-    monitor = load_yaml(K8S / "optional" / "servicemonitor.yaml")
-    assert monitor["kind"] == "ServiceMonitor"
+    # The README's commands and the manifests agree.
+    readme = (K8S / "README.md").read_text()
+    assert "kubectl -n happ create secret generic happ-secrets" in readme
+    assert "secretGenerator:" in readme
+    assert "behavior: replace" not in readme, "the base has no Secret to replace"
+
+
+def test_termination_grace_covers_the_work_in_flight(rendered: list[Doc], compose: Doc) -> None:
+    """SIGKILL must not come before a service has finished what it may finish."""
+    config = generated(rendered, "ConfigMap", "happ-config")["data"]
+    runtime = inspect.getsource(happ_common.service_runtime)
+    match = re.search(r"timeout_graceful_shutdown=(\d+)", runtime)
+    assert match, "uvicorn's graceful shutdown timeout moved"
+    uvicorn_grace = int(match.group(1))
+    # What one unit of work in flight may still take once SIGTERM arrives.
+    in_flight = {
+        "ingress": float(config["HAPP_INGRESS_PUBLISH_TIMEOUT_S"]),
+        "admin": float(config["HAPP_DELIVERY_TIMEOUT_S"]),  # "Send test"
+        "assistant": float(config["HAPP_ASSISTANT_LLM_TIMEOUT_S"]) + 5,
+        "delivery": float(config["HAPP_DELIVERY_TIMEOUT_S"]) + 5,
+    }
+    for name, work in in_flight.items():
+        deployment = find(rendered, "Deployment", f"happ-{name}")
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        pre_stop = container_of(deployment).get("lifecycle", {}).get("preStop")
+        if pre_stop:
+            assert pre_stop["exec"]["command"][0] == "sleep"
+        pause = int(pre_stop["exec"]["command"][1]) if pre_stop else 0
+        margin = 5  # commit, leave the group, close the clients
+        assert grace >= pause + uvicorn_grace + work + margin, (name, grace)
+        # docker compose: the same, without the preStop pause.
+        stop = compose["services"][name]["stop_grace_period"]
+        assert stop == f"{grace}s", (name, stop)
+    # The delivery's own shutdown grace is derived from the same timeout.
+    delivery_app = (ROOT / "services/delivery/src/happ_delivery/app.py").read_text()
+    assert "revoke_grace_s=settings.timeout_s + 5" in delivery_app
+    for name in ("assistant", "delivery"):
+        assert "longest work in flight" in (K8S / f"{name}.yaml").read_text(), name
+
+
+def test_optional_servicemonitor_selects_the_services(rendered_full: list[Doc]) -> None:
+    monitor = find(rendered_full, "ServiceMonitor", "happ")
+    assert monitor["metadata"]["namespace"] == NAMESPACE
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
     selector = monitor["spec"]["selector"]["matchLabels"]
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -431,10 +604,16 @@ def test_optional_servicemonitor_selects_the_services(rendered: list[Doc]) -> No
     assert endpoint["honorLabels"] is True  # keep the metrics' own `service` label
     selected = [
         d
-        for d in rendered
+        for d in rendered_full
         if d["kind"] == "Service" and selector.items() <= d["metadata"]["labels"].items()
     ]
     assert {s["metadata"]["name"] for s in selected} == {f"happ-{n}" for n in SERVICES}
+    # The job label: each Service's value of jobLabel, the names compose's jobs have.
+    jobs = {s["metadata"]["labels"][monitor["spec"]["jobLabel"]] for s in selected}
+    compose_jobs = {
+        j["job_name"] for j in load_yaml(PROMETHEUS / "prometheus.yml")["scrape_configs"]
+    }
+    assert jobs == {f"happ-{n}" for n in SERVICES} and jobs <= compose_jobs
     for s in selected:
         assert endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
 
@@ -518,6 +697,7 @@ def test_compose_runs_the_whole_system(compose: Doc) -> None:
         "mongodb",
         "topics",
         "prometheus",
+        "alertmanager",
         "grafana",
         *SERVICES,
     }
@@ -590,6 +770,73 @@ def test_compose_mounts_the_monitoring_config(compose: Doc) -> None:
     assert mounts["grafana"]["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
 
 
+def compose_mount(service: Doc, target: str) -> str:
+    """The host path mounted at ``target``, with a ${VAR:-default} resolved to its default."""
+    for volume in service["volumes"]:
+        source, mounted = re.sub(r":(ro|rw)$", "", volume).rsplit(":", 1)
+        if mounted == target:
+            default = re.fullmatch(r"\$\{\w+:-([^}]*)\}", source)
+            return default.group(1) if default else source
+    raise AssertionError(f"nothing mounted at {target}")
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager(compose: Doc) -> None:
+    services = compose["services"]
+    alertmanager = services["alertmanager"]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    assert alertmanager["ports"] == ["127.0.0.1:9093:9093"]
+    flags = dict(arg.split("=", 1) for arg in alertmanager["command"])
+    config_path = flags["--config.file"]
+    assert compose_mount(alertmanager, config_path) == "./deploy/alertmanager/alertmanager.yml"
+    # The user's own file can replace it without editing the repository.
+    assert any(v.startswith("${HAPP_ALERTMANAGER_CONFIG:-") for v in alertmanager["volumes"])
+    assert "http://127.0.0.1:9093/-/ready" in alertmanager["healthcheck"]["test"]
+
+    prometheus = load_yaml(PROMETHEUS / "prometheus.yml")
+    (am,) = prometheus["alerting"]["alertmanagers"]
+    targets = [t for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert services["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+
+
+def test_alertmanager_routes_every_alert_to_a_documented_receiver() -> None:
+    path = ALERTMANAGER / "alertmanager.yml"
+    config = load_yaml(path)
+    receivers = {r["name"]: r for r in config["receivers"]}
+
+    def routes(route: Doc) -> Iterable[Doc]:
+        yield route
+        for child in route.get("routes", []):
+            yield from routes(child)
+
+    used = {r["receiver"] for r in routes(config["route"]) if "receiver" in r}
+    assert used == set(receivers), "a route names an unknown receiver, or one is unused"
+    (webhook,) = receivers[config["route"]["receiver"]]["webhook_configs"]
+    assert webhook["send_resolved"] is True
+    # A placeholder that can never reach anyone by accident, and says so.
+    assert webhook["url"].startswith("http://") and ".invalid/" in webhook["url"]
+    text = path.read_text()
+    assert "PLACEHOLDER" in text.split(webhook["url"], 1)[1].splitlines()[0]
+    assert "RECEIVER PLACEHOLDER" in text
+    # One notification per alert and per place it fires: every label the rules
+    # group or match by is a grouping label.
+    grouping = set(config["route"]["group_by"])
+    assert {"alertname", "job", "instance", "consumer", "topic", "partition"} <= grouping
+    # Critical alerts go somewhere with their own, shorter reminder.
+    (critical,) = [r for r in config["route"]["routes"] if 'severity="critical"' in r["matchers"]]
+    assert critical["repeat_interval"] < config["route"]["repeat_interval"]
+    for rule in config.get("inhibit_rules", []):
+        source = " ".join(rule["source_matchers"])
+        assert any(f'alertname="{r["alert"]}"' in source for r in alert_rules()), source
+    amtool = shutil.which("amtool")  # Debian package prometheus-alertmanager, when present
+    if amtool:
+        run([amtool, "check-config", str(path)])
+        routed = run(
+            [amtool, "config", "routes", "test", f"--config.file={path}", "severity=critical"]
+        )
+        assert routed.stdout.strip() == critical["receiver"]
+
+
 def test_prometheus_scrapes_every_service(compose: Doc, rendered: list[Doc]) -> None:
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     jobs = {
@@ -631,6 +878,8 @@ def test_every_alert_is_documented_and_shown_firing_in_a_unit_test() -> None:
         "HappDeliveryRetriesPilingUp",
         "HappAssistantFallbackRateHigh",
         "HappConsumerProcessingDelayHigh",
+        "HappConsumerStalled",
+        "HappConsumerAbsent",
         "HappRequestLogDropping",
     }
     assert expected <= set(names)
@@ -652,6 +901,67 @@ def test_every_alert_is_documented_and_shown_firing_in_a_unit_test() -> None:
     }
     assert set(names) <= firing, set(names) - firing
     assert set(names) <= quiet, set(names) - quiet
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (lower case, punctuation
+    other than - and _ dropped, spaces to -, repeats numbered)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if in_code or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(2).strip().lower()).replace(" ", "-")
+        candidate, n = slug, 0
+        while candidate in anchors:
+            n += 1
+            candidate = f"{slug}-{n}"
+        anchors.add(candidate)
+    return anchors
+
+
+def test_github_anchors_follow_githubs_rules() -> None:
+    text = (
+        "# Runbooks\n## HappServiceDown\n```\n# not a heading\n```\n## What? Now!\n## What? Now!\n"
+    )
+    assert github_anchors(text) == {"runbooks", "happservicedown", "what-now", "what-now-1"}
+
+
+def test_every_alert_links_its_runbook() -> None:
+    runbooks = ROOT / "docs" / "runbooks.md"
+    text = runbooks.read_text()
+    anchors = github_anchors(text)
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url")
+        assert url, f"{rule['alert']} has no runbook_url"
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbooks.md", url
+        assert (ROOT / path).is_file()
+        assert anchor == rule["alert"].lower(), url
+        assert anchor in anchors, f"{url}: no such heading in docs/runbooks.md"
+        # Each section says what it means, what to check and what to do.
+        section = text.split(f"## {rule['alert']}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Means.**", "**Check.**", "**Do.**"):
+            assert part in section, f"{rule['alert']}: the runbook has no {part}"
+    # No runbook for an alert that does not exist (a renamed alert leaves one behind).
+    names = {r["alert"] for r in alert_rules()}
+    sections = set(re.findall(r"^## (Happ\w+)$", text, flags=re.M))
+    assert sections == names, sections ^ names
+
+
+def test_runbooks_name_only_real_metrics_and_settings() -> None:
+    """A runbook that tells the on-call engineer to look at a metric or a setting
+    that does not exist wastes the minutes that matter."""
+    text = (ROOT / "docs" / "runbooks.md").read_text()
+    exported = set(REGISTRY._names_to_collectors)
+    metrics = set(re.findall(r"\b(happ_[a-z0-9_]*[a-z0-9])\b", text))
+    assert metrics, "the runbooks name no metric"
+    assert not metrics - exported, metrics - exported
+    settings = set(re.findall(r"\b((?:HAPP|KAFKA|MONGODB|OPENAI)_[A-Z0-9_]*[A-Z0-9])\b", text))
+    assert not settings - known_env_vars(), settings - known_env_vars()
 
 
 def promql_expressions() -> list[tuple[str, str]]:
