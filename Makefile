@@ -17,7 +17,7 @@ bootstrap: ## Install uv if this machine has none
 
 # Debian packages the tests use: Chromium for the browser tests (never a
 # downloaded browser), promtool for the alert rules. Installed only when missing.
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus stunnel4:stunnel4
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus amtool:prometheus-alertmanager stunnel4:stunnel4
 system-deps: ## Install the Debian packages the tests need, if missing
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

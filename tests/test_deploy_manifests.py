@@ -828,13 +828,11 @@ def test_alertmanager_routes_every_alert_to_a_documented_receiver() -> None:
     for rule in config.get("inhibit_rules", []):
         source = " ".join(rule["source_matchers"])
         assert any(f'alertname="{r["alert"]}"' in source for r in alert_rules()), source
-    amtool = shutil.which("amtool")  # Debian package prometheus-alertmanager, when present
-    if amtool:
-        run([amtool, "check-config", str(path)])
-        routed = run(
-            [amtool, "config", "routes", "test", f"--config.file={path}", "severity=critical"]
-        )
-        assert routed.stdout.strip() == critical["receiver"]
+    amtool = shutil.which("amtool")  # Debian package prometheus-alertmanager (make system-deps)
+    assert amtool, "amtool is missing: run make system-deps"
+    run([amtool, "check-config", str(path)])
+    routed = run([amtool, "config", "routes", "test", f"--config.file={path}", "severity=critical"])
+    assert routed.stdout.strip() == critical["receiver"]
 
 
 def test_prometheus_scrapes_every_service(compose: Doc, rendered: list[Doc]) -> None:
