@@ -93,8 +93,9 @@ def inbound(channel_id: str, sender: str, text: str, **fields: Any) -> InboundMe
     )
 
 
-async def produce(system: System, messages: list[InboundMessage]) -> None:
-    """Straight onto inbound.messages, keyed by conversation, in list order."""
+async def produce(system: System, messages: list[InboundMessage]) -> list[int]:
+    """Straight onto inbound.messages, keyed by conversation, in list order; the
+    partition of each."""
     producer = AIOKafkaProducer(bootstrap_servers=system.stack.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -106,7 +107,7 @@ async def produce(system: System, messages: list[InboundMessage]) -> None:
             )
             for m in messages
         ]
-        await asyncio.gather(*sent)
+        return [metadata.partition for metadata in await asyncio.gather(*sent)]
     finally:
         await producer.stop()
 
@@ -612,20 +613,7 @@ async def test_lag_and_oldest_unfinished_age_grow_while_a_partition_is_held_and_
     channel_id, _ = await channel_with_model(system, ModelScript(delay_s=1.5))
     sender = unique("held")
     messages = [inbound(channel_id, sender, f"held {i}") for i in range(4)]
-    producer = AIOKafkaProducer(bootstrap_servers=system.stack.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        sent = [
-            await producer.send(
-                INBOUND_MESSAGES,
-                m.model_dump_json().encode(),
-                key=conversation_key(channel_id, sender),
-            )
-            for m in messages
-        ]
-        partition = (await asyncio.gather(*sent))[0].partition
-    finally:
-        await producer.stop()
+    partition = (await produce(system, messages))[0]
     labels = f'{{consumer="assistant",partition="{partition}",topic="{INBOUND_MESSAGES}"}}'
     age, lag = (
         f"happ_pipeline_oldest_unfinished_age_seconds{labels}",

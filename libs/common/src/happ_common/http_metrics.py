@@ -38,6 +38,19 @@ def service_version(service: str) -> str:
         return "unknown"
 
 
+class ResponseStatus:
+    """An ASGI ``send`` that remembers the status it sent (500 until it sends one)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 class HttpMetrics:
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
@@ -49,22 +62,17 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         except Exception:
             # The error handlers outside turn any escaped exception into a 503.
-            status = 503
+            response.status = 503
             raise
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "(unmatched)"
-            HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).inc()
+            HTTP_REQUESTS.labels(
+                self.service, scope["method"], template, str(response.status)
+            ).inc()
             HTTP_DURATION.labels(self.service, template).observe(time.perf_counter() - started)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from happ_common.http_metrics import ResponseStatus
 from happ_common.log_context import message_context
 
 log = logging.getLogger("happ_admin.actions")
@@ -28,16 +29,9 @@ class ActionLog:
         if scope["type"] != "http" or scope["method"] in _READS:
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         finally:
             route: Any = scope.get("route")
             params: dict[str, Any] = scope.get("path_params") or {}
@@ -47,5 +41,8 @@ class ActionLog:
                 message_id=params.get("message_id"),
             ):
                 log.info(
-                    "%s %s: %d", scope["method"], getattr(route, "path", scope["path"]), status
+                    "%s %s: %d",
+                    scope["method"],
+                    getattr(route, "path", scope["path"]),
+                    response.status,
                 )
