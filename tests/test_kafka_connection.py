@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from happ_common.kafka import DirectPublisher, EventPublisher
+from happ_common.kafka import DirectPublisher, EventPublisher, PublishFailed
 from happ_common.kafka_connection import client_options, faststream_security
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.settings import InfraSettings
@@ -270,3 +270,23 @@ async def test_producers_are_idempotent_unless_turned_off(system: System) -> Non
     )
     await plain.start()
     await plain.stop()
+
+
+async def test_a_producer_out_of_step_with_the_broker_reports_itself_dead() -> None:
+    """aiokafka cannot recover an idempotent producer from OutOfOrderSequenceNumber
+    (aio-libs/aiokafka#1017); the embedded broker has no idempotence to provoke it,
+    so the broker's answer is injected here: /healthz and /readyz must both fail."""
+    from aiokafka.errors import OutOfOrderSequenceNumber  # noqa: PLC0415
+
+    publisher = EventPublisher(InfraSettings(), client_id="probe-broken")
+
+    async def out_of_step(*_: Any, **__: Any) -> None:
+        raise OutOfOrderSequenceNumber()
+
+    publisher.broker.publish = out_of_step  # type: ignore[method-assign,assignment]
+    assert publisher.healthy()
+    with pytest.raises(PublishFailed):
+        await publisher.publish_raw("outbound.replies", b"{}", b"k", {})
+    assert not publisher.healthy()
+    with pytest.raises(PublishFailed, match="restart the process"):
+        await publisher.ping()

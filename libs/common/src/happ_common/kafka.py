@@ -20,6 +20,7 @@ import time
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidProducerEpoch, OutOfOrderSequenceNumber, UnknownProducerId
 from faststream.kafka import KafkaBroker
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
@@ -82,7 +83,11 @@ class DirectPublisher:
             **client_options(self._infra),
             client_id=self._client_id,
             acks="all",
-            enable_idempotence=self._infra.kafka_enable_idempotence,
+            # Not idempotent: an idempotent aiokafka producer never expires a batch,
+            # so a publish the caller was already answered 503 for could still land
+            # minutes later and, without a message_id, be answered twice. Repeats
+            # are the idempotency claim's job here.
+            enable_idempotence=False,
             linger_ms=1,  # concurrent requests share batches
             request_timeout_ms=int(self._timeout * 1000),
         )
@@ -150,11 +155,19 @@ class DirectPublisher:
             raise PublishFailed("Kafka broker unreachable")
 
 
+# An idempotent producer whose sequence numbers fell out of step with the broker
+# (a batch expired while a partition had no leader) fails every later publish to
+# that partition and aiokafka does not recover (aio-libs/aiokafka#1017): only a new
+# producer does, so the process reports itself dead and is restarted.
+_PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+
+
 class EventPublisher:
     """FastStream's ``KafkaBroker``, for the workers."""
 
     def __init__(self, infra: InfraSettings, *, client_id: str, timeout_s: float = 10.0) -> None:
         self._timeout = timeout_s
+        self.broken: str | None = None  # why this producer can publish no more
         self.broker = KafkaBroker(
             infra.kafka_bootstrap_servers,
             security=faststream_security(infra),
@@ -188,9 +201,17 @@ class EventPublisher:
                 await self.broker.publish(value, topic, key=key, headers=headers)
         except Exception as exc:
             PUBLISH_FAILURES.labels(topic).inc()
+            if isinstance(exc, _PRODUCER_BROKEN) and self.broken is None:
+                self.broken = f"{type(exc).__name__} on {topic}"
+                log.critical("the Kafka producer cannot recover (%s): restart", self.broken)
             raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
         PUBLISH_TIME.labels(topic).observe(time.perf_counter() - started)
 
+    def healthy(self) -> bool:
+        return self.broken is None
+
     async def ping(self) -> None:
+        if self.broken is not None:
+            raise PublishFailed(f"the producer is broken ({self.broken}); restart the process")
         if not await self.broker.ping(timeout=2.0):
             raise PublishFailed("Kafka broker unreachable")

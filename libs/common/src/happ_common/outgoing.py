@@ -17,6 +17,7 @@ from happ_common.events import ASSISTANT, Attachment, AuthorType, ConversationEv
 from happ_common.ids import new_log_id
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, cut
 from happ_common.signing import outgoing_headers
+from happ_common.urls import redacted_url
 from happ_common.webhook_client import AttemptOutcome, post_signed
 
 
@@ -111,7 +112,7 @@ async def send_attempt(
         SpanKind.CLIENT,
         attributes={
             "http.request.method": "POST",
-            "url.full": channel.outgoing_url,
+            "url.full": redacted_url(channel.outgoing_url),
             "happ.reply_id": reply.reply_id,
             "happ.attempt": attempt,
         },

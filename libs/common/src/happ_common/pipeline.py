@@ -234,7 +234,7 @@ class _Key:
 class PipelineConfig:
     name: str
     # Where and how to connect (happ_common.kafka_connection.client_options).
-    connection: dict[str, Any]
+    connection: dict[str, Any] = field(repr=False)  # may hold a SASL password
     group_id: str
     topics: tuple[str, ...]
     max_in_flight: int = 1024

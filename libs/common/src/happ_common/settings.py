@@ -44,9 +44,10 @@ class InfraSettings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    # Producers that publish replies, retries and messages dedupe their own
-    # resends on the broker. The embedded development broker refuses it
-    # (InitProducerId), so the local stack turns it off.
+    # The workers' producer (replies, retries, operators' commands) dedupes its own
+    # resends on the broker (the ingress's producer never: see kafka.py). The
+    # embedded development broker refuses it (InitProducerId), so the local stack
+    # turns it off.
     kafka_enable_idempotence: bool = True
 
     @model_validator(mode="after")

@@ -58,18 +58,30 @@ async def ensure_topics(infra: InfraSettings, topics: tuple[str, ...] = ALL_TOPI
         missing = [t for t in topics if t not in existing]
         if not missing:
             return
-        # Another process may win the race; the topic is there either way.
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
-                [
-                    NewTopic(
-                        t,
-                        infra.kafka_partitions,
-                        infra.kafka_replication_factor,
-                        topic_configs=topic_configs(infra, t),
-                    )
-                    for t in missing
-                ]
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    t,
+                    infra.kafka_partitions,
+                    infra.kafka_replication_factor,
+                    topic_configs=topic_configs(infra, t),
+                )
+                for t in missing
+            ]
+        )
+        # The broker answers per topic rather than raising. Another process may win
+        # the race (TopicAlreadyExists): the topic is there either way.
+        failed = [
+            # (topic, error_code[, error_message]) depending on the response's version
+            f"{entry[0]}: {(entry[2] if len(entry) > 2 else None) or f'error {entry[1]}'}"
+            for entry in response.topic_errors
+            if entry[1] not in (0, TopicAlreadyExistsError.errno)
+        ]
+        if failed:
+            raise TopicLayoutError(
+                f"Could not create the missing topics ({'; '.join(failed)}): create them "
+                "yourself as deploy/k8s/README.md says, or grant HAPP's principal CREATE "
+                "on the cluster."
             )
         log.info(
             "created topics %s with %d partitions, replication factor %d",

@@ -95,9 +95,11 @@ def outgoing_headers() -> dict[str, str]:
     return carrier
 
 
-def kafka_trace_headers(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str] | None:
+def kafka_trace_headers(
+    headers: Iterable[tuple[str, bytes | None]] | None,
+) -> dict[str, str] | None:
     """The trace headers of a Kafka record, if it has any (None while tracing is off)."""
     if _tracer is None or not headers:
         return None
-    found = {k: v.decode("latin-1") for k, v in headers if k in TRACE_HEADERS}
+    found = {k: v.decode("latin-1") for k, v in headers if k in TRACE_HEADERS and v is not None}
     return found or None

@@ -71,3 +71,12 @@ def resolve_and_check(url: str, *, allow_private: bool) -> None:
                 f"The outgoing URL's host {host!r} resolves to a private, loopback or "
                 "link-local address, which is not allowed.",
             )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without credentials or query, for traces: both may carry secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"

@@ -84,7 +84,7 @@ def create_app(
                 dead_letters=DeadLetterPublisher(publisher, "assistant"),
             )
             await pipeline.start()
-            app.state.alive = pipeline.healthy
+            app.state.alive = lambda: pipeline.healthy() and publisher.healthy()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
