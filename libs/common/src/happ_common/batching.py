@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -60,7 +61,9 @@ class Batcher(Generic[T, R]):
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(
+                self._max_wait, self._flush, context=contextvars.Context()
+            )
         return await future
 
     def _flush(self) -> None:
@@ -70,7 +73,9 @@ class Batcher(Generic[T, R]):
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._run(batch))
+        # The batch serves many messages: it must not log or trace as the one whose
+        # submit happened to start it.
+        task = asyncio.create_task(self._run(batch), context=contextvars.Context())
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 

@@ -9,6 +9,7 @@ every replica within that time plus one read.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -256,7 +257,11 @@ class ChannelCache:
             age = time.monotonic() - entry[0]
             if age < self._ttl:
                 if age > self._ttl / 2 and channel_id not in self._loading:
-                    task = asyncio.create_task(self._refresh(channel_id))
+                    # Not as part of the message that happened to find the entry
+                    # stale (its log fields, its trace).
+                    task = asyncio.create_task(
+                        self._refresh(channel_id), context=contextvars.Context()
+                    )
                     self._refreshing.add(task)
                     task.add_done_callback(self._refreshing.discard)
                 return entry[1]
