@@ -17,7 +17,10 @@ from tests.conftest import System, eventually
 
 def _lines(system: System, service: str) -> list[dict[str, Any]]:
     text = (system.stack.logs / f"{service}.log").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # The services keep logging while the test reads: a last line without its
+    # newline is still being written.
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 async def test_one_message_carries_the_same_message_id_in_all_four_services(
