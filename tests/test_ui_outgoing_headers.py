@@ -52,3 +52,12 @@ async def test_settings_show_headers_masked_and_edit_them(page: Page, system: Sy
     assert stored is not None
     assert stored["outgoing_headers"] == {"Authorization": "Bearer rotated", "X-Route": "eu-1"}
     assert "Bearer rotated" not in await page.content()
+
+    # The request log names the headers an attempt carried, masked.
+    test = (await system.admin.post(f"/api/channels/{channel['id']}/test")).json()
+    assert test["ok"], test
+    await open_channel(page, channel["id"], f"log/{test['log_id']}")
+    await expect(page.locator("[data-test=detail-headers]")).to_have_text(
+        "Authorization: ••••, X-Route: ••••"
+    )
+    assert "Bearer rotated" not in await page.content()
