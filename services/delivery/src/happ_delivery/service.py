@@ -163,6 +163,10 @@ class DeliveryService:
             TYPING.labels(outcome="dropped_disconnected").inc()
             return
         async with self._slots.hold(channel.id, channel.outgoing_url):
+            if self.gates.closed_by(_key(event)) is not None:
+                # Closed while this waited for a slot (a retry restored it).
+                TYPING.labels(outcome="dropped_behind_retry").inc()
+                return
             sent = await send_attempt(
                 self._session,
                 channel,
@@ -192,9 +196,15 @@ class DeliveryService:
             return "stale"
         if event.in_reply_to is not None:
             announced = output_ids_for(event.channel_id, event.in_reply_to)
-            states = await asyncio.gather(
-                *(self._repo.state(event.channel_id, i) for i in announced)
-            )
+            try:
+                states = await asyncio.gather(
+                    *(self._repo.state(event.channel_id, i) for i in announced)
+                )
+            except Exception as exc:
+                # Best-effort: an outage costs the typing event, it does not
+                # hold the conversation (the reply behind it waits it out).
+                log.warning("typing event: its reply's state is unreadable: %s", exc)
+                return "state_unreadable"
             if any(s is not None for s in states):
                 return "reply_sent"
         return None
