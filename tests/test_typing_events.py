@@ -241,3 +241,27 @@ async def test_a_typing_event_met_again_after_its_reply_or_too_late_is_dropped(
     await system.receiver.wait_for(path, 3)
     await asyncio.sleep(0.5)
     assert [r.json()["message_id"] for r in system.receiver.on_path(path)][2:] == ["typ_fresh"]
+
+
+async def test_a_hanging_typing_post_holds_the_reply_only_for_its_short_timeout(
+    system: System,
+) -> None:
+    # conftest: HAPP_DELIVERY_TIMEOUT_S=2, so the typing timeout is min(2, 2) s.
+    channel, _, path = await typing_channel(system)
+    system.receiver.decide[path] = lambda got: (
+        (200, 6.0) if got.json().get("event") == "typing" else (200, 0.0)
+    )
+    message_id = await say(system, channel, "u1", "Hello")
+    typing, reply = await system.receiver.wait_for(path, 2, timeout_s=20)
+    assert kinds([typing, reply]) == [("typing", message_id), ("reply", message_id)]
+    # The reply went once the typing POST timed out, long before the endpoint answered it.
+    assert 1.5 < reply.at - typing.at < 4.5
+    assert reply.headers["X-HAPP-Attempt"] == "1"
+
+    async def logged() -> bool:
+        entry = await system.db.request_log.find_one(
+            {"channel_id": channel["id"], "message_id": typing.json()["message_id"]}
+        )
+        return entry is not None and entry["error_code"] == "TIMEOUT"
+
+    await eventually(logged, timeout_s=10)
