@@ -442,7 +442,9 @@ async def test_request_log_filters_by_direction_status_and_time(system: System) 
         "response_body",
         "message_id",
         "attempt",
+        "outgoing_headers",  # null: only outgoing attempts of channels with headers have them
     }
+    assert entry["outgoing_headers"] is None
     assert entry["message_id"] == ok.json()["message_id"]
     assert entry["url"] == f"/webhook/{c['id']}"
     assert '"hello log"' in entry["request_body"]

@@ -57,7 +57,7 @@ type Reply struct {
 	InReplyTo   *string        `json:"in_reply_to"`
 	Timestamp   int64          `json:"timestamp"`
 	Author      Author         `json:"author"`
-	Event       string         `json:"event,omitempty"` // handoff, operator_joined, hand_back, closed
+	Event       string         `json:"event,omitempty"` // handoff, operator_joined, hand_back, closed, typing
 	Attachments []Attachment   `json:"attachments,omitempty"`
 	Test        bool           `json:"test,omitempty"`
 }

@@ -173,6 +173,11 @@ class Channel(ConversationRules):
     require_signature: bool = False
     rate_limit_per_second: int = 100
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
+    # Added to every POST to the endpoint (``custom_headers``); write-only
+    # through the admin API, never in the request log.
+    outgoing_headers: dict[str, str] = Field(default_factory=dict)
+    # Opt-in: a best-effort "typing" event before each answer the model writes.
+    typing_events: bool = False
     created_at: datetime
     updated_at: datetime
 

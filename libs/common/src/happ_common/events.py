@@ -29,6 +29,11 @@ AuthorType = Literal["assistant", "operator", "system"]
 # person took over a conversation already waiting for one; hand_back: to the
 # assistant again; closed.
 ConversationEvent = Literal["handoff", "operator_joined", "hand_back", "closed"]
+# typing: the assistant has started on the user's message (channels with
+# ``typing_events``). Outgoing only, never stored as a message: the delivery
+# service sends it once, best-effort, and drops it rather than send it late.
+TYPING: Literal["typing"] = "typing"
+OutboundEvent = Literal["handoff", "operator_joined", "hand_back", "closed", "typing"]
 
 
 class Author(BaseModel):
@@ -119,7 +124,7 @@ class OutboundReply(BaseModel):
     test: bool = False
     # None: the assistant (records from before authors existed).
     author: Author | None = None
-    event: ConversationEvent | None = None
+    event: OutboundEvent | None = None
     attachments: list[Attachment] = Field(default_factory=list)
     # Set by the admin API's resend: deliver again even if the last series ended.
     resend: bool = False

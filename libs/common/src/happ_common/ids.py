@@ -33,6 +33,21 @@ def reply_id_for(channel_id: str, message_id: str) -> str:
     return "rpl_" + uuid.uuid5(_REPLY_NAMESPACE, f"{channel_id}\n{message_id}").hex
 
 
+def output_ids_for(channel_id: str, message_id: str) -> tuple[str, str]:
+    """The ids of what may go out for a user's message: its reply (or notice),
+    and its handoff event. Derived from the message, so a redelivery finds them."""
+    return (
+        reply_id_for(channel_id, message_id),
+        reply_id_for(channel_id, message_id + "\nhandoff"),
+    )
+
+
+def typing_id_for(channel_id: str, message_id: str) -> str:
+    """The typing event announcing the answer to ``message_id``: derived like
+    the reply's, so a redelivery announces with the same id."""
+    return "typ_" + uuid.uuid5(_REPLY_NAMESPACE, f"{channel_id}\n{message_id}\ntyping").hex
+
+
 def new_channel_secret() -> str:
     """A Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from happ_common import tracing
 from happ_common.channels import Channel
-from happ_common.events import ASSISTANT, Attachment, AuthorType, ConversationEvent, OutboundReply
+from happ_common.custom_headers import masked
+from happ_common.events import ASSISTANT, Attachment, AuthorType, OutboundEvent, OutboundReply
 from happ_common.ids import new_log_id
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, cut
 from happ_common.signing import outgoing_headers
@@ -40,10 +41,10 @@ class OutgoingBody(BaseModel):
     reply: str
     channel: Literal["custom_messenger"] = "custom_messenger"
     # SPEC §6a: who wrote it; ``event`` only on notices about the conversation
-    # (a handoff to a person, a hand-back, a close), ``attachments`` only when an
-    # operator sent some.
+    # (a handoff to a person, a hand-back, a close) and on typing events,
+    # ``attachments`` only when an operator sent some.
     author: OutgoingAuthor
-    event: ConversationEvent | None = None
+    event: OutboundEvent | None = None
     attachments: list[Attachment] | None = None
     test: bool | None = None
 
@@ -106,7 +107,10 @@ async def send_attempt(
     """
     timestamp = int(time.time())
     body = render(reply, timestamp)
-    headers = signed_headers(channel, reply.reply_id, timestamp, attempt, body)
+    # The channel's own headers first, HAPP's over them: the admin API refuses
+    # a name of HAPP's, and should one be stored anyway, the signature wins.
+    headers = {**channel.outgoing_headers}
+    headers.update(signed_headers(channel, reply.reply_id, timestamp, attempt, body))
     with tracing.span(
         "POST",
         SpanKind.CLIENT,
@@ -141,5 +145,7 @@ async def send_attempt(
         response_body=outcome.response_body or outcome.error_message,
         message_id=reply.reply_id,
         attempt=attempt,
+        # Names only: the values are credentials.
+        outgoing_headers=masked(channel.outgoing_headers) or None,
     )
     return SentAttempt(outcome, entry)

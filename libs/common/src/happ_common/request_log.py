@@ -10,7 +10,8 @@ end or holding up a request. The oldest go, not the newest: once the database is
 back, the entries an operator looks for are the recent ones (what integrators
 are sending now, how the last deliveries went), while the start of an outage is
 told by the metrics, this warning and the services' own logs.
-Signatures and secrets never enter an entry: callers pass bodies, not headers.
+Signatures and secrets never enter an entry: callers pass bodies, not headers
+(an outgoing attempt's channel headers are kept by name, their values masked).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class LogEntry(BaseModel):
     response_body: str | None = None
     message_id: str | None = None
     attempt: int | None = None
+    # An outgoing attempt's channel headers (``custom_headers``): {name: MASK},
+    # never a value.
+    outgoing_headers: dict[str, str] | None = None
 
 
 def cut(text: str | bytes | None, limit: int) -> str | None:
@@ -103,10 +107,13 @@ class RequestLogWriter:
         return len(self._buffer)
 
     def add(self, entry: LogEntry) -> None:
-        # Every field is a scalar, so the instance's own dict is the document:
-        # cheaper than model_dump on the ingress's hot path, same content.
+        # Every field is a scalar (or a small dict of strings), so the instance's
+        # own dict is the document: cheaper than model_dump on the ingress's hot
+        # path, same content.
         doc = dict(entry.__dict__)
         doc["_id"] = doc.pop("id")
+        if doc.get("outgoing_headers") is None:
+            doc.pop("outgoing_headers", None)  # most entries: no field rather than a null
         size = _ENTRY_OVERHEAD + sum(sys.getsizeof(doc[k]) for k in _BODIES if doc[k] is not None)
         self._buffer.append((doc, size))
         self.buffered_bytes += size

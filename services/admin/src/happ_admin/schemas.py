@@ -30,9 +30,21 @@ from happ_common.channels import (
     WorkingHours,
 )
 from happ_common.conversation_state import ConversationDoc, ConversationState
+from happ_common.custom_headers import MASK, MAX_HEADERS, masked
 from happ_common.events import Attachment, Author, ConversationEvent
 from happ_common.messages import Handling, LlmTrace, MessageStatus, Role, StoredMessage
 from happ_common.request_log import Direction, LogEntry
+
+OUTGOING_HEADERS_DOC = (
+    "Headers added to every POST to the endpoint, {name: value}: RFC 7230 names, printable "
+    f"ASCII values without line breaks, at most {MAX_HEADERS}; HAPP's own headers "
+    "(Content-Type, X-HAPP-*, webhook-*, traceparent, Host, ...) cannot be overridden. "
+    "Values are write-only: answers show each as '" + MASK + "'."
+)
+TYPING_EVENTS_DOC = (
+    'Send a best-effort {"event": "typing"} before each answer the assistant writes '
+    "(one attempt, never retried, never after the reply)."
+)
 
 
 def _strip(value: object) -> object:
@@ -50,6 +62,12 @@ class ChannelCreate(ConversationRules):
     require_signature: bool = False
     rate_limit_per_second: int = Field(default=100, ge=1, le=100_000)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
+    outgoing_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description=OUTGOING_HEADERS_DOC,
+        examples=[{"Authorization": "Bearer gw-token"}],
+    )
+    typing_events: bool = Field(default=False, description=TYPING_EVENTS_DOC)
 
     _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
 
@@ -76,6 +94,12 @@ class ChannelUpdate(BaseModel):
     require_signature: bool | None = None
     rate_limit_per_second: int | None = Field(default=None, ge=1, le=100_000)
     assistant: AssistantPatch | None = None
+    # Merged by name (any case): a value sets or replaces that header, null
+    # removes it, names not sent keep their values.
+    outgoing_headers: dict[str, str | None] | None = Field(
+        default=None, description=OUTGOING_HEADERS_DOC + " In a PATCH, null removes a header."
+    )
+    typing_events: bool | None = Field(default=None, description=TYPING_EVENTS_DOC)
     # SPEC §6a. Lists are replaced whole. For the three optional settings an
     # explicit null clears them (no working hours, no off-hours text, no rate).
     mode: ChannelMode | None = None
@@ -123,6 +147,11 @@ class ChannelOut(ConversationRules):
     require_signature: bool
     rate_limit_per_second: int
     assistant: AssistantSettings
+    # Names only: every value is shown masked.
+    outgoing_headers: dict[str, str] = Field(
+        default_factory=dict, examples=[{"Authorization": MASK}]
+    )
+    typing_events: bool = False
     created_at: datetime
     updated_at: datetime
 
@@ -141,6 +170,8 @@ class ChannelOut(ConversationRules):
             require_signature=channel.require_signature,
             rate_limit_per_second=channel.rate_limit_per_second,
             assistant=channel.assistant,
+            outgoing_headers=masked(channel.outgoing_headers),
+            typing_events=channel.typing_events,
             created_at=channel.created_at,
             updated_at=channel.updated_at,
             **{k: getattr(channel, k) for k in RULE_FIELDS},
@@ -169,6 +200,8 @@ class LogEntryOut(BaseModel):
     response_body: str | None
     message_id: str | None
     attempt: int | None
+    # An outgoing attempt's own channel headers, values masked (never stored).
+    outgoing_headers: dict[str, str] | None = None
 
     @classmethod
     def of(cls, entry: LogEntry) -> LogEntryOut:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from happ_admin.schemas import ChannelCreate, ChannelUpdate
+from happ_common import custom_headers
 from happ_common.channels import (
     RULE_FIELDS,
     AssistantSettings,
@@ -21,6 +22,44 @@ from happ_common.ids import CHANNEL_ID_RE, new_channel_id, new_channel_secret
 from happ_common.mongo import Document
 from happ_common.settings import HappSettings
 from happ_common.urls import UrlRejected, check_https_url, resolve_and_check
+
+
+def merge_headers(current: dict[str, str], patch: dict[str, str | None]) -> dict[str, str]:
+    """A PATCH of a channel's headers: a value sets or replaces the header of
+    that name in any case (the new spelling wins), null removes it."""
+    seen: set[str] = set()
+    for name in patch:
+        if name.lower() in seen:
+            raise _refused([(name, "the same header twice in one request (names ignore case)")])
+        seen.add(name.lower())
+    merged = dict(current)
+    for name, value in patch.items():
+        for old in [n for n in merged if n.lower() == name.lower()]:
+            del merged[old]
+        if value is not None:
+            merged[name] = value
+    return merged
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    found = custom_headers.problems(headers)
+    if found:
+        raise _refused(found)
+
+
+def _refused(found: list[tuple[str, str]]) -> HappError:
+    """422 naming each header refused, one detail per problem."""
+    named = ", ".join(sorted({name for name, _ in found if name}))
+    return invalid_payload(
+        f"Outgoing headers refused{': ' + named if named else ''}; see details.",
+        [
+            ErrorDetail(
+                field=f"outgoing_headers.{name}" if name else "outgoing_headers",
+                problem=problem,
+            )
+            for name, problem in found
+        ],
+    )
 
 
 def channel_not_found(channel_id: str) -> HappError:
@@ -46,6 +85,7 @@ class ChannelService:
 
     async def create(self, req: ChannelCreate) -> Channel:
         await self.validate_url(req.outgoing_url)
+        _check_headers(req.outgoing_headers)
         now = datetime.now(UTC)
         # MongoDB keeps milliseconds: answer with what a later GET will return.
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -57,6 +97,8 @@ class ChannelService:
             require_signature=req.require_signature,
             rate_limit_per_second=req.rate_limit_per_second,
             assistant=req.assistant,
+            outgoing_headers=req.outgoing_headers,
+            typing_events=req.typing_events,
             **{k: getattr(req, k) for k in RULE_FIELDS},
             created_at=now,
             updated_at=now,
@@ -87,10 +129,14 @@ class ChannelService:
         fields: Document = {
             k: v
             for k, v in req.model_dump(
-                exclude_unset=True, exclude={"assistant", *RULE_FIELDS}
+                exclude_unset=True, exclude={"assistant", "outgoing_headers", *RULE_FIELDS}
             ).items()
             if v is not None
         }
+        if req.outgoing_headers:
+            headers = merge_headers(current.outgoing_headers, req.outgoing_headers)
+            _check_headers(headers)
+            fields["outgoing_headers"] = headers
         rules = req.rules_patch()
         if rules:
             try:

@@ -57,12 +57,15 @@ from happ_common.conversation_state import (
     left_for_people,
 )
 from happ_common.events import (
+    ASSISTANT,
     SYSTEM,
+    TYPING,
     ConversationCommand,
     ConversationEvent,
     InboundMessage,
+    OutboundReply,
 )
-from happ_common.ids import conversation_key, reply_id_for
+from happ_common.ids import conversation_key, output_ids_for, typing_id_for
 from happ_common.kafka import EventPublisher
 from happ_common.messages import Handling, LlmTrace, StoredMessage, outbound
 from happ_common.topics import OUTBOUND_REPLIES
@@ -98,6 +101,12 @@ REPLY_DELAY = Histogram(
 FILTERED = Counter(
     "happ_assistant_messages_not_answered_total",
     "User messages the assistant did not answer, by outcome (SPEC §6a filters and handoffs)",
+    ["outcome"],
+)
+
+TYPING_EVENTS = Counter(
+    "happ_assistant_typing_events_total",
+    "Typing events published before an answer (channels with typing_events), by outcome",
     ["outcome"],
 )
 
@@ -360,6 +369,8 @@ class AssistantService:
             reply = _fallback_reply(channel, msg, reply_id, self._model.provider)
         if reply is None:
             history = conversation.history_before(msg.message_id, channel.assistant.max_history)
+            if channel.typing_events:
+                await self._announce_typing(msg)
             with _stage("llm"):
                 reply = await self._answer(channel, msg, reply_id, history)
         self._unstored[reply_id] = reply
@@ -407,6 +418,33 @@ class AssistantService:
         for m in outputs:
             conversation.add(m)
         return outputs
+
+    async def _announce_typing(self, msg: InboundMessage) -> None:
+        """The channel's typing event, published before the model is asked: on
+        the conversation's partition it then comes before the reply, and the
+        delivery service sends it once or drops it, never after the reply.
+        Best-effort: a failed publish costs the typing event, not the answer.
+        Never stored, so never part of the history the model reads."""
+        event = OutboundReply(
+            channel_id=msg.channel_id,
+            reply_id=typing_id_for(msg.channel_id, msg.message_id),
+            in_reply_to=msg.message_id,
+            to=msg.sender_id,
+            text="",
+            metadata=msg.metadata,
+            created_at=datetime.now(UTC),
+            author=ASSISTANT,
+            event=TYPING,
+        )
+        try:
+            await self._publisher.publish(
+                OUTBOUND_REPLIES, event, key=conversation_key(msg.channel_id, msg.sender_id)
+            )
+        except Exception as exc:
+            TYPING_EVENTS.labels(outcome="failed").inc()
+            log.warning("typing event not published (the answer goes on): %s", exc)
+        else:
+            TYPING_EVENTS.labels(outcome="published").inc()
 
     async def _command(self, cmd: ConversationCommand, partition: Partition) -> None:
         """What a person did, in the conversation's order: an operator's reply, or a
@@ -539,12 +577,7 @@ def _observe_reply_delay(received: datetime) -> None:
 
 
 def _output_ids(msg: InboundMessage) -> tuple[str, str]:
-    """The ids of what may go out for ``msg``: its reply (or notice), and its handoff
-    event. Derived from the message, so a redelivery finds them."""
-    return (
-        reply_id_for(msg.channel_id, msg.message_id),
-        reply_id_for(msg.channel_id, msg.message_id + "\nhandoff"),
-    )
+    return output_ids_for(msg.channel_id, msg.message_id)
 
 
 def _system_message(msg: InboundMessage, message_id: str, text: str) -> StoredMessage:

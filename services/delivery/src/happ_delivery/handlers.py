@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from happ_common.events import DeliveryRetry, OutboundReply
+from happ_common.events import TYPING, DeliveryRetry, OutboundReply
 from happ_common.log_context import bind_message
 from happ_common.pipeline import Handler, PartitionsCallback, Record, decode
 from happ_common.topics import DELIVERY_RETRY
@@ -31,7 +31,10 @@ def delivery_handler(service: DeliveryService) -> Handler:
         else:
             reply = decode(record, OutboundReply)
             _bind(reply)
-            await service.deliver_new(reply, record.partition)
+            if reply.event == TYPING:
+                await service.deliver_typing(reply)
+            else:
+                await service.deliver_new(reply, record.partition)
 
     return handle
 

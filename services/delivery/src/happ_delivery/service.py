@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from happ_common.channels import ChannelCache
 from happ_common.deliveries import SERIES_ENDED, DeliveryState, DeliveryStatus
 from happ_common.events import DeliveryRetry, OutboundReply
-from happ_common.ids import conversation_key
+from happ_common.ids import conversation_key, output_ids_for
 from happ_common.kafka import Publisher
 from happ_common.outgoing import send_attempt
 from happ_common.pipeline import Abandoned, parked
@@ -78,6 +78,14 @@ END_TO_END = Histogram(
     "From the reply's creation to its successful delivery",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+TYPING = Counter(
+    "happ_delivery_typing_events_total",
+    "Typing events: sent, failed (not retried) or dropped, and why",
+    ["outcome"],
+)
+# A typing event older than this when its turn comes announces an answer that
+# is most likely right behind it, or given up: sending it is noise.
+TYPING_MAX_AGE_S = 30.0
 GATED = Gauge("happ_delivery_conversations_waiting_for_retry", "Conversations held by a retry")
 
 T = TypeVar("T")
@@ -134,6 +142,72 @@ class DeliveryService:
                 await self._send_and_record(reply, 1, partition)
                 return
             await self._resume(reply, 1, partition)
+
+    async def deliver_typing(self, event: OutboundReply) -> None:
+        """A typing event: best-effort, and never after the reply it announces.
+
+        It runs in its conversation's order like a reply, so the reply (published
+        after it) waits for its one POST, bounded by ``typing_timeout_s``. It
+        claims no state, closes no gate and has no retry: dropped when a reply
+        of the conversation is in a retry series (it would have to wait behind
+        it), when the reply it announces has been met already (a redelivery
+        after a crash), when it is too old to mean anything, or when the channel
+        is disconnected; a failed POST is logged and that is all."""
+        reason = await self._typing_drop_reason(event)
+        if reason is not None:
+            TYPING.labels(outcome=f"dropped_{reason}").inc()
+            log.info("typing event dropped: %s", reason.replace("_", " "))
+            return
+        channel = await self._channels.get(event.channel_id)
+        if channel is None or channel.status != "connected":
+            TYPING.labels(outcome="dropped_disconnected").inc()
+            return
+        async with self._slots.hold(channel.id, channel.outgoing_url):
+            if self.gates.closed_by(_key(event)) is not None:
+                # Closed while this waited for a slot (a retry restored it).
+                TYPING.labels(outcome="dropped_behind_retry").inc()
+                return
+            sent = await send_attempt(
+                self._session,
+                channel,
+                event,
+                1,
+                timeout_s=min(self._settings.typing_timeout_s, self._settings.timeout_s),
+                allow_private=self._allow_private,
+            )
+        self._log.add(sent.log_entry)
+        outcome = sent.outcome
+        TYPING.labels(outcome="sent" if outcome.ok else "failed").inc()
+        log.info(
+            "typing event %s: HTTP %s in %.0f ms (not retried)",
+            "sent" if outcome.ok else "failed",
+            outcome.status_code or outcome.error_code,
+            outcome.duration_ms,
+        )
+
+    async def _typing_drop_reason(self, event: OutboundReply) -> str | None:
+        if self.gates.closed_by(_key(event)) is not None:
+            return "behind_retry"
+        created = event.created_at
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - created).total_seconds()
+        if age > TYPING_MAX_AGE_S:
+            return "stale"
+        if event.in_reply_to is not None:
+            announced = output_ids_for(event.channel_id, event.in_reply_to)
+            try:
+                states = await asyncio.gather(
+                    *(self._repo.state(event.channel_id, i) for i in announced)
+                )
+            except Exception as exc:
+                # Best-effort: an outage costs the typing event, it does not
+                # hold the conversation (the reply behind it waits it out).
+                log.warning("typing event: its reply's state is unreadable: %s", exc)
+                return "state_unreadable"
+            if any(s is not None for s in states):
+                return "reply_sent"
+        return None
 
     async def deliver_retry(self, retry: DeliveryRetry, partition: int) -> None:
         reply = retry.reply

@@ -13,6 +13,8 @@ class DeliverySettings(BaseSettings):
     port: int = 8083
     group_id: str = "happ-delivery"
     timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # A typing event's one POST: the reply behind it waits for it, so it is short.
+    typing_timeout_s: float = Field(default=2.0, gt=0, le=120)
     # Seconds before each retry: 4 attempts in all with the default "5,15,60".
     retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 15.0, 60.0]

@@ -3,7 +3,7 @@ import { api, enc, qs } from "./api.js";
 import { h, mount, toast } from "./dom.js";
 import { ago, absolute, badge, initials } from "./format.js";
 import { topbar } from "./frame.js";
-import { assistantFields, channelForm, field, modeLabel, readAssistant, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
+import { assistantFields, channelForm, field, modeLabel, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
 import { isAdmin, state } from "./state.js";
 
 export async function channelsPage(token) {
@@ -58,6 +58,7 @@ export function newChannelPage() {
       field("rate_limit_per_second", "Rate limit (messages/s)", h("input", { type: "number", min: 1, max: 100000, value: 100 }),
         "Above it the webhook answers 429."),
       toggleField("require_signature", "Require X-HAPP-Signature on incoming requests", false, "unsigned webhook calls get 401"),
+      ...outgoingFields({}),
     ],
     "You can change all of this later in Settings.",
     assistantFields({ fallback_text: "Sorry, I can't answer right now. Please try again in a few minutes.", system_prompt: "You are a helpful, concise assistant answering users of this platform." }),
@@ -74,6 +75,7 @@ export function newChannelPage() {
         rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
         require_signature: form.elements.require_signature.checked,
         assistant: readAssistant(form),
+        ...readOutgoing(form, true),
         ...readRules(form, true),
       });
       toast("Channel created. Send a test to check your endpoint.");

@@ -229,3 +229,55 @@ export function readRules(form, creating) {
   }
   return out;
 }
+
+// --- outgoing requests: the channel's own headers and typing events -------------------------------
+
+/* A header row. A saved header shows its name and a masked value: its value never
+ * reaches the browser; typing a new one replaces it, ✕ removes it. A new row has
+ * both inputs. */
+function headerRow(rows, name) {
+  const saved = name !== undefined;
+  const nameInput = h("input", { type: "text", class: "hdr-name", value: saved ? name : "", readonly: saved, placeholder: "Authorization",
+    spellcheck: "false", "aria-label": "Header name", dataset: { part: "name" } });
+  const valueInput = h("input", { type: "text", class: "hdr-value", autocomplete: "off", spellcheck: "false", "aria-label": "Header value",
+    placeholder: saved ? "•••• (unchanged; type to replace)" : "Value", dataset: { part: "value" } });
+  const row = h("div", { class: "field hdr-row", dataset: { saved: saved ? name : "", field: "outgoing_headers." + (saved ? name : "") } },
+    nameInput, valueInput,
+    h("button", { class: "btn btn-ghost btn-sm", type: "button", "aria-label": "Remove this header", onclick: () => {
+      if (saved) { row.classList.add("hidden"); row.dataset.removed = "1"; } else row.remove();
+    } }, "✕"),
+    h("span", { class: "error hidden" }));
+  if (!saved) nameInput.addEventListener("input", () => { row.dataset.field = "outgoing_headers." + nameInput.value.trim(); });
+  rows.append(row);
+}
+
+export function outgoingFields(c) {
+  c = c || {};
+  const rows = h("div", { class: "hdr-rows", dataset: { test: "outgoing-headers" } });
+  for (const name of Object.keys(c.outgoing_headers || {})) headerRow(rows, name);
+  const add = h("button", { class: "btn btn-sm", type: "button", dataset: { test: "add-header" }, onclick: () => headerRow(rows) }, "+ Add header");
+  return [
+    h("div", { class: "field wide", dataset: { field: "outgoing_headers" } },
+      h("label", {}, "Outgoing headers"),
+      h("span", { class: "hint" }, "Added to every request to your endpoint, e.g. an Authorization your gateway needs. Values are write-only: HAPP never shows them again."),
+      rows, h("div", {}, add), h("span", { class: "error hidden" })),
+    toggleField("typing_events", "Send typing events", c.typing_events,
+      "a best-effort {\"event\": \"typing\"} before each AI answer, never after it"),
+  ];
+}
+
+/* What the form changes: a new or replaced value per header, null for a removed one.
+ * creating: only the new headers. */
+export function readOutgoing(form, creating) {
+  const headers = {};
+  for (const row of form.querySelectorAll(".hdr-row")) {
+    const saved = row.dataset.saved;
+    const name = row.querySelector("[data-part=name]").value.trim();
+    const value = row.querySelector("[data-part=value]").value;
+    if (saved && row.dataset.removed) headers[saved] = null;
+    else if (name && (value !== "" || !saved)) headers[name] = value;
+  }
+  const out = { typing_events: form.elements.typing_events.checked };
+  if (!creating || Object.keys(headers).length) out.outgoing_headers = headers;
+  return out;
+}

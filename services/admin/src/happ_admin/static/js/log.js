@@ -38,7 +38,8 @@ export async function logTab(ctx, body, selectedId) {
         e.direction === "incoming" ? "IN" : "OUT"),
       h("span", { class: "method" }, e.method),
       h("div", { class: "url" }, h("div", { class: "path", title: e.url }, path,
-        e.message_id && e.message_id.startsWith("tst_") ? h("span", { class: "tag" }, "test") : null),
+        e.message_id && e.message_id.startsWith("tst_") ? h("span", { class: "tag" }, "test") : null,
+        e.message_id && e.message_id.startsWith("typ_") ? h("span", { class: "tag" }, "typing") : null),
         h("div", { class: "when", title: absolute(e.created_at) }, ago(e.created_at) + (e.attempt ? " · attempt " + e.attempt : ""))),
       statusPill(e.status_code, e.error_code),
       h("span", { class: "dur" }, duration(e.duration_ms)));
@@ -119,6 +120,9 @@ export function renderDetail(ctx, detail, e) {
       String(e.attempt) + (e.message_id && e.message_id.startsWith("tst_") ? " (test send, not retried)" : ""))] : null,
     e.error_code ? [h("dt", {}, "Error code"), h("dd", { class: "mono", dataset: { test: "detail-error" } }, e.error_code)] : null,
     e.message_id ? [h("dt", {}, incoming ? "Message ID" : "Delivery ID"), h("dd", { class: "mono" }, e.message_id)] : null,
+    // The channel's own headers: names only, HAPP never keeps their values.
+    e.outgoing_headers && Object.keys(e.outgoing_headers).length ? [h("dt", {}, "Your headers"),
+      h("dd", { class: "mono", dataset: { test: "detail-headers" } }, Object.keys(e.outgoing_headers).map((n) => n + ": ••••").join(", "))] : null,
     h("dt", {}, "Log ID"), h("dd", { class: "mono" }, e.id));
   const messageSlot = h("div", { class: "block" });
   clear(detail).append(
@@ -131,7 +135,8 @@ export function renderDetail(ctx, detail, e) {
       h("div", { class: "block" }, h("div", { class: "block-title" }, incoming ? "HAPP's answer" : "Endpoint's response"),
         incoming && !e.response_body ? h("p", { class: "small muted" }, statusLine(e.status_code, e.error_code) + (e.error_code ? " · " + e.error_code : "")) : prettyJson(e.response_body)),
       messageSlot));
-  if (e.message_id && !e.message_id.startsWith("tst_")) loadMessage(ctx, messageSlot, e.message_id);
+  // Test sends and typing events are no message of a conversation.
+  if (e.message_id && !/^(tst|typ)_/.test(e.message_id)) loadMessage(ctx, messageSlot, e.message_id);
 }
 
 export async function loadMessage(ctx, slot, messageId) {

@@ -2,7 +2,7 @@
  * Operators see the settings but cannot change them (the API answers 403 ADMIN_ONLY). */
 import { api, enc } from "./api.js";
 import { clear, h, toast } from "./dom.js";
-import { assistantFields, channelForm, field, readAssistant, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
+import { assistantFields, channelForm, field, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
 import { isAdmin } from "./state.js";
 
 export function settingsTab(ctx, body) {
@@ -18,6 +18,7 @@ export function settingsTab(ctx, body) {
       field("rate_limit_per_second", "Rate limit (messages/s)", h("input", { type: "number", min: 1, max: 100000, value: c.rate_limit_per_second }),
         "Above it the webhook answers 429 with Retry-After."),
       toggleField("require_signature", "Require X-HAPP-Signature on incoming requests", c.require_signature, "unsigned webhook calls get 401"),
+      ...outgoingFields(c),
     ],
     "The AI that answers this channel's users.",
     assistantFields(c.assistant),
@@ -38,11 +39,14 @@ export function settingsTab(ctx, body) {
         rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
         require_signature: form.elements.require_signature.checked,
         assistant: readAssistant(form),
+        ...readOutgoing(form, false),
         ...readRules(form, false),
       });
       showFieldErrors(form, { details: [], message: "" });
       error.classList.add("hidden");
       ctx.refreshHead();
+      // Saved headers show masked again, removed ones go.
+      settingsTab(ctx, clear(body));
       toast("Settings saved.");
     } catch (err) {
       showFieldErrors(form, err);
