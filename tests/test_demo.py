@@ -31,7 +31,9 @@ def test_own_reply_with_a_bad_signature_is_invalid() -> None:
 def test_another_channels_reply_is_named_not_called_invalid() -> None:
     got = _reply("cm_other", "whsec_b3RoZXI=")
     verdict = signature_verdict(got, "cm_demo", SECRET)
-    assert verdict == "reply for another channel (cm_other): not verified with this channel's secret"
+    assert verdict == (
+        "reply for another channel (cm_other): not verified with this channel's secret"
+    )
 
 
 def test_a_body_that_is_not_json_is_checked_as_it_is() -> None:
