@@ -88,7 +88,7 @@ async def test_recovery_resends_exactly_the_failed_replies_in_order(system: Syst
 
     async def finished() -> bool:
         r = await _recovery(system, cid, rid)
-        return r["state"] == "done" and r["counts"]["delivered"] == 5
+        return bool(r["state"] == "done" and r["counts"]["delivered"] == 5)
 
     await eventually(finished, timeout_s=60)
     progress = await _recovery(system, cid, rid)
@@ -123,7 +123,7 @@ async def test_recovery_resends_exactly_the_failed_replies_in_order(system: Syst
 
 
 async def _state_is(system: System, channel_id: str, recovery_id: str, state: str) -> bool:
-    return (await _recovery(system, channel_id, recovery_id))["state"] == state
+    return bool((await _recovery(system, channel_id, recovery_id))["state"] == state)
 
 
 async def test_recovery_needs_a_connected_channel_and_a_time(system: System) -> None:
