@@ -63,11 +63,11 @@ def _inbox(
 
 
 async def _recovery(
-    clients: Clients, channels: ChannelService, delivery: DeliveryActions
+    clients: Clients, channels: ChannelService, delivery: DeliveryActions, poll_s: float
 ) -> tuple[RecoveryService, DisabledChannelsGauge]:
     repo = RecoveryRepository(clients.db)
     await repo.ensure_indexes()
-    gauge = DisabledChannelsGauge(EndpointHealthRepository(clients.db))
+    gauge = DisabledChannelsGauge(EndpointHealthRepository(clients.db), poll_s)
     gauge.start()
     return RecoveryService(repo, channels, delivery), gauge
 
@@ -120,7 +120,7 @@ def create_app(
                 allow_private=happ.allow_private_endpoints,
             )
             app.state.recoveries, disabled_gauge = await _recovery(
-                clients, channels, app.state.delivery
+                clients, channels, app.state.delivery, settings.health_poll_s
             )
             app.state.dead_letters = DeadLetterService(infra, publisher)
             app.state.inbox, app.state.live = _inbox(clients, repo, channels, publisher, settings)
