@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.conftest import System, eventually
+from tests.test_users import new_user, signed_in
 
 
 async def _reply_of(system: System, channel_id: str, message_id: str, status: str) -> str:
@@ -139,3 +140,19 @@ async def test_recovery_needs_a_connected_channel_and_a_time(system: System) -> 
     missing = await system.admin.get(f"/api/channels/{c['id']}/recoveries/rcv_nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "RECOVERY_NOT_FOUND"
+
+
+async def test_operators_follow_recoveries_but_only_admins_start_them(system: System) -> None:
+    mine = await system.create_channel("/recover-op")
+    other = await system.create_channel("/recover-op-other")
+    user = await new_user(system, channels=[mine["id"]])
+    async with signed_in(system, user["username"]) as op:
+        refused = await op.post(
+            f"/api/channels/{mine['id']}/recover", json={"since": "2026-01-01T00:00:00Z"}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "ADMIN_ONLY"
+        assert (await op.get(f"/api/channels/{mine['id']}/recoveries")).status_code == 200
+        foreign = await op.get(f"/api/channels/{other['id']}/recoveries")
+        assert foreign.status_code == 403
+        assert foreign.json()["error"]["code"] == "NOT_A_MEMBER"

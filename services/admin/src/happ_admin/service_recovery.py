@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _PAGE = 200
 _COUNT_PAGE = 500
+_BEAT_S = 5.0
 
 
 def recovery_not_found(recovery_id: str) -> HappError:
@@ -49,6 +51,8 @@ class RecoveryService:
         self._channels = channels
         self._delivery = delivery
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Per running recovery: when its progress (and lock) was last written.
+        self._beats: dict[str, float] = {}
 
     async def start(
         self, channel_id: str, since: datetime, requested_by: str | None
@@ -147,6 +151,7 @@ class RecoveryService:
                 for sender_id in senders:
                     await self._conversation(doc, sender_id)
                     doc.conversations += 1
+                    await self._beat(doc)
                 after = senders[-1]
                 await self._repo.progress(doc, datetime.now(UTC))
             await self._repo.finish(doc, "done", datetime.now(UTC))
@@ -162,6 +167,7 @@ class RecoveryService:
                 await self._repo.finish(doc, "failed", datetime.now(UTC), error=str(exc))
         finally:
             self._tasks.pop(doc.id, None)
+            self._beats.pop(doc.id, None)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._repo.unlock(doc.channel_id, doc.id))
 
@@ -183,4 +189,12 @@ class RecoveryService:
             doc.queued += len(queued)
             if len(page) < _PAGE:
                 return
+            await self._beat(doc)
+
+    async def _beat(self, doc: RecoveryDoc) -> None:
+        """Write progress and renew the lock every few seconds, well within the
+        lock's lifetime however slow a page is, without a write per reply."""
+        now = time.monotonic()
+        if now - self._beats.get(doc.id, 0.0) >= _BEAT_S:
+            self._beats[doc.id] = now
             await self._repo.progress(doc, datetime.now(UTC))
