@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.deliveries import DeliveryState, DeliveryStates, delivery_id
+from happ_common.endpoint_health import EndpointHealthRepository
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.kafka import PublishFailed
 from happ_common.mongo import ensure_indexes
@@ -25,6 +26,7 @@ from happ_common.pipeline import Abandoned
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import HappSettings
 from happ_common.webhook_client import AttemptOutcome, new_session
+from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
@@ -261,6 +263,9 @@ async def rig(system: System, request: Any) -> AsyncIterator[_Rig]:
             session=session,
             publisher=retries,
             request_log=RequestLogWriter(system.db),
+            health=EndpointHealth(
+                EndpointHealthRepository(system.db), disable_after_hours=0, cache_ttl_s=1.0
+            ),
         )
         yield _Rig(system, channel["id"], path, repo, retries, service)
     finally:

@@ -158,6 +158,19 @@ class ConversationRules(BaseModel):
 RULE_FIELDS = tuple(ConversationRules.model_fields)
 
 
+class DeliveriesDisabled(BaseModel):
+    """Why a channel's deliveries are off (``happ_common.endpoint_health``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    at: datetime
+    reason: Literal["endpoint_failing"] = "endpoint_failing"
+    message: str
+    # The first failed attempt of the run of failures that led to it.
+    failing_since: datetime
+    last_error_code: str | None = None
+
+
 class Channel(ConversationRules):
     """A channel as stored (``_id`` is the channel id)."""
 
@@ -180,6 +193,10 @@ class Channel(ConversationRules):
     typing_events: bool = False
     created_at: datetime
     updated_at: datetime
+    # Written by the delivery service on outcome changes only
+    # (happ_common.endpoint_health); cleared by a connect.
+    endpoint_failing_since: datetime | None = None
+    deliveries_disabled: DeliveriesDisabled | None = None
 
     def previous_secrets(self, now: datetime | None = None) -> list[str]:
         """Secrets still honoured besides the current one (rotation overlap)."""

@@ -13,14 +13,17 @@ from happ_admin import (
     endpoints_dead_letters,
     endpoints_inbox,
     endpoints_logs,
+    endpoints_recovery,
     endpoints_session,
     endpoints_users,
 )
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
+from happ_admin.channel_health import DisabledChannelsGauge
 from happ_admin.live import LiveUpdates
 from happ_admin.repository import AdminRepository, SessionRepository
 from happ_admin.repository_inbox import InboxRepository
+from happ_admin.repository_recovery import RecoveryRepository
 from happ_admin.repository_users import UserRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
@@ -28,11 +31,13 @@ from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
+from happ_admin.service_recovery import RecoveryService
 from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
 from happ_common.channels import ChannelRepository
 from happ_common.clients import Clients, shared_clients
+from happ_common.endpoint_health import EndpointHealthRepository
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
@@ -55,6 +60,16 @@ def _inbox(
         inbox_repo, inbox, poll_s=settings.live_poll_s, keepalive_s=settings.live_keepalive_s
     )
     return inbox, live
+
+
+async def _recovery(
+    clients: Clients, channels: ChannelService, delivery: DeliveryActions, poll_s: float
+) -> tuple[RecoveryService, DisabledChannelsGauge]:
+    repo = RecoveryRepository(clients.db)
+    await repo.ensure_indexes()
+    gauge = DisabledChannelsGauge(EndpointHealthRepository(clients.db), poll_s)
+    gauge.start()
+    return RecoveryService(repo, channels, delivery), gauge
 
 
 def create_app(
@@ -104,6 +119,9 @@ def create_app(
                 timeout_s=settings.delivery_timeout_s,
                 allow_private=happ.allow_private_endpoints,
             )
+            app.state.recoveries, disabled_gauge = await _recovery(
+                clients, channels, app.state.delivery, settings.health_poll_s
+            )
             app.state.dead_letters = DeadLetterService(infra, publisher)
             app.state.inbox, app.state.live = _inbox(clients, repo, channels, publisher, settings)
             app.state.live.start()
@@ -113,6 +131,8 @@ def create_app(
                 yield
             finally:
                 await app.state.live.stop()
+                await app.state.recoveries.stop()
+                await disabled_gauge.stop()
                 await http.close()
 
     app = FastAPI(
@@ -133,13 +153,17 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ActionLog)
     app.add_middleware(HttpMetrics, service="admin")
-    app.include_router(endpoints_session.router)
-    app.include_router(endpoints.router)
-    app.include_router(endpoints_logs.router)
-    app.include_router(endpoints_conversations.router)
-    app.include_router(endpoints_dead_letters.router)
-    app.include_router(endpoints_inbox.router)
-    app.include_router(endpoints_users.router)
+    for module in (
+        endpoints_session,
+        endpoints,
+        endpoints_logs,
+        endpoints_conversations,
+        endpoints_recovery,
+        endpoints_dead_letters,
+        endpoints_inbox,
+        endpoints_users,
+    ):
+        app.include_router(module.router)
     app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app

@@ -14,6 +14,7 @@ from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
+from happ_admin.service_recovery import RecoveryService
 from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
 from happ_common.errors import ErrorBody
@@ -42,6 +43,11 @@ def _conversations(request: Request) -> ConversationService:
 
 def _delivery(request: Request) -> DeliveryActions:
     service: DeliveryActions = request.app.state.delivery
+    return service
+
+
+def _recoveries(request: Request) -> RecoveryService:
+    service: RecoveryService = request.app.state.recoveries
     return service
 
 
@@ -80,6 +86,7 @@ Channels = Annotated[ChannelService, Depends(_channels)]
 Logs = Annotated[LogService, Depends(_logs)]
 Conversations = Annotated[ConversationService, Depends(_conversations)]
 Delivery = Annotated[DeliveryActions, Depends(_delivery)]
+Recoveries = Annotated[RecoveryService, Depends(_recoveries)]
 DeadLetters = Annotated[DeadLetterService, Depends(_dead_letters)]
 Users = Annotated[UserService, Depends(_users)]
 Inbox = Annotated[InboxService, Depends(_inbox)]

@@ -26,6 +26,7 @@ from happ_common.channels import (
     ChannelMode,
     ChannelStatus,
     ConversationRules,
+    DeliveriesDisabled,
     Route,
     WorkingHours,
 )
@@ -154,6 +155,11 @@ class ChannelOut(ConversationRules):
     typing_events: bool = False
     created_at: datetime
     updated_at: datetime
+    # Since when every delivery attempt has failed (null: the endpoint works),
+    # and, once that lasted HAPP_DELIVERY_AUTO_DISABLE_AFTER_HOURS, why the
+    # channel's deliveries are off; a connect clears both.
+    endpoint_failing_since: datetime | None = None
+    deliveries_disabled: DeliveriesDisabled | None = None
 
     @classmethod
     def of(cls, channel: Channel, public_url: str, *, show_secret: bool = True) -> ChannelOut:
@@ -174,6 +180,8 @@ class ChannelOut(ConversationRules):
             typing_events=channel.typing_events,
             created_at=channel.created_at,
             updated_at=channel.updated_at,
+            endpoint_failing_since=channel.endpoint_failing_since,
+            deliveries_disabled=channel.deliveries_disabled,
             **{k: getattr(channel, k) for k in RULE_FIELDS},
         )
 
@@ -326,6 +334,47 @@ class SendTestResult(BaseModel):
     # The test request's id (``X-HAPP-Delivery-Id``) and its request-log entry.
     message_id: str
     log_id: str
+
+
+# --- bulk recovery -----------------------------------------------------------------
+
+
+class RecoveryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime = Field(
+        description="Replies written at or after this time (ISO 8601; no zone means UTC) "
+        "whose delivery is `failed` are sent again"
+    )
+
+
+class RecoveryCounts(BaseModel):
+    """Where the replies a recovery queued stand now, read from their delivery states."""
+
+    queued: int = Field(description="still on their way (pending, sending or retrying)")
+    delivered: int
+    failed: int = Field(description="failed (or canceled) again")
+
+
+class RecoveryOut(BaseModel):
+    id: str
+    channel_id: str
+    since: datetime
+    requested_at: datetime
+    requested_by: str | None
+    state: Literal["running", "done", "failed", "interrupted"] = Field(
+        description="`running` while conversations are being scanned; `interrupted`: its admin "
+        "process stopped, request the recovery again to finish it"
+    )
+    conversations_scanned: int
+    total: int = Field(description="replies this recovery queued for delivery again")
+    counts: RecoveryCounts
+    finished_at: datetime | None
+    error: str | None
+
+
+class RecoveryList(BaseModel):
+    items: list[RecoveryOut]
 
 
 # --- UI session ------------------------------------------------------------------

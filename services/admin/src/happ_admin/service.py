@@ -17,6 +17,7 @@ from happ_common.channels import (
     ConversationRules,
     rotation_expiry,
 )
+from happ_common.endpoint_health import CLEARED
 from happ_common.errors import ErrorDetail, HappError, details_from_validation, invalid_payload
 from happ_common.ids import CHANNEL_ID_RE, new_channel_id, new_channel_secret
 from happ_common.mongo import Document
@@ -177,7 +178,9 @@ class ChannelService:
 
     async def connect(self, channel_id: str, outgoing_url: str | None) -> Channel:
         await self.get(channel_id)
-        fields: Document = {"status": "connected"}
+        # Connecting is also how deliveries turned off automatically come back:
+        # the endpoint starts with a clean record (happ_common.endpoint_health).
+        fields: Document = {"status": "connected", **CLEARED}
         if outgoing_url is not None:
             fields["outgoing_url"] = await self.validate_url(outgoing_url)
         return await self._set(channel_id, fields)

@@ -19,12 +19,13 @@ from happ_admin.repository import AdminRepository
 from happ_admin.schemas import MessageStatusOut, SendTestResult
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService, message_not_found
+from happ_common.channels import Channel
 from happ_common.deliveries import DeliveryStatus
 from happ_common.errors import HappError, service_unavailable
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
-from happ_common.messages import outbound
+from happ_common.messages import StoredMessage, outbound
 from happ_common.outgoing import send_attempt
 from happ_common.request_log import RequestLogWriter
 from happ_common.topics import OUTBOUND_REPLIES
@@ -32,6 +33,23 @@ from happ_common.topics import OUTBOUND_REPLIES
 TEST_RECIPIENT = "happ_test"
 TEST_TEXT = "This is a test message from HAPP Custom Messenger."
 RESENDABLE: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
+
+
+def require_sendable(channel: Channel) -> None:
+    """409 unless the delivery service would send this channel's replies now."""
+    if channel.status != "connected":
+        raise HappError(
+            409,
+            "CHANNEL_DISCONNECTED",
+            "The channel is disconnected, so the reply would not be sent; connect it first.",
+        )
+    if channel.deliveries_disabled is not None:
+        raise HappError(
+            409,
+            "DELIVERIES_DISABLED",
+            "The channel's deliveries were turned off because its endpoint kept failing; "
+            "fix the endpoint (Send test), then connect the channel again.",
+        )
 
 
 class DeliveryActions:
@@ -103,33 +121,41 @@ class DeliveryActions:
             reply = await self._repo.message(channel_id, reply.reply_id) if reply.reply_id else None
         if reply is None:
             raise message_not_found(message_id)
-        if channel.status != "connected":
-            raise HappError(
-                409,
-                "CHANNEL_DISCONNECTED",
-                "The channel is disconnected, so the reply would not be sent; connect it first.",
-            )
+        require_sendable(channel)
         # Right after a connect the delivery service's cached copy may still say
         # "disconnected"; it re-reads the channel before canceling anything.
-        now = datetime.now(UTC)
-        # Claiming the reply (finished → pending) first makes a double click, or
-        # two operators, start one new series rather than two.
-        previous = await self._repo.claim_for_resend(channel_id, reply.message_id, RESENDABLE, now)
-        if previous is None:
+        if not await self.requeue(reply, RESENDABLE):
             raise HappError(
                 409,
                 "DELIVERY_IN_PROGRESS",
                 "This reply is still being delivered; resend it once it is delivered, failed "
                 "or canceled.",
             )
+        return await self._conversations.status(channel_id, reply.message_id)
+
+    async def requeue(self, reply: StoredMessage, from_states: tuple[DeliveryStatus, ...]) -> bool:
+        """Queue a finished reply for a new series of attempts (a resend, or one
+        reply of a bulk recovery); False if its delivery was not in one of
+        ``from_states`` (still running, or another resend or recovery won).
+
+        Claiming the reply (finished → pending) first makes a double click, two
+        operators, or a recovery started twice, start one new series rather
+        than two. Published on the conversation's key, so replies requeued one
+        after the other reach the delivery service in that order."""
+        now = datetime.now(UTC)
+        previous = await self._repo.claim_for_resend(
+            reply.channel_id, reply.message_id, from_states, now
+        )
+        if previous is None:
+            return False
         event = outbound(reply, reply.metadata, resend=True)
         try:
             await self._publisher.publish(
-                OUTBOUND_REPLIES, event, key=conversation_key(channel_id, reply.sender_id)
+                OUTBOUND_REPLIES, event, key=conversation_key(reply.channel_id, reply.sender_id)
             )
         except PublishFailed as exc:
-            await self._repo.restore_delivery(channel_id, reply.message_id, previous, now)
+            await self._repo.restore_delivery(reply.channel_id, reply.message_id, previous, now)
             raise service_unavailable(
                 "The resend could not be queued right now; retry after Retry-After seconds."
             ) from exc
-        return await self._conversations.status(channel_id, reply.message_id)
+        return True

@@ -22,6 +22,8 @@ class AdminSettings(BaseSettings):
     # are read, and how often an idle stream sends a keepalive comment.
     live_poll_s: float = Field(default=0.5, gt=0, le=60)
     live_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    # How often happ_channels_deliveries_disabled is read from the database.
+    health_poll_s: float = Field(default=30.0, gt=0, le=600)
     # None: mark the cookie Secure when the request came over HTTPS. Set true
     # behind a TLS-terminating proxy that talks plain HTTP to the admin.
     cookie_secure: bool | None = None

@@ -12,6 +12,7 @@ from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
 from happ_common.dead_letters import DeadLetterPublisher
+from happ_common.endpoint_health import EndpointHealthRepository
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
@@ -23,6 +24,7 @@ from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
 from happ_common.webhook_client import new_session
 from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
+from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
@@ -56,6 +58,11 @@ def create_app(
                 session=session,
                 publisher=publisher,
                 request_log=clients.request_log,
+                health=EndpointHealth(
+                    EndpointHealthRepository(clients.db),
+                    disable_after_hours=settings.auto_disable_after_hours,
+                    cache_ttl_s=happ.channel_cache_ttl_s,
+                ),
             )
             pipeline = KeyedPipeline(
                 PipelineConfig(

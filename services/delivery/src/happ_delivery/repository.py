@@ -176,13 +176,15 @@ class DeliveryRepository:
         *,
         attempt: int,
         outcome: AttemptOutcome | None = None,
+        error_code: str | None = None,
         sender_id: str | None = None,
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
         """Record the outcome of ``attempt``, whose claim (``sending``) it must
         follow. ``partition`` and ``sender_id`` go with ``retrying``; an ended
-        series with ``attempt`` > 1 had a retry pending."""
+        series with ``attempt`` > 1 had a retry pending. ``error_code`` without
+        an ``outcome``: why the series ended unsent."""
         now = datetime.now(UTC)
         _id = delivery_id(channel_id, reply_id)
         fields: Document = {
@@ -199,6 +201,8 @@ class DeliveryRepository:
                 "last_error_code": outcome.error_code,
                 "last_attempt_at": now,
             }
+        elif error_code is not None:  # ended without a POST (deliveries turned off)
+            fields |= {"last_status_code": None, "last_error_code": error_code}
         if status == "delivered":
             fields["delivered_at"] = now
         pending: UpdateOne | DeleteOne | None = None

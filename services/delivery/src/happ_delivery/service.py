@@ -34,8 +34,9 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
-from happ_common.channels import ChannelCache
+from happ_common.channels import Channel, ChannelCache
 from happ_common.deliveries import SERIES_ENDED, DeliveryState, DeliveryStatus
+from happ_common.endpoint_health import DISABLED_ERROR_CODE
 from happ_common.events import DeliveryRetry, OutboundReply
 from happ_common.ids import conversation_key, output_ids_for
 from happ_common.kafka import Publisher
@@ -45,6 +46,7 @@ from happ_common.request_log import RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
+from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
 from happ_delivery.slots import SendSlots
@@ -106,8 +108,10 @@ class DeliveryService:
         session: aiohttp.ClientSession,
         publisher: Publisher,
         request_log: RequestLogWriter,
+        health: EndpointHealth,
     ) -> None:
         self._settings = settings
+        self._health = health
         self._allow_private = allow_private
         self._channels = channels
         self._repo = repository
@@ -312,14 +316,22 @@ class DeliveryService:
     async def _send_and_record(self, reply: OutboundReply, attempt: int, partition: int) -> None:
         """Send the claimed ``attempt`` and record what came of it."""
         channel = await self._channels.get(reply.channel_id)
-        if channel is None or channel.status != "connected":
-            # Canceling is final: make sure with the database, not the cache (a
-            # resend right after a reconnect must not be canceled).
+        if channel is None or channel.status != "connected" or channel.deliveries_disabled:
+            # Ending a series unsent is final: make sure with the database, not
+            # the cache (a resend right after a reconnect must go out).
             channel = await self._channels.get(reply.channel_id, fresh=True)
         if channel is None or channel.status != "connected":
             await self._record(reply, "canceled", attempt)
             FINAL.labels(state="canceled").inc()
             log.info("reply canceled: the channel is disconnected or gone")
+            self._open(reply)
+            return
+        if channel.deliveries_disabled is not None:
+            # Kept as failed, not canceled: a bulk recovery re-sends failed
+            # replies once the endpoint is fixed and the channel connected.
+            await self._record(reply, "failed", attempt, error_code=DISABLED_ERROR_CODE)
+            FINAL.labels(state="failed").inc()
+            log.info("reply not sent: the channel's deliveries are turned off")
             self._open(reply)
             return
         async with self._slots.hold(channel.id, channel.outgoing_url):
@@ -376,6 +388,18 @@ class DeliveryService:
                 outcome.error_code,
             )
             self._open(reply)
+        await self._note_health(channel, outcome)
+
+    async def _note_health(self, channel: Channel, outcome: AttemptOutcome) -> None:
+        # Best effort, after everything the reply needs is recorded: a write
+        # that fails here is made by the next attempt's outcome instead.
+        try:
+            if outcome.ok:
+                await self._health.succeeded(channel)
+            elif await self._health.failed(channel, outcome.error_code):
+                self._channels.invalidate(channel.id)
+        except Exception as exc:
+            log.warning("channel %s: endpoint health not recorded: %s", channel.id, exc)
 
     async def _record(
         self,
@@ -386,6 +410,7 @@ class DeliveryService:
         *,
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
+        error_code: str | None = None,
     ) -> None:
         await self._until_done(
             "record",
@@ -395,6 +420,7 @@ class DeliveryService:
                 status,
                 attempt=attempt,
                 outcome=outcome,
+                error_code=error_code,
                 sender_id=reply.to,
                 partition=partition,
                 next_attempt_at=next_attempt_at,

@@ -28,6 +28,9 @@ class DeliverySettings(BaseSettings):
     # One tenant's share: a slow or dead endpoint holds at most this many.
     max_connections_per_channel: int = Field(default=32, ge=1)
     max_connections_per_host: int = Field(default=64, ge=1)
+    # A channel whose endpoint has failed every attempt for this long gets its
+    # deliveries turned off (happ_common.endpoint_health); 0: never.
+    auto_disable_after_hours: float = Field(default=72.0, ge=0)
 
     @field_validator("retry_delays", mode="before")
     @classmethod

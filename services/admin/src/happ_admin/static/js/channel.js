@@ -9,6 +9,7 @@ import { isAdmin, state } from "./state.js";
 import { settingsTab } from "./settings.js";
 import { logTab } from "./log.js";
 import { conversationsTab } from "./conversations.js";
+import { deliveryNotice, recoverButton, showLatest } from "./recovery.js";
 
 export const TABS = [["settings", "Settings"], ["webhook", "Webhook URL"], ["log", "Request Log"], ["conversations", "Conversations"]];
 
@@ -19,6 +20,7 @@ export async function channelPage(token, id, tab, rest) {
   const resultSlot = h("div", {});
   const body = h("div", { class: "tab-body" });
   ctx.resultSlot = resultSlot;
+  ctx.recoverySlot = h("div", {});
   ctx.refreshHead = () => {
     const fresh = channelHead(ctx);
     headCard.replaceWith(fresh);
@@ -26,7 +28,8 @@ export async function channelPage(token, id, tab, rest) {
     document.querySelector(".topbar").replaceWith(topbar([ctx.channel.name]));
   };
   let headCard = channelHead(ctx);
-  mount(topbar([channel.name]), h("main", { class: "page" }, headCard, resultSlot, body));
+  mount(topbar([channel.name]), h("main", { class: "page" }, headCard, resultSlot, ctx.recoverySlot, body));
+  showLatest(ctx, ctx.recoverySlot);
   if (tab === "settings") settingsTab(ctx, body);
   else if (tab === "log") await logTab(ctx, body, rest);
   else if (tab === "conversations") await conversationsTab(ctx, body, rest);
@@ -38,7 +41,8 @@ export function channelHead(ctx) {
   const active = (location.hash.split("/")[3] || "webhook");
   const testButton = h("button", { class: "btn", type: "button", dataset: { test: "send-test" } }, "Send test");
   testButton.addEventListener("click", () => sendTest(ctx, testButton));
-  const toggle = c.status === "connected"
+  // Deliveries turned off automatically come back with a connect, like a disconnected channel.
+  const toggle = c.status === "connected" && !c.deliveries_disabled
     ? h("button", { class: "btn btn-danger", type: "button", dataset: { test: "disconnect" }, onclick: () => confirmDisconnect(ctx) }, "Disconnect")
     : h("button", { class: "btn btn-primary", type: "button", dataset: { test: "connect" }, onclick: () => confirmConnect(ctx) }, "Connect");
   return h("section", { class: "card" },
@@ -48,7 +52,8 @@ export function channelHead(ctx) {
         h("div", { class: "title-row" }, h("h1", { dataset: { test: "channel-name" } }, c.name), badge(c.status),
           c.mode && c.mode !== "assistant" ? h("span", { class: "tag mode", dataset: { test: "mode" } }, modeLabel(c.mode)) : null),
         h("div", { class: "sub" }, "Custom Messenger · ", h("span", { class: "mono" }, c.id))),
-      h("div", { class: "btn-row" }, testButton, isAdmin() ? toggle : null)),
+      h("div", { class: "btn-row" }, testButton, recoverButton(ctx, ctx.recoverySlot), isAdmin() ? toggle : null)),
+    deliveryNotice(c),
     h("nav", { class: "tabs", role: "tablist" }, TABS.map(([key, label]) =>
       h("a", { class: "tab" + (key === active ? " active" : ""), role: "tab", href: "#/channels/" + enc(c.id) + "/" + key, dataset: { tab: key } }, label))));
 }

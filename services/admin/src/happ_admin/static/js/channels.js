@@ -34,7 +34,7 @@ export async function channelsPage(token) {
         h("div", {}, h("a", { href: "#/channels/" + enc(c.id), class: "name" }, c.name),
           c.mode && c.mode !== "assistant" ? h("span", { class: "tag mode", dataset: { test: "mode" } }, modeLabel(c.mode)) : null,
           h("div", { class: "mono muted" }, c.id)))),
-      h("td", {}, badge(c.status)),
+      h("td", {}, badge(c.status), c.deliveries_disabled ? [" ", badge("deliveries_off")] : null),
       h("td", { class: "mono small" }, h("div", { class: "ellipsis", title: c.outgoing_url }, c.outgoing_url)),
       h("td", { class: "small" }, c.require_signature ? "Required" : "Optional"),
       h("td", { class: "small muted", title: absolute(c.created_at) }, ago(c.created_at))));

@@ -52,7 +52,7 @@ export const STATUS_BADGES = {
   connected: ["ok", "Connected"], disconnected: ["off", "Disconnected"],
   accepted: ["info", "Accepted"], replied: ["info", "Replied"], pending: ["info", "Pending"],
   delivered: ["ok", "Delivered"], retrying: ["warn", "Retrying"], failed: ["bad", "Failed"],
-  canceled: ["off", "Canceled"],
+  canceled: ["off", "Canceled"], deliveries_off: ["bad", "Deliveries off"],
 };
 
 export function badge(status) {

@@ -1,0 +1,200 @@
+"""Bulk recovery: send again every reply of a channel that ended ``failed``
+since a point in time, in each conversation's order (issue #13).
+
+A request takes the channel's lock (one recovery at a time: two running side
+by side could publish a conversation's replies out of order), records the
+recovery and scans in the background, conversation by conversation, each one
+oldest first, a page at a time: nothing unbounded is held in memory. Each
+failed reply goes through ``DeliveryActions.requeue``, the resend's own claim
+(failed → pending) and publish on the conversation's key, so a reply already
+pending or delivered (sent by an earlier recovery, a resend) is never queued
+twice, and asking again is safe: a request while one runs answers the running
+one; one after it, or after its admin process died, queues only what is
+failed by then.
+
+Progress is read, not counted: the replies a recovery queued are listed
+(``recovery_items``) and their delivery states are read when asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+from happ_admin.cursors import Keyset
+from happ_admin.repository_recovery import LOCK_TTL, RecoveryDoc, RecoveryRepository
+from happ_admin.schemas import RecoveryCounts, RecoveryOut
+from happ_admin.service import ChannelService
+from happ_admin.service_delivery import DeliveryActions, require_sendable
+from happ_common.errors import HappError
+
+log = logging.getLogger(__name__)
+
+_PAGE = 200
+_COUNT_PAGE = 500
+_BEAT_S = 5.0
+
+
+def recovery_not_found(recovery_id: str) -> HappError:
+    return HappError(404, "RECOVERY_NOT_FOUND", f"No recovery {recovery_id!r} on this channel.")
+
+
+class RecoveryService:
+    def __init__(
+        self, repo: RecoveryRepository, channels: ChannelService, delivery: DeliveryActions
+    ) -> None:
+        self._repo = repo
+        self._channels = channels
+        self._delivery = delivery
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Per running recovery: when its progress (and lock) was last written.
+        self._beats: dict[str, float] = {}
+
+    async def start(
+        self, channel_id: str, since: datetime, requested_by: str | None
+    ) -> tuple[RecoveryOut, bool]:
+        """The new recovery and True, or the one already running and False."""
+        channel = await self._channels.get(channel_id)
+        require_sendable(channel)
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        recovery_id = "rcv_" + uuid.uuid4().hex
+        holder = await self._repo.lock(channel_id, recovery_id, now)
+        if holder is not None:
+            running = await self._repo.get(channel_id, holder)
+            if running is None:
+                raise HappError(
+                    409,
+                    "RECOVERY_IN_PROGRESS",
+                    "A recovery of this channel is starting; try again in a moment.",
+                )
+            return await self.out(running), False
+        doc = RecoveryDoc(
+            id=recovery_id,
+            channel_id=channel_id,
+            since=since,
+            requested_at=now,
+            requested_by=requested_by,
+            heartbeat_at=now,
+        )
+        try:
+            await self._repo.insert(doc)
+        except BaseException:
+            await self._repo.unlock(channel_id, recovery_id)
+            raise
+        self._tasks[recovery_id] = asyncio.create_task(self._run(doc))
+        return await self.out(doc), True
+
+    async def get(self, channel_id: str, recovery_id: str) -> RecoveryOut:
+        await self._channels.get(channel_id)
+        doc = await self._repo.get(channel_id, recovery_id)
+        if doc is None:
+            raise recovery_not_found(recovery_id)
+        return await self.out(doc)
+
+    async def recent(self, channel_id: str, limit: int) -> list[RecoveryOut]:
+        await self._channels.get(channel_id)
+        return [await self.out(d) for d in await self._repo.recent(channel_id, limit)]
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def out(self, doc: RecoveryDoc) -> RecoveryOut:
+        state = doc.state
+        if state == "running" and datetime.now(UTC) - doc.heartbeat_at > LOCK_TTL:
+            state = "interrupted"  # its admin process died mid-scan
+        return RecoveryOut(
+            id=doc.id,
+            channel_id=doc.channel_id,
+            since=doc.since,
+            requested_at=doc.requested_at,
+            requested_by=doc.requested_by,
+            state=state,
+            conversations_scanned=doc.conversations,
+            total=doc.queued,
+            counts=await self._counts(doc),
+            finished_at=doc.finished_at,
+            error=doc.error,
+        )
+
+    async def _counts(self, doc: RecoveryDoc) -> RecoveryCounts:
+        queued = delivered = failed = 0
+        async for reply_ids in self._repo.item_pages(doc.id, _COUNT_PAGE):
+            states = await self._repo.states([(doc.channel_id, r) for r in reply_ids])
+            for r in reply_ids:
+                state = states.get((doc.channel_id, r))
+                status = state.status if state else "pending"
+                if status == "delivered":
+                    delivered += 1
+                elif status in ("failed", "canceled"):
+                    failed += 1
+                else:
+                    queued += 1
+        return RecoveryCounts(queued=queued, delivered=delivered, failed=failed)
+
+    async def _run(self, doc: RecoveryDoc) -> None:
+        log.info("recovery %s of channel %s since %s started", doc.id, doc.channel_id, doc.since)
+        try:
+            after: str | None = None
+            while senders := await self._repo.conversations(
+                doc.channel_id, doc.since, after, _PAGE
+            ):
+                for sender_id in senders:
+                    await self._conversation(doc, sender_id)
+                    doc.conversations += 1
+                    await self._beat(doc)
+                after = senders[-1]
+                await self._repo.progress(doc, datetime.now(UTC))
+            await self._repo.finish(doc, "done", datetime.now(UTC))
+            log.info("recovery %s done: %d replies queued again", doc.id, doc.queued)
+        except asyncio.CancelledError:
+            # The admin is stopping: asking again finishes the job.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._repo.finish(doc, "interrupted", datetime.now(UTC)))
+            raise
+        except Exception as exc:
+            log.warning("recovery %s failed after %d replies: %s", doc.id, doc.queued, exc)
+            with contextlib.suppress(Exception):
+                await self._repo.finish(doc, "failed", datetime.now(UTC), error=str(exc))
+        finally:
+            self._tasks.pop(doc.id, None)
+            self._beats.pop(doc.id, None)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._repo.unlock(doc.channel_id, doc.id))
+
+    async def _conversation(self, doc: RecoveryDoc, sender_id: str) -> None:
+        """Queue the conversation's failed replies, oldest first: one after the
+        other on the conversation's key, so they are delivered in that order."""
+        after: Keyset | None = None
+        while page := await self._repo.messages(doc.channel_id, sender_id, doc.since, after, _PAGE):
+            after = (page[-1].created_at, page[-1].message_id)
+            replies = [m for m in page if m.role != "user"]
+            states = await self._repo.states([(m.channel_id, m.message_id) for m in replies])
+            queued: list[str] = []
+            for reply in replies:
+                state = states.get((reply.channel_id, reply.message_id))
+                failed = state is not None and state.status == "failed"
+                if failed and await self._delivery.requeue(reply, ("failed",)):
+                    queued.append(reply.message_id)
+            await self._repo.add_items(doc.id, doc.queued, queued)
+            doc.queued += len(queued)
+            if len(page) < _PAGE:
+                return
+            await self._beat(doc)
+
+    async def _beat(self, doc: RecoveryDoc) -> None:
+        """Write progress and renew the lock every few seconds, well within the
+        lock's lifetime however slow a page is, without a write per reply."""
+        now = time.monotonic()
+        if now - self._beats.get(doc.id, 0.0) >= _BEAT_S:
+            self._beats[doc.id] = now
+            await self._repo.progress(doc, datetime.now(UTC))

@@ -1,0 +1,158 @@
+"""Bulk recovery (POST /api/channels/{id}/recover) against the running system:
+exactly the replies that ended failed since the time are sent again, each
+conversation's in order, the delivered and older ones not; asking twice sends
+nothing twice; progress is read from the replies' delivery states."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.conftest import System, eventually
+from tests.test_users import new_user, signed_in
+
+
+async def _reply_of(system: System, channel_id: str, message_id: str, status: str) -> str:
+    """The reply id of ``message_id``, once its delivery is ``status``."""
+    found: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        resp = await system.admin.get(f"/api/channels/{channel_id}/messages/{message_id}")
+        if resp.status_code == 200 and resp.json()["status"] == status:
+            found.update(resp.json())
+            return True
+        return False
+
+    await eventually(reached, timeout_s=60)
+    reply_id: str = found["reply"]["message_id"]
+    return reply_id
+
+
+async def _send(system: System, channel_id: str, sender: str, text: str) -> str:
+    resp = await system.send(channel_id, {"sender_id": sender, "text": text})
+    assert resp.status_code == 200, resp.text
+    message_id: str = resp.json()["message_id"]
+    return message_id
+
+
+async def _recovery(system: System, channel_id: str, recovery_id: str) -> dict[str, Any]:
+    resp = await system.admin.get(f"/api/channels/{channel_id}/recoveries/{recovery_id}")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def test_recovery_resends_exactly_the_failed_replies_in_order(system: System) -> None:
+    path = "/recover"
+    c = await system.create_channel(path)
+    cid = c["id"]
+
+    # Failed before the recovery's time: not sent again.
+    system.receiver.behaviour[path] = (500, 0.0)
+    old = await _send(system, cid, "carol", "before")
+    old_reply = await _reply_of(system, cid, old, "retrying")
+    since = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+
+    # Delivered since then: not sent again either.
+    system.receiver.behaviour[path] = (200, 0.0)
+    ok = await _send(system, cid, "alice", "delivered")
+    ok_reply = await _reply_of(system, cid, ok, "delivered")
+
+    system.receiver.behaviour[path] = (500, 0.0)
+    sent = {
+        "alice": [await _send(system, cid, "alice", f"a{i}") for i in range(3)],
+        "bob": [await _send(system, cid, "bob", f"b{i}") for i in range(2)],
+    }
+    failed = {
+        sender: [await _reply_of(system, cid, m, "failed") for m in ids]
+        for sender, ids in sent.items()
+    }
+    await _reply_of(system, cid, old, "failed")
+    before = len(system.receiver.on_path(path))
+
+    system.receiver.behaviour[path] = (200, 0.0)
+    first = await system.admin.post(
+        f"/api/channels/{cid}/recover", json={"since": since.isoformat()}
+    )
+    assert first.status_code == 202, first.text
+    # Asked again at once: the running recovery answers, or, if it has finished,
+    # a new one that finds nothing failed. Either way nothing is sent twice.
+    second = await system.admin.post(
+        f"/api/channels/{cid}/recover", json={"since": since.isoformat()}
+    )
+    assert second.status_code in (200, 202), second.text
+    if second.status_code == 200:
+        assert second.json()["id"] == first.json()["id"]
+    rid = first.json()["id"]
+
+    async def finished() -> bool:
+        r = await _recovery(system, cid, rid)
+        return bool(r["state"] == "done" and r["counts"]["delivered"] == 5)
+
+    await eventually(finished, timeout_s=60)
+    progress = await _recovery(system, cid, rid)
+    assert progress["total"] == 5
+    assert progress["counts"] == {"queued": 0, "delivered": 5, "failed": 0}
+    assert progress["since"].startswith(since.isoformat()[:19])
+
+    if second.status_code == 202:
+        await eventually(lambda: _state_is(system, cid, second.json()["id"], "done"), timeout_s=30)
+        other = await _recovery(system, cid, second.json()["id"])
+        assert other["total"] == 0
+
+    await asyncio.sleep(1.0)  # anything sent twice would arrive by now
+    resent = [r.json()["message_id"] for r in system.receiver.on_path(path)[before:]]
+    assert sorted(resent) == sorted(failed["alice"] + failed["bob"])
+    for sender, replies in failed.items():
+        assert [r for r in resent if r in replies] == replies, sender
+    assert ok_reply not in resent and old_reply not in resent
+    for r in system.receiver.on_path(path)[before:]:
+        assert r.headers["X-HAPP-Attempt"] == "1"
+
+    # Nothing is failed any more: a third request queues nothing.
+    third = await system.admin.post(
+        f"/api/channels/{cid}/recover", json={"since": since.isoformat()}
+    )
+    assert third.status_code == 202, third.text
+    await eventually(lambda: _state_is(system, cid, third.json()["id"], "done"), timeout_s=30)
+    assert (await _recovery(system, cid, third.json()["id"]))["total"] == 0
+    listed = (await system.admin.get(f"/api/channels/{cid}/recoveries")).json()["items"]
+    assert listed[0]["id"] == third.json()["id"]
+    assert rid in [r["id"] for r in listed]
+
+
+async def _state_is(system: System, channel_id: str, recovery_id: str, state: str) -> bool:
+    return bool((await _recovery(system, channel_id, recovery_id))["state"] == state)
+
+
+async def test_recovery_needs_a_connected_channel_and_a_time(system: System) -> None:
+    c = await system.create_channel("/recover-off")
+    no_time = await system.admin.post(f"/api/channels/{c['id']}/recover", json={})
+    assert no_time.status_code == 422
+    await system.admin.post(f"/api/channels/{c['id']}/disconnect")
+    refused = await system.admin.post(
+        f"/api/channels/{c['id']}/recover", json={"since": "2026-01-01T00:00:00Z"}
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "CHANNEL_DISCONNECTED"
+    missing = await system.admin.get(f"/api/channels/{c['id']}/recoveries/rcv_nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "RECOVERY_NOT_FOUND"
+
+
+async def test_operators_follow_recoveries_but_only_admins_start_them(system: System) -> None:
+    mine = await system.create_channel("/recover-op")
+    other = await system.create_channel("/recover-op-other")
+    user = await new_user(system, channels=[mine["id"]])
+    async with signed_in(system, user["username"]) as op:
+        refused = await op.post(
+            f"/api/channels/{mine['id']}/recover", json={"since": "2026-01-01T00:00:00Z"}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "ADMIN_ONLY"
+        assert (await op.get(f"/api/channels/{mine['id']}/recoveries")).status_code == 200
+        foreign = await op.get(f"/api/channels/{other['id']}/recoveries")
+        assert foreign.status_code == 403
+        assert foreign.json()["error"]["code"] == "NOT_A_MEMBER"
