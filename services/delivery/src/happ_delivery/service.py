@@ -163,7 +163,8 @@ class DeliveryService:
             log.info("typing event dropped: %s", reason.replace("_", " "))
             return
         channel = await self._channels.get(event.channel_id)
-        if channel is None or channel.status != "connected":
+        if channel is None or channel.status != "connected" or channel.deliveries_disabled:
+            # Turned off automatically too: a failing endpoint gets no more requests.
             TYPING.labels(outcome="dropped_disconnected").inc()
             return
         async with self._slots.hold(channel.id, channel.outgoing_url):
