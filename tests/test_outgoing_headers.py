@@ -161,6 +161,8 @@ BAD = {
     "an empty name": ({"": "v"}, "", "not a valid header name"),
     "CR LF in the value": ({"X-Inject": "v\r\nX-Evil: 1"}, "X-Inject", "printable"),
     "LF in the value": ({"X-Inject": "v\nX"}, "X-Inject", "printable"),
+    "a trailing LF in the value": ({"X-Inject": "abc\n"}, "X-Inject", "printable"),
+    "a trailing LF in the name": ({"X-Key\n": "v"}, "X-Key\n", "not a valid header name"),
     "a control character": ({"X-Ctl": "a\x00b"}, "X-Ctl", "printable"),
     "non-ASCII": ({"X-Utf": "café"}, "X-Utf", "printable"),
     "an empty value": ({"X-Empty": ""}, "X-Empty", "printable"),

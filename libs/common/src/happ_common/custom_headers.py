@@ -69,7 +69,7 @@ def problems(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for name, value in headers.items():
-        if not _TOKEN.match(name) or len(name) > MAX_NAME_CHARS:
+        if not _TOKEN.fullmatch(name) or len(name) > MAX_NAME_CHARS:
             found.append((name, _BAD_NAME))
             continue
         if is_reserved(name):
@@ -81,7 +81,7 @@ def problems(headers: Mapping[str, str]) -> list[tuple[str, str]]:
         seen[name.lower()] = name
         if value == MASK:
             found.append((name, _MASK_SENT))
-        elif len(value) > MAX_VALUE_CHARS or not _VALUE.match(value):
+        elif len(value) > MAX_VALUE_CHARS or not _VALUE.fullmatch(value):
             found.append(
                 (
                     name,

@@ -186,6 +186,16 @@ async def post_signed(
             error_message=str(refused) if refused else f"{type(exc).__name__}: {exc}"[:500],
             response_body=None,
         )
+    except ValueError as exc:
+        # The request could not even be built (a header aiohttp refuses): a failed
+        # attempt like any other, never a handler error that would strand the reply.
+        return outcome(
+            ok=False,
+            status_code=None,
+            error_code="INVALID_REQUEST",
+            error_message=f"{type(exc).__name__}: {exc}"[:500],
+            response_body=None,
+        )
     if 200 <= status < 300:
         return outcome(
             ok=True, status_code=status, error_code=None, error_message=None, response_body=text

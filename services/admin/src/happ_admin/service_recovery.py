@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 _PAGE = 200
 _COUNT_PAGE = 500
 _BEAT_S = 5.0
+# How long a stopping admin waits for a recovery to finish the reply it is on: a
+# publish times out well within it.
+_STOP_GRACE_S = 20.0
+
+
+class _Stopping(Exception):
+    """The admin is stopping: the recovery ends between two replies."""
 
 
 def recovery_not_found(recovery_id: str) -> HappError:
@@ -53,6 +60,7 @@ class RecoveryService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Per running recovery: when its progress (and lock) was last written.
         self._beats: dict[str, float] = {}
+        self._stopping = False
 
     async def start(
         self, channel_id: str, since: datetime, requested_by: str | None
@@ -102,9 +110,17 @@ class RecoveryService:
         return [await self.out(d) for d in await self._repo.recent(channel_id, limit)]
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        """Let each recovery finish the reply it is on, then stop it. Canceled between
+        its claim and its publish, a reply would stay claimed ('pending') with no
+        series to send it, out of reach of a resend or the next recovery."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=_STOP_GRACE_S)
+        for task in late:  # a publish hung past its own timeout: nothing else is left
             task.cancel()
-        for task in list(self._tasks.values()):
+        for task in late:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -156,8 +172,11 @@ class RecoveryService:
                 await self._repo.progress(doc, datetime.now(UTC))
             await self._repo.finish(doc, "done", datetime.now(UTC))
             log.info("recovery %s done: %d replies queued again", doc.id, doc.queued)
-        except asyncio.CancelledError:
+        except _Stopping:
             # The admin is stopping: asking again finishes the job.
+            with contextlib.suppress(Exception):
+                await self._repo.finish(doc, "interrupted", datetime.now(UTC))
+        except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._repo.finish(doc, "interrupted", datetime.now(UTC)))
             raise
@@ -181,10 +200,15 @@ class RecoveryService:
             states = await self._repo.states([(m.channel_id, m.message_id) for m in replies])
             queued: list[str] = []
             for reply in replies:
+                if self._stopping:
+                    await self._repo.add_items(doc.id, doc.queued, queued)
+                    doc.queued += len(queued)
+                    raise _Stopping
                 state = states.get((reply.channel_id, reply.message_id))
                 failed = state is not None and state.status == "failed"
                 if failed and await self._delivery.requeue(reply, ("failed",)):
                     queued.append(reply.message_id)
+                    await self._beat(doc)  # slow publishes must not outlive the lock
             await self._repo.add_items(doc.id, doc.queued, queued)
             doc.queued += len(queued)
             if len(page) < _PAGE:
