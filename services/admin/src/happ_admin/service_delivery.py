@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 import aiohttp
 from pymongo.errors import PyMongoError
 
+from happ_admin.errors import CHANNEL_DISCONNECTED, DELIVERY_IN_PROGRESS
 from happ_admin.repository import AdminRepository
 from happ_admin.schemas import MessageStatusOut, SendTestResult
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService, message_not_found
 from happ_common.deliveries import DeliveryStatus
-from happ_common.errors import HappError, service_unavailable
+from happ_common.errors import service_unavailable
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
@@ -104,9 +105,7 @@ class DeliveryActions:
         if reply is None:
             raise message_not_found(message_id)
         if channel.status != "connected":
-            raise HappError(
-                409,
-                "CHANNEL_DISCONNECTED",
+            raise CHANNEL_DISCONNECTED(
                 "The channel is disconnected, so the reply would not be sent; connect it first.",
             )
         # Right after a connect the delivery service's cached copy may still say
@@ -116,9 +115,7 @@ class DeliveryActions:
         # two operators, start one new series rather than two.
         previous = await self._repo.claim_for_resend(channel_id, reply.message_id, RESENDABLE, now)
         if previous is None:
-            raise HappError(
-                409,
-                "DELIVERY_IN_PROGRESS",
+            raise DELIVERY_IN_PROGRESS(
                 "This reply is still being delivered; resend it once it is delivered, failed "
                 "or canceled.",
             )
