@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +34,9 @@ SEED = 12
 
 
 @pytest.mark.timeout(600)
-async def test_schemathesis_finds_no_failure_in_either_document(system: System) -> None:
+async def test_schemathesis_finds_no_failure_in_either_document(
+    system: System, tmp_path: Path
+) -> None:
     results = await asyncio.to_thread(
         check,
         admin_url=system.url("admin"),
@@ -49,6 +52,7 @@ async def test_schemathesis_finds_no_failure_in_either_document(system: System) 
             "none",
         ],
         capture=True,
+        cwd=tmp_path,
     )
     for result in results:
         assert result.returncode == 0, f"{result.service}:\n{result.output[-20_000:]}"

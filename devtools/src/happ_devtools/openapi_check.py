@@ -156,6 +156,7 @@ def run_st(
     *,
     env: dict[str, str],
     capture: bool,
+    cwd: Path | None,
 ) -> CheckResult:
     with tempfile.TemporaryDirectory(prefix="happ-openapi-check-") as tmp:
         config_file = Path(tmp) / "schemathesis.toml"
@@ -172,8 +173,9 @@ def run_st(
             *st_args,
         ]
         print(f"$ {' '.join(a if 'Bearer' not in a else 'Authorization: Bearer …' for a in argv)}")
+        # In the caller's folder, so reports and `st replay` find their files there.
         done = subprocess.run(
-            argv, env=env, cwd=tmp, capture_output=capture, text=True, check=False
+            argv, env=env, cwd=cwd, capture_output=capture, text=True, check=False
         )
     output = (done.stdout or "") + (done.stderr or "")
     return CheckResult(service, done.returncode, output)
@@ -187,6 +189,7 @@ def check(
     outgoing_url: str,
     st_args: Sequence[str] = (),
     capture: bool = False,
+    cwd: Path | None = None,
 ) -> list[CheckResult]:
     """Prepare, then run schemathesis against the admin API and the webhook."""
     env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS}
@@ -205,6 +208,7 @@ def check(
                 ["-H", f"Authorization: Bearer {token}", *st_args],
                 env=env,
                 capture=capture,
+                cwd=cwd,
             )
         ]
         # A channel of its own: the admin run may have disconnected the other one.
@@ -219,6 +223,7 @@ def check(
                 list(st_args),
                 env={**env, "HAPP_CHECK_SECRET": webhook["hmac_secret"]},
                 capture=capture,
+                cwd=cwd,
             )
         )
     return results
