@@ -6,8 +6,8 @@ export UV_LINK_MODE := copy
 
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help bootstrap system-deps install run demo test test-faults lint format typecheck check clean \
-	bench-ingress bench-delivery bench-assistant bench-publish bench-db
+.PHONY: help bootstrap system-deps install run demo test test-faults openapi-check lint format \
+	typecheck check clean bench-ingress bench-delivery bench-assistant bench-publish bench-db
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: install system-deps ## Run the whole test suite (real broker, database, TL
 
 test-faults: install ## Only the fault suite (~10 min): kills, restarts, outages under load
 	$(UV) run --frozen pytest -m faults
+
+openapi-check: install ## With `make run` going: schemathesis --checks all on both OpenAPI documents
+	$(UV) run --frozen python -m happ_devtools.openapi_check
 
 lint: install ## ruff: lint and formatting
 	$(UV) run --frozen ruff check .

@@ -171,15 +171,14 @@ async def test_user_input_is_checked(system: System) -> None:
         {"username": "Bad Name!", "name": "x", "password": PASSWORD},
         {"username": unique("ok"), "name": "x", "password": "short"},
         {"username": unique("ok"), "name": "x", "password": PASSWORD, "role": "root"},
-        {
-            "username": unique("ok"),
-            "name": "x",
-            "password": PASSWORD,
-            "channels": ["cm_nope1234567890"],
-        },
     ):
         resp = await system.admin.post("/api/users", json=body)
         assert resp.status_code == 422, body
+    unknown = {"username": unique("ok"), "name": "x", "password": PASSWORD}
+    resp = await system.admin.post(
+        "/api/users", json={**unknown, "channels": ["cm_nope1234567890"]}
+    )
+    assert (resp.status_code, resp.json()["error"]["code"]) == (404, "CHANNEL_NOT_FOUND")
 
 
 async def _logs(system: System, channel_id: str, count: int) -> list[dict[str, Any]]:
@@ -320,7 +319,7 @@ async def test_user_changes_are_checked_and_a_removed_users_session_ends(system:
     real = await system.create_channel("/users-real")
     wanted = [real["id"], "cm_nosuchchannel123", "not-a-channel-id", real["id"]]
     resp = await system.admin.patch(f"/api/users/{user['id']}", json={"channels": wanted})
-    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "INVALID_PAYLOAD")
+    assert (resp.status_code, resp.json()["error"]["code"]) == (404, "CHANNEL_NOT_FOUND")
     assert resp.json()["error"]["details"] == [
         {"field": "channels", "problem": "no channel cm_nosuchchannel123"},
         {"field": "channels", "problem": "no channel not-a-channel-id"},

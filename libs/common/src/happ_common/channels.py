@@ -14,10 +14,20 @@ import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from importlib import resources
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.mongo import CHANNELS, Document
@@ -37,23 +47,65 @@ DEFAULT_RATE_NOTICE_TEXT = (
     "You are sending messages faster than we can answer them. "
     "Please wait a minute before writing again."
 )
-_CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
+CLOCK_PATTERN = r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
+_CLOCK_RE = re.compile(CLOCK_PATTERN)
+# The time zones of the tzdata package (a dependency, so every service and
+# image has them): the JSON schema lists them, and no other name is accepted.
+TIME_ZONES = frozenset(resources.files("tzdata").joinpath("zones").read_text().split())
+
+# Python's whitespace (what str.strip() removes), spelled out so that JSON
+# Schema, pydantic and Python regular expressions read it alike: a string with
+# a character outside it is still non-empty once stripped.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK_PATTERN = f"[^{_SPACE}]"
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+
+def stripped(value: str) -> str:
+    if _NOT_BLANK.search(value) is None:
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+def trimmed(max_length: int) -> Any:
+    """Metadata of a string that must not be blank and is stored stripped: the
+    length limits apply to the string as sent."""
+    return Field(
+        min_length=1, max_length=max_length, json_schema_extra={"pattern": NOT_BLANK_PATTERN}
+    )
+
+
+# A keyword or a sender id in a channel's rules: 1-256 characters, not blank.
+RuleItem = Annotated[str, trimmed(256), AfterValidator(stripped)]
+NoticeText = Annotated[str, Field(min_length=1, max_length=4_000)]
+
+
+def _integral(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# With ``int``: an integer as JSON Schema means one, 3 or 3.0 but never "3" or
+# true (request models are strict, and strict pydantic refuses 3.0). After the
+# bounds, so that they stay in the JSON schema.
+Integral = BeforeValidator(_integral)
+SenderRate = Annotated[int, Field(ge=1, le=10_000), Integral]
+HistoryLength = Annotated[int, Field(ge=0, le=200), Integral]
 
 
 class AssistantSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, max_length=20_000)
     model: str | None = Field(default=None, max_length=200)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    max_history: int = Field(default=20, ge=0, le=200)
+    max_history: HistoryLength = 20
     fallback_text: str = Field(default=DEFAULT_FALLBACK_TEXT, min_length=1, max_length=4_000)
 
 
 class Route(BaseModel):
     """A routing rule: a message it matches goes straight to the operators."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     match: Literal["keyword", "regex"] = "keyword"
     pattern: str = Field(min_length=1, max_length=500)
@@ -80,16 +132,21 @@ def contains_phrase(text: str, phrase: str) -> bool:
 
 
 class WorkingInterval(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     days: list[Weekday] = Field(min_length=1, max_length=7)
-    start: str = Field(description="HH:MM, local time")
-    end: str = Field(description="HH:MM (24:00 for midnight), after start")
+    start: str = Field(
+        description="HH:MM, local time", json_schema_extra={"pattern": CLOCK_PATTERN}
+    )
+    end: str = Field(
+        description="HH:MM (24:00 for midnight), after start",
+        json_schema_extra={"pattern": CLOCK_PATTERN},
+    )
 
     @field_validator("start", "end")
     @classmethod
     def _clock(cls, value: str) -> str:
-        if not _CLOCK_RE.match(value):
+        if not _CLOCK_RE.fullmatch(value):
             raise ValueError("use HH:MM between 00:00 and 24:00")
         return value
 
@@ -103,18 +160,20 @@ class WorkingInterval(BaseModel):
 class WorkingHours(BaseModel):
     """When people are at work, in the channel's time zone."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    timezone: str = Field(min_length=1, max_length=64, examples=["Europe/Kyiv"])
+    timezone: str = Field(
+        examples=["Europe/Kyiv"],
+        description="An IANA time zone name.",
+        json_schema_extra={"enum": list[JsonValue](sorted(TIME_ZONES))},
+    )
     intervals: list[WorkingInterval] = Field(min_length=1, max_length=50)
 
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("not an IANA time zone name such as 'Europe/Kyiv'") from None
+        if value not in TIME_ZONES:
+            raise ValueError("not an IANA time zone name such as 'Europe/Kyiv'")
         return value
 
     def is_open(self, at: datetime) -> bool:
@@ -133,22 +192,19 @@ class ConversationRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: ChannelMode = "assistant"
-    handoff_keywords: list[str] = Field(default_factory=list, max_length=100)
-    handoff_text: str = Field(default=DEFAULT_HANDOFF_TEXT, min_length=1, max_length=4_000)
-    ignore_senders: list[str] = Field(default_factory=list, max_length=10_000)
+    handoff_keywords: list[RuleItem] = Field(default_factory=list, max_length=100)
+    handoff_text: NoticeText = DEFAULT_HANDOFF_TEXT
+    ignore_senders: list[RuleItem] = Field(default_factory=list, max_length=10_000)
     routes: list[Route] = Field(default_factory=list, max_length=100)
     working_hours: WorkingHours | None = None
-    off_hours_text: str | None = Field(default=None, min_length=1, max_length=4_000)
-    sender_rate_per_minute: int | None = Field(default=None, ge=1, le=10_000)
-    rate_notice_text: str = Field(default=DEFAULT_RATE_NOTICE_TEXT, min_length=1, max_length=4_000)
+    off_hours_text: NoticeText | None = None
+    sender_rate_per_minute: SenderRate | None = None
+    rate_notice_text: NoticeText = DEFAULT_RATE_NOTICE_TEXT
 
     @field_validator("handoff_keywords", "ignore_senders")
     @classmethod
-    def _non_empty_items(cls, values: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in values]
-        if any(not v or len(v) > 256 for v in cleaned):
-            raise ValueError("each item must be 1-256 characters")
-        return list(dict.fromkeys(cleaned))
+    def _once_each(cls, values: list[str]) -> list[str]:
+        return list(dict.fromkeys(values))
 
     @property
     def has_operators(self) -> bool:

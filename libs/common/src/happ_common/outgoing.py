@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 import aiohttp
 from opentelemetry.trace import SpanKind
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from happ_common import tracing
 from happ_common.channels import Channel
@@ -23,30 +24,51 @@ from happ_common.webhook_client import AttemptOutcome, post_signed
 
 
 class OutgoingAuthor(BaseModel):
-    type: AuthorType
-    name: str
+    type: AuthorType = Field(description="Who wrote the reply.")
+    name: str = Field(description="Their display name ('Assistant' for the AI).")
 
 
 class OutgoingBody(BaseModel):
-    to: str
-    text: str
+    """The body of an outgoing reply (SPEC §4), signed as sent."""
+
+    to: str = Field(description="The user's `sender_id` from the incoming message.")
+    text: str = Field(description="The reply's text.")
     channel_id: str
-    metadata: dict[str, Any] | None
-    message_id: str
-    in_reply_to: str | None
-    timestamp: int
+    metadata: dict[str, Any] | None = Field(
+        description="The incoming message's `metadata`, exactly; null when none came."
+    )
+    message_id: str = Field(
+        description="This reply's id, the same on every attempt (`X-HAPP-Delivery-Id`)."
+    )
+    in_reply_to: str | None = Field(
+        description="The `message_id` of the incoming message answered; null when the reply "
+        "answers no particular message (a test send, for one)."
+    )
+    timestamp: int = Field(
+        description="Unix seconds when this attempt was signed: reject old ones to stop replays."
+    )
     # Repeats of to/text and a constant, for integrations written against the
     # product page's other example.
-    sender_id: str
-    reply: str
+    sender_id: str = Field(description="The same as `to`.")
+    reply: str = Field(description="The same as `text`.")
     channel: Literal["custom_messenger"] = "custom_messenger"
     # SPEC §6a: who wrote it; ``event`` only on notices about the conversation
     # (a handoff to a person, a hand-back, a close) and on typing events,
-    # ``attachments`` only when an operator sent some.
+    # ``attachments`` only when an operator sent some. Absent rather than null
+    # when they say nothing.
     author: OutgoingAuthor
-    event: OutboundEvent | None = None
-    attachments: list[Attachment] | None = None
-    test: bool | None = None
+    event: OutboundEvent | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Only on a notice about the conversation: `handoff` (to a person; `text` is "
+        "the channel's handoff text), `operator_joined`, `hand_back` or `closed`; and `typing` "
+        "on a typing event (channels with `typing_events`).",
+    )
+    attachments: list[Attachment] | SkipJsonSchema[None] = Field(
+        default=None, description="Only when an operator attached something."
+    )
+    test: bool | SkipJsonSchema[None] = Field(
+        default=None, description="`true` on a test send from the admin API; absent otherwise."
+    )
 
 
 def render(reply: OutboundReply, timestamp: int) -> bytes:

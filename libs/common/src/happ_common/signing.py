@@ -52,6 +52,26 @@ def standard_webhook_signature(
     )
 
 
+# What each header of an outgoing reply means (the ingress OpenAPI document's
+# ``webhooks`` section); the keys are exactly those ``outgoing_headers`` sends.
+OUTGOING_HEADER_DOCS = {
+    "Content-Type": "`application/json`.",
+    "User-Agent": "`HAPP-Custom-Messenger/1.0`.",
+    "X-HAPP-Signature": "`sha256=<hex HMAC-SHA256 of the raw body, keyed with the UTF-8 bytes "
+    "of the channel's secret>`. Compare in constant time.",
+    "X-HAPP-Delivery-Id": "The reply's `message_id`: the same on every attempt, so a receiver "
+    "can drop repeats.",
+    "X-HAPP-Attempt": "This attempt's number: 1, then 2 to 4 for the retries (by default).",
+    "X-HAPP-Timestamp": "Unix seconds when this attempt was signed (also `timestamp` in the body).",
+    "webhook-id": "Standard Webhooks: the same as `X-HAPP-Delivery-Id`.",
+    "webhook-timestamp": "Standard Webhooks: the same as `X-HAPP-Timestamp`.",
+    "webhook-signature": "Standard Webhooks: `v1,<base64 HMAC-SHA256 of "
+    "'{webhook-id}.{webhook-timestamp}.{body}' keyed with the base64-decoded part of the "
+    "whsec_ secret>`; during the 24 h after a rotation one such entry per valid secret, "
+    "space separated.",
+}
+
+
 def outgoing_headers(
     *,
     current_secret: str,

@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 
+from happ_admin.errors import ADMIN_ONLY, CSRF_TOKEN_INVALID, NOT_A_MEMBER, UNAUTHORIZED
 from happ_admin.repository import SessionRepository
 from happ_admin.repository_users import User, UserRepository, UserRole
 from happ_common.errors import HappError
@@ -51,7 +52,7 @@ _cookie_doc = APIKeyCookie(
 
 
 def unauthorized(message: str) -> HappError:
-    return HappError(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
+    return UNAUTHORIZED(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _fingerprint(token: str) -> str:
@@ -75,9 +76,7 @@ Role = UserRole
 
 
 def not_a_member(channel_id: str) -> HappError:
-    return HappError(
-        403,
-        "NOT_A_MEMBER",
+    return NOT_A_MEMBER(
         f"You are not a member of channel {channel_id}; ask an admin to add you to it.",
     )
 
@@ -103,7 +102,7 @@ class Principal:
 
     def require_admin(self) -> None:
         if self.role != "admin":
-            raise HappError(403, "ADMIN_ONLY", "Only an admin may do this.")
+            raise ADMIN_ONLY("Only an admin may do this.")
 
     @property
     def author(self) -> Author:
@@ -237,9 +236,7 @@ async def require_auth(
         if request.method not in SAFE_METHODS:
             given = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(given.encode(), session.csrf_token.encode()):
-                raise HappError(
-                    403,
-                    "CSRF_TOKEN_INVALID",
+                raise CSRF_TOKEN_INVALID(
                     f"Send the {CSRF_HEADER} header returned at sign-in with every request "
                     "that changes something.",
                 )

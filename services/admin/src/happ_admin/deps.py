@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -17,7 +17,6 @@ from happ_admin.service_logs import LogService
 from happ_admin.service_recovery import RecoveryService
 from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
-from happ_common.errors import ErrorBody
 from happ_common.settings import HappSettings
 
 
@@ -93,18 +92,3 @@ Inbox = Annotated[InboxService, Depends(_inbox)]
 Live = Annotated[LiveUpdates, Depends(_live)]
 PublicUrl = Annotated[str, Depends(_public_url)]
 Settings = Annotated[AdminSettings, Depends(_settings)]
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "No valid token or session"},
-    403: {
-        "model": ErrorBody,
-        "description": (
-            "CSRF_TOKEN_INVALID (a session request without a valid X-CSRF-Token), "
-            "NOT_A_MEMBER (an operator, on a channel they are not a member of), "
-            "ADMIN_ONLY (an operator, on an admin's route)"
-        ),
-    },
-    404: {"model": ErrorBody, "description": "No such channel (or item)"},
-    422: {"model": ErrorBody, "description": "Invalid request"},
-    503: {"model": ErrorBody, "description": "Database or broker unavailable; retry"},
-}

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from happ_admin.auth import CurrentPrincipal, Principal, require_auth
-from happ_admin.deps import ERRORS, Channels, Delivery, PublicUrl
+from happ_admin.deps import Channels, Delivery, PublicUrl
+from happ_admin.errors import ERRORS
 from happ_admin.schemas import (
     ChannelCreate,
     ChannelList,

@@ -7,16 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from happ_admin.auth import require_member
-from happ_admin.deps import ERRORS, Conversations, Delivery
+from happ_admin.cursors import Cursor
+from happ_admin.deps import Conversations, Delivery
+from happ_admin.errors import ERRORS, RESEND_CONFLICTS
 from happ_admin.schemas import ConversationPage, MessagePage, MessageStatusOut
-from happ_common.errors import ErrorBody
 
 router = APIRouter(
     prefix="/api", tags=["conversations"], dependencies=[Depends(require_member)], responses=ERRORS
 )
 
 Limit = Annotated[int, Query(ge=1, le=200)]
-Cursor = Annotated[str | None, Query(max_length=1000)]
 
 
 @router.get(
@@ -57,7 +57,7 @@ async def message_status(
     "/channels/{channel_id}/messages/{message_id:path}/resend",
     status_code=202,
     summary="Deliver a delivered, failed or canceled reply again, as a new series",
-    responses={409: {"model": ErrorBody, "description": "Disconnected, or still delivering"}},
+    responses=RESEND_CONFLICTS,
 )
 async def resend(channel_id: str, message_id: str, delivery: Delivery) -> MessageStatusOut:
     return await delivery.resend(channel_id, message_id)

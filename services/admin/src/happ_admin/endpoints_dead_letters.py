@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from happ_admin.auth import require_admin
-from happ_admin.deps import ERRORS, DeadLetters
+from happ_admin.deps import DeadLetters
+from happ_admin.errors import ERRORS
 from happ_admin.schemas import DeadLetterList, DeadLetterOut
 
 router = APIRouter(

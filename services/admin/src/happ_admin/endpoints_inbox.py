@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from happ_admin.auth import CurrentPrincipal
-from happ_admin.deps import ERRORS, Auth, Inbox, Live
+from happ_admin.deps import Auth, Inbox, Live
+from happ_admin.errors import ERRORS, INBOX_CONFLICTS
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
-from happ_common.errors import ErrorBody
 
 router = APIRouter(prefix="/api", tags=["inbox"], responses=ERRORS)
 
-CONFLICTS: dict[int | str, dict[str, Any]] = {
-    409: {
-        "model": ErrorBody,
-        "description": (
-            "CONVERSATION_HELD (another operator holds it), NOT_HOLDING (take it over "
-            "first), HANDOFF_DISABLED (the channel's mode is 'assistant'), "
-            "CONVERSATION_CHANGED (someone acted on it meanwhile)"
-        ),
-    }
-}
 CONVERSATION = "/channels/{channel_id}/conversations/{sender_id:path}"
 
 
@@ -46,7 +34,7 @@ async def events(principal: CurrentPrincipal, live: Live, auth: Auth) -> Streami
     )
 
 
-@router.post(CONVERSATION + "/take", summary="Take over a conversation", responses=CONFLICTS)
+@router.post(CONVERSATION + "/take", summary="Take over a conversation", responses=INBOX_CONFLICTS)
 async def take(
     channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
 ) -> InboxConversation:
@@ -57,7 +45,7 @@ async def take(
 @router.post(
     CONVERSATION + "/hand-back",
     summary="Give a conversation back to the assistant",
-    responses=CONFLICTS,
+    responses=INBOX_CONFLICTS,
 )
 async def hand_back(
     channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
@@ -66,7 +54,7 @@ async def hand_back(
     return await service.hand_back(principal, channel_id, sender_id)
 
 
-@router.post(CONVERSATION + "/close", summary="Close a conversation", responses=CONFLICTS)
+@router.post(CONVERSATION + "/close", summary="Close a conversation", responses=INBOX_CONFLICTS)
 async def close(
     channel_id: str, sender_id: str, principal: CurrentPrincipal, service: Inbox
 ) -> InboxConversation:
@@ -89,7 +77,7 @@ async def read(
     CONVERSATION + "/messages",
     status_code=202,
     summary="Reply as the operator holding the conversation (delivered like an AI reply)",
-    responses=CONFLICTS,
+    responses=INBOX_CONFLICTS,
 )
 async def reply(
     channel_id: str,

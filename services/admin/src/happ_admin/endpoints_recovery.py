@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from happ_admin.auth import CurrentPrincipal, require_member
-from happ_admin.deps import ERRORS, Recoveries
+from happ_admin.deps import Recoveries
+from happ_admin.errors import ERRORS, RECOVERY_CONFLICTS
 from happ_admin.schemas import RecoveryList, RecoveryOut, RecoveryRequest
-from happ_common.errors import ErrorBody
 
 router = APIRouter(
     prefix="/api", tags=["recovery"], dependencies=[Depends(require_member)], responses=ERRORS
@@ -23,10 +23,7 @@ router = APIRouter(
     "order (admins); 200 with the running recovery if one is already running",
     responses={
         200: {"model": RecoveryOut, "description": "A recovery of this channel is running"},
-        409: {
-            "model": ErrorBody,
-            "description": "CHANNEL_DISCONNECTED or DELIVERIES_DISABLED: connect it first",
-        },
+        **RECOVERY_CONFLICTS,
     },
 )
 async def recover(

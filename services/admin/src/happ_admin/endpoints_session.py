@@ -13,8 +13,9 @@ from happ_admin.auth import (
     set_session_cookie,
     unauthorized,
 )
-from happ_admin.deps import ERRORS, Auth, Settings, Users
-from happ_admin.schemas import LoginRequest, SessionOut, SessionUser
+from happ_admin.deps import Auth, Settings, Users
+from happ_admin.errors import ERRORS
+from happ_admin.schemas import LoginRequest, SessionOut, SessionUser, TokenLogin
 
 router = APIRouter(prefix="/api", tags=["session"], responses=ERRORS)
 
@@ -31,14 +32,14 @@ async def sign_in(
     users: Users,
     settings: Settings,
 ) -> SessionOut:
-    if body.token is not None:
+    if isinstance(body, TokenLogin):
         if not auth.token_matches(body.token.strip()):
             raise unauthorized(
                 "That token is not valid; use a token configured in HAPP_ADMIN_TOKEN."
             )
         session = await auth.open_session(token=body.token.strip())
     else:
-        user = await users.authenticate(body.username or "", body.password or "")
+        user = await users.authenticate(body.username, body.password)
         if user is None:
             raise unauthorized("Wrong username or password.")
         session = await auth.open_session(user=user)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Response
 
 from happ_admin.auth import require_admin
-from happ_admin.deps import ERRORS, Users
+from happ_admin.deps import Users
+from happ_admin.errors import ERRORS, USER_CONFLICTS
 from happ_admin.schemas import UserCreate, UserList, UserOut, UserUpdate
-from happ_common.errors import ErrorBody
 
 router = APIRouter(
     prefix="/api", tags=["users"], dependencies=[Depends(require_admin)], responses=ERRORS
 )
-TAKEN: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorBody, "description": "USERNAME_TAKEN"}
-}
 
 
-@router.post("/users", status_code=201, summary="Add an operator or an admin", responses=TAKEN)
+@router.post(
+    "/users", status_code=201, summary="Add an operator or an admin", responses=USER_CONFLICTS
+)
 async def create_user(body: UserCreate, users: Users) -> UserOut:
     return UserOut.of(await users.create(body))
 

@@ -10,16 +10,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
-    model_validator,
 )
 
 from happ_admin.repository_users import User
 from happ_common.channels import (
+    NOT_BLANK_PATTERN,
     RULE_FIELDS,
     AssistantSettings,
     Channel,
@@ -27,14 +27,22 @@ from happ_common.channels import (
     ChannelStatus,
     ConversationRules,
     DeliveriesDisabled,
+    HistoryLength,
+    Integral,
+    NoticeText,
     Route,
+    RuleItem,
+    SenderRate,
     WorkingHours,
+    stripped,
+    trimmed,
 )
 from happ_common.conversation_state import ConversationDoc, ConversationState
 from happ_common.custom_headers import MASK, MAX_HEADERS, masked
 from happ_common.events import Attachment, Author, ConversationEvent
 from happ_common.messages import Handling, LlmTrace, MessageStatus, Role, StoredMessage
 from happ_common.request_log import Direction, LogEntry
+from happ_common.urls import HTTP_URL_PATTERN, MAX_URL_LENGTH, OUTGOING_URL_PATTERN
 
 OUTGOING_HEADERS_DOC = (
     "Headers added to every POST to the endpoint, {name: value}: RFC 7230 names, printable "
@@ -47,21 +55,31 @@ TYPING_EVENTS_DOC = (
     "(one attempt, never retried, never after the reply)."
 )
 
-
-def _strip(value: object) -> object:
-    return value.strip() if isinstance(value, str) else value
+RateLimit = Annotated[int, Field(ge=1, le=100_000), Integral]
+# A channel's name: not blank, stored stripped.
+ChannelName = Annotated[str, trimmed(200), AfterValidator(stripped)]
+# An outgoing URL: the JSON schema states its pattern; the service checks it
+# (``happ_common.urls.check_https_url``), with the SPEC's error codes.
+OutgoingUrl = Annotated[
+    str,
+    Field(
+        max_length=MAX_URL_LENGTH,
+        json_schema_extra={"pattern": OUTGOING_URL_PATTERN},
+        description="The integrator's HTTPS endpoint for replies.",
+    ),
+]
 
 
 class ChannelCreate(ConversationRules):
     """A new channel; the SPEC §6a fields (``mode``, filters) come from
     ``ConversationRules``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=200)
-    outgoing_url: str = Field(max_length=2048)
+    name: ChannelName
+    outgoing_url: OutgoingUrl
     require_signature: bool = False
-    rate_limit_per_second: int = Field(default=100, ge=1, le=100_000)
+    rate_limit_per_second: RateLimit = 100
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
     outgoing_headers: dict[str, str] = Field(
         default_factory=dict,
@@ -70,30 +88,28 @@ class ChannelCreate(ConversationRules):
     )
     typing_events: bool = Field(default=False, description=TYPING_EVENTS_DOC)
 
-    _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
-
 
 class AssistantPatch(BaseModel):
     """Only the fields sent change. ``model: null`` means the service's default model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     system_prompt: str | None = Field(default=None, max_length=20_000)
     model: str | None = Field(default=None, max_length=200)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    max_history: int | None = Field(default=None, ge=0, le=200)
+    max_history: HistoryLength | None = None
     fallback_text: str | None = Field(default=None, min_length=1, max_length=4_000)
 
 
 class ChannelUpdate(BaseModel):
     """Only the fields sent change; ``null`` leaves a field as it is."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    outgoing_url: str | None = Field(default=None, max_length=2048)
+    name: ChannelName | None = None
+    outgoing_url: OutgoingUrl | None = None
     require_signature: bool | None = None
-    rate_limit_per_second: int | None = Field(default=None, ge=1, le=100_000)
+    rate_limit_per_second: RateLimit | None = None
     assistant: AssistantPatch | None = None
     # Merged by name (any case): a value sets or replaces that header, null
     # removes it, names not sent keep their values.
@@ -101,19 +117,18 @@ class ChannelUpdate(BaseModel):
         default=None, description=OUTGOING_HEADERS_DOC + " In a PATCH, null removes a header."
     )
     typing_events: bool | None = Field(default=None, description=TYPING_EVENTS_DOC)
-    # SPEC §6a. Lists are replaced whole. For the three optional settings an
-    # explicit null clears them (no working hours, no off-hours text, no rate).
+    # SPEC §6a, under the same rules as at creation. Lists are replaced whole.
+    # For the three optional settings an explicit null clears them (no working
+    # hours, no off-hours text, no rate).
     mode: ChannelMode | None = None
-    handoff_keywords: list[str] | None = None
-    handoff_text: str | None = None
-    ignore_senders: list[str] | None = None
-    routes: list[Route] | None = None
+    handoff_keywords: list[RuleItem] | None = Field(default=None, max_length=100)
+    handoff_text: NoticeText | None = None
+    ignore_senders: list[RuleItem] | None = Field(default=None, max_length=10_000)
+    routes: list[Route] | None = Field(default=None, max_length=100)
     working_hours: WorkingHours | None = None
-    off_hours_text: str | None = None
-    sender_rate_per_minute: int | None = None
-    rate_notice_text: str | None = None
-
-    _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
+    off_hours_text: NoticeText | None = None
+    sender_rate_per_minute: SenderRate | None = None
+    rate_notice_text: NoticeText | None = None
 
     def rules_patch(self) -> dict[str, Any]:
         """The SPEC §6a fields this request changes (validated by the caller)."""
@@ -126,11 +141,9 @@ class ChannelUpdate(BaseModel):
 
 
 class ConnectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    outgoing_url: str | None = Field(default=None, max_length=2048)
-
-    _strip_fields = field_validator("outgoing_url", mode="before")(_strip)
+    outgoing_url: OutgoingUrl | None = None
 
 
 class ChannelOut(ConversationRules):
@@ -380,22 +393,27 @@ class RecoveryList(BaseModel):
 # --- UI session ------------------------------------------------------------------
 
 
-class LoginRequest(BaseModel):
-    """Either an admin token, or a user's username and password."""
+class TokenLogin(BaseModel):
+    """An admin token (one of ``HAPP_ADMIN_TOKEN``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, title="Sign in with an admin token")
 
-    token: str | None = Field(default=None, min_length=1, max_length=4096)
-    username: str | None = Field(default=None, min_length=1, max_length=64)
-    password: str | None = Field(default=None, min_length=1, max_length=200)
+    token: str = Field(min_length=1, max_length=4096)
 
-    @model_validator(mode="after")
-    def _one_way_in(self) -> LoginRequest:
-        by_password = self.username is not None and self.password is not None
-        mixed = self.token is not None and (self.username is not None or self.password is not None)
-        if mixed or (self.token is None and not by_password):
-            raise ValueError("send either 'token', or 'username' and 'password'")
-        return self
+
+class PasswordLogin(BaseModel):
+    """A user's username and password."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, title="Sign in with a username and password"
+    )
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=200)
+
+
+# Either way in, never both: each model forbids the other's fields.
+LoginRequest = TokenLogin | PasswordLogin
 
 
 class SessionUser(BaseModel):
@@ -418,15 +436,17 @@ class SessionOut(BaseModel):
 
 # --- users (SPEC §6a) -----------------------------------------------------------
 
+# Letters of either case (stored lowercase: usernames are case-insensitive).
 Username = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"),
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+    AfterValidator(str.lower),
 ]
 Password = Annotated[str, Field(min_length=10, max_length=200)]
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     username: Username
     name: str = Field(min_length=1, max_length=100)
@@ -439,7 +459,7 @@ class UserUpdate(BaseModel):
     """Only the fields sent change. A new password, or ``disabled: true``, ends
     the user's open sessions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
     password: Password | None = None
@@ -531,16 +551,28 @@ class InboxOut(BaseModel):
 
 
 class OperatorAttachment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["image", "file", "audio"]
-    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
+    url: str = Field(max_length=2048, pattern=HTTP_URL_PATTERN)
     name: str | None = Field(default=None, max_length=256)
     mime_type: str | None = Field(default=None, max_length=128)
 
 
+def _reply_schema(schema: dict[str, Any]) -> None:
+    """The rule the service checks, stated in the JSON schema: a text that is not
+    blank, or at least one attachment."""
+    schema["anyOf"] = [
+        {"properties": {"text": {"pattern": NOT_BLANK_PATTERN}}, "required": ["text"]},
+        {
+            "properties": {"attachments": {"type": "array", "minItems": 1}},
+            "required": ["attachments"],
+        },
+    ]
+
+
 class OperatorReplyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_reply_schema)
 
     text: str = Field(default="", max_length=10_000)
     attachments: list[OperatorAttachment] = Field(default_factory=list, max_length=10)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from happ_admin.errors import CHANNEL_NOT_FOUND
 from happ_admin.schemas import ChannelCreate, ChannelUpdate
 from happ_common import custom_headers
 from happ_common.channels import (
@@ -64,7 +65,7 @@ def _refused(found: list[tuple[str, str]]) -> HappError:
 
 
 def channel_not_found(channel_id: str) -> HappError:
-    return HappError(404, "CHANNEL_NOT_FOUND", f"No channel {channel_id!r} exists.")
+    return CHANNEL_NOT_FOUND(f"No channel {channel_id!r} exists.")
 
 
 class ChannelService:
@@ -79,8 +80,8 @@ class ChannelService:
                 resolve_and_check, url, allow_private=self._happ.allow_private_endpoints
             )
         except UrlRejected as exc:
-            raise HappError(
-                422, exc.code, exc.message, [ErrorDetail(field="outgoing_url", problem=exc.message)]
+            raise exc.kind(
+                exc.message, [ErrorDetail(field="outgoing_url", problem=exc.message)]
             ) from exc
         return url
 

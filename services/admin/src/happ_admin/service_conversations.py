@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from happ_admin import cursors
+from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
 from happ_admin.repository import AdminRepository
 from happ_admin.schemas import (
     ConversationOut,
@@ -19,9 +20,7 @@ from happ_common.messages import StoredMessage
 
 
 def message_not_found(message_id: str) -> HappError:
-    return HappError(
-        404,
-        "MESSAGE_NOT_FOUND",
+    return MESSAGE_NOT_FOUND(
         f"No message {message_id!r} exists on this channel; use the message_id the webhook "
         "returned.",
     )
@@ -76,9 +75,7 @@ class ConversationService:
         before = cursors.decode(cursor)
         await self._channels.get(channel_id)
         if not await self._repo.conversation_exists(channel_id, sender_id):
-            raise HappError(
-                404,
-                "CONVERSATION_NOT_FOUND",
+            raise CONVERSATION_NOT_FOUND(
                 f"No conversation with sender {sender_id!r} exists on this channel.",
             )
         found = await self._repo.messages(channel_id, sender_id, before=before, limit=limit + 1)

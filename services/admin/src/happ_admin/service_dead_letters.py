@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from happ_admin.errors import DEAD_LETTER_NOT_FOUND
 from happ_admin.schemas import DeadLetterOut
 from happ_common import dead_letters as dl
 from happ_common.errors import HappError, service_unavailable
@@ -32,9 +33,7 @@ _MAX_SHOWN_VALUE = 64 * 1024
 
 
 def dead_letter_not_found(dead_letter_id: str) -> HappError:
-    return HappError(
-        404,
-        "DEAD_LETTER_NOT_FOUND",
+    return DEAD_LETTER_NOT_FOUND(
         f"No dead letter {dead_letter_id!r}; list them with GET /api/dead-letters.",
     )
 

@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 import aiohttp
 from pymongo.errors import PyMongoError
 
+from happ_admin.errors import CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, DELIVERY_IN_PROGRESS
 from happ_admin.repository import AdminRepository
 from happ_admin.schemas import MessageStatusOut, SendTestResult
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService, message_not_found
 from happ_common.channels import Channel
 from happ_common.deliveries import DeliveryStatus
-from happ_common.errors import HappError, service_unavailable
+from happ_common.errors import service_unavailable
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
@@ -38,17 +39,13 @@ RESENDABLE: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
 def require_sendable(channel: Channel) -> None:
     """409 unless the delivery service would send this channel's replies now."""
     if channel.status != "connected":
-        raise HappError(
-            409,
-            "CHANNEL_DISCONNECTED",
-            "The channel is disconnected, so the reply would not be sent; connect it first.",
+        raise CHANNEL_DISCONNECTED(
+            "The channel is disconnected, so the reply would not be sent; connect it first."
         )
     if channel.deliveries_disabled is not None:
-        raise HappError(
-            409,
-            "DELIVERIES_DISABLED",
+        raise DELIVERIES_DISABLED(
             "The channel's deliveries were turned off because its endpoint kept failing; "
-            "fix the endpoint (Send test), then connect the channel again.",
+            "fix the endpoint (Send test), then connect the channel again."
         )
 
 
@@ -125,9 +122,7 @@ class DeliveryActions:
         # Right after a connect the delivery service's cached copy may still say
         # "disconnected"; it re-reads the channel before canceling anything.
         if not await self.requeue(reply, RESENDABLE):
-            raise HappError(
-                409,
-                "DELIVERY_IN_PROGRESS",
+            raise DELIVERY_IN_PROGRESS(
                 "This reply is still being delivered; resend it once it is delivered, failed "
                 "or canceled.",
             )

@@ -17,6 +17,13 @@ from datetime import UTC, datetime
 from prometheus_client import Histogram
 
 from happ_admin.auth import Principal
+from happ_admin.errors import (
+    CONVERSATION_CHANGED,
+    CONVERSATION_HELD,
+    CONVERSATION_NOT_FOUND,
+    HANDOFF_DISABLED,
+    NOT_HOLDING,
+)
 from happ_admin.repository import AdminRepository
 from happ_admin.repository_inbox import InboxRepository
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
@@ -41,22 +48,18 @@ _OPERATOR_NAMESPACE = uuid.UUID("0b6f7f0e-2d0e-4d57-9a43-5f4a3c7e9b21")
 
 
 def conversation_not_found(sender_id: str) -> HappError:
-    return HappError(
-        404,
-        "CONVERSATION_NOT_FOUND",
+    return CONVERSATION_NOT_FOUND(
         f"No conversation with sender {sender_id!r} exists on this channel.",
     )
 
 
 def _held_by_other(doc: ConversationDoc) -> HappError:
     name = doc.operator.name if doc.operator else "another operator"
-    return HappError(409, "CONVERSATION_HELD", f"{name} holds this conversation.")
+    return CONVERSATION_HELD(f"{name} holds this conversation.")
 
 
 def _not_holding() -> HappError:
-    return HappError(
-        409, "NOT_HOLDING", "Take over the conversation first: only its holder may do this."
-    )
+    return NOT_HOLDING("Take over the conversation first: only its holder may do this.")
 
 
 class InboxService:
@@ -215,9 +218,7 @@ class InboxService:
     ) -> tuple[Channel, ConversationDoc]:
         channel = await self._channels.get(channel_id)
         if need_operators and not channel.has_operators:
-            raise HappError(
-                409,
-                "HANDOFF_DISABLED",
+            raise HANDOFF_DISABLED(
                 "This channel's mode is 'assistant': set it to 'assistant_with_handoff' or "
                 "'operators' to let people take its conversations.",
             )
@@ -245,9 +246,7 @@ class InboxService:
         cannot be queued, so what the UI shows is what the user is told."""
         new = await self._repo.transition(doc, fields)
         if new is None:
-            raise HappError(
-                409,
-                "CONVERSATION_CHANGED",
+            raise CONVERSATION_CHANGED(
                 "The conversation changed meanwhile (someone else acted on it); reload it.",
             )
         command = self._command(principal, doc, kind, fields["updated_at"], announce=announce)

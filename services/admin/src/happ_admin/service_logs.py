@@ -6,10 +6,11 @@ import re
 from datetime import UTC, datetime
 
 from happ_admin import cursors
+from happ_admin.errors import LOG_NOT_FOUND
 from happ_admin.repository import AdminRepository
 from happ_admin.schemas import LogEntryOut, LogPage
 from happ_admin.service import ChannelService
-from happ_common.errors import ErrorDetail, HappError
+from happ_common.errors import INVALID_PAYLOAD, ErrorDetail
 from happ_common.mongo import Document
 from happ_common.request_log import Direction
 
@@ -19,8 +20,10 @@ _EXACT = re.compile(r"^[1-5][0-9][0-9]$")
 STATUS_FILTER_HELP = (
     "one or more of, comma separated: a class (2xx, 4xx, 5xx...), an exact code (404), "
     "'error' (no HTTP status: timeout, unreachable, TLS failure) or 'failed' (anything "
-    "but 2xx, 'error' included)"
+    "but 2xx, 'error' included); empty: every status"
 )
+_ONE = r"(?:[1-5](?:xx|[0-9][0-9])|error|failed)"
+STATUS_FILTER_PATTERN = rf"^(?:{_ONE}(?:,{_ONE})*)?$"
 
 
 def status_filter(value: str | None) -> Document:
@@ -48,9 +51,7 @@ def status_filter(value: str | None) -> Document:
                 ]
             )
         else:
-            raise HappError(
-                422,
-                "INVALID_PAYLOAD",
+            raise INVALID_PAYLOAD(
                 f"The status filter {part!r} is not understood.",
                 [ErrorDetail(field="query.status", problem=STATUS_FILTER_HELP)],
             )
@@ -103,5 +104,5 @@ class LogService:
     async def get(self, log_id: str) -> LogEntryOut:
         entry = await self._repo.log(log_id) if len(log_id) <= 200 else None
         if entry is None:
-            raise HappError(404, "LOG_NOT_FOUND", f"No request-log entry {log_id!r} exists.")
+            raise LOG_NOT_FOUND(f"No request-log entry {log_id!r} exists.")
         return LogEntryOut.of(entry)

@@ -26,6 +26,7 @@ import uuid
 from datetime import UTC, datetime
 
 from happ_admin.cursors import Keyset
+from happ_admin.errors import RECOVERY_IN_PROGRESS, RECOVERY_NOT_FOUND
 from happ_admin.repository_recovery import LOCK_TTL, RecoveryDoc, RecoveryRepository
 from happ_admin.schemas import RecoveryCounts, RecoveryOut
 from happ_admin.service import ChannelService
@@ -47,7 +48,7 @@ class _Stopping(Exception):
 
 
 def recovery_not_found(recovery_id: str) -> HappError:
-    return HappError(404, "RECOVERY_NOT_FOUND", f"No recovery {recovery_id!r} on this channel.")
+    return RECOVERY_NOT_FOUND(f"No recovery {recovery_id!r} on this channel.")
 
 
 class RecoveryService:
@@ -76,10 +77,8 @@ class RecoveryService:
         if holder is not None:
             running = await self._repo.get(channel_id, holder)
             if running is None:
-                raise HappError(
-                    409,
-                    "RECOVERY_IN_PROGRESS",
-                    "A recovery of this channel is starting; try again in a moment.",
+                raise RECOVERY_IN_PROGRESS(
+                    "A recovery of this channel is starting; try again in a moment."
                 )
             return await self.out(running), False
         doc = RecoveryDoc(

@@ -6,16 +6,17 @@ import builtins
 import secrets
 from datetime import UTC, datetime
 
+from happ_admin.errors import CHANNEL_NOT_FOUND, USER_NOT_FOUND, USERNAME_TAKEN
 from happ_admin.passwords import hash_password, verify_password
 from happ_admin.repository_users import User, UsernameTaken, UserRepository
 from happ_admin.schemas import UserCreate, UserUpdate
 from happ_admin.service import ChannelService
-from happ_common.errors import ErrorDetail, HappError, invalid_payload
+from happ_common.errors import ErrorDetail, HappError
 from happ_common.mongo import Document
 
 
 def user_not_found(user_id: str) -> HappError:
-    return HappError(404, "USER_NOT_FOUND", f"No user {user_id!r} exists.")
+    return USER_NOT_FOUND(f"No user {user_id!r} exists.")
 
 
 class UserService:
@@ -41,9 +42,7 @@ class UserService:
         try:
             await self._repo.insert(user)
         except UsernameTaken as exc:
-            raise HappError(
-                409, "USERNAME_TAKEN", f"The username {req.username!r} is taken; pick another."
-            ) from exc
+            raise USERNAME_TAKEN(f"The username {req.username!r} is taken; pick another.") from exc
         return user
 
     async def list(self, channel_id: str | None = None) -> builtins.list[User]:
@@ -100,7 +99,7 @@ class UserService:
         existing = {c.id for c in found}
         missing = [c for c in wanted if c not in existing]
         if missing:
-            raise invalid_payload(
-                "Some channels in 'channels' do not exist.",
+            raise CHANNEL_NOT_FOUND(
+                "Some channels in 'channels' do not exist: create them first, or leave them out.",
                 [ErrorDetail(field="channels", problem=f"no channel {c}") for c in missing],
             )

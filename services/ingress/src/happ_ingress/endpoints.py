@@ -19,7 +19,8 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from happ_common import tracing
-from happ_common.errors import HappError, service_unavailable
+from happ_common.errors import METHOD_NOT_ALLOWED, HappError, service_unavailable
+from happ_ingress.errors import CLIENT_DISCONNECTED, PAYLOAD_TOO_LARGE
 from happ_ingress.schemas import Accepted, Duplicate
 from happ_ingress.service import IncomingRequest, IngressService
 
@@ -39,9 +40,7 @@ _ROUTES = {"webhook": _Route("/webhook/{channel_id}"), "cm": _Route("/cm/{channe
 
 
 def _too_large(limit: int) -> HappError:
-    return HappError(
-        413,
-        "PAYLOAD_TOO_LARGE",
+    return PAYLOAD_TOO_LARGE(
         f"The body is larger than {limit // 1024} KiB; send large files as attachment URLs.",
     )
 
@@ -55,7 +54,7 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise HappError(400, "CLIENT_DISCONNECTED", "The client went away mid-request.")
+            raise CLIENT_DISCONNECTED("The client went away mid-request.")
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -76,7 +75,9 @@ class WebhookRoutes:
             match = _PATH.match(scope["path"])
             if match is not None:
                 if scope["method"] != "POST":
-                    refusal = HappError(405, "METHOD_NOT_ALLOWED", "Send the message with POST.")
+                    refusal = METHOD_NOT_ALLOWED(
+                        "Send the message with POST.", headers={"Allow": "POST"}
+                    )
                     await refusal.response()(scope, receive, send)
                     return
                 scope["route"] = _ROUTES[match.group(1)]

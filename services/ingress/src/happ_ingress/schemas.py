@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic_core import to_json
 
 from happ_common.errors import ErrorDetail
 from happ_common.events import AttachmentType
+from happ_common.urls import HTTP_URL_PATTERN
 
 MAX_METADATA_BYTES = 16 * 1024
 
@@ -26,19 +27,25 @@ MessageId = Annotated[str, Field(min_length=1, max_length=128)]
 _HEADER_KEY: TypeAdapter[str] = TypeAdapter(MessageId)
 
 
+_HTTP_URL = re.compile(HTTP_URL_PATTERN)
+
+
 class AttachmentIn(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     type: AttachmentType
-    url: str = Field(max_length=2048)
+    url: str = Field(
+        max_length=2048,
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},
+        description="An absolute http:// or https:// URL.",
+    )
     name: str | None = Field(default=None, max_length=1024)
     mime_type: str | None = Field(default=None, max_length=255)
 
     @field_validator("url")
     @classmethod
     def _absolute_http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        if _HTTP_URL.fullmatch(url) is None:
             raise ValueError("must be an absolute http(s) URL")
         return url
 
@@ -58,10 +65,46 @@ def storable(value: object) -> bool:
     return True
 
 
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Why ``metadata`` is refused, if it is: over 16 KiB as JSON, or valid JSON no
+    MongoDB can store (refused here rather than accepted and never answered)."""
+    size = len(to_json(metadata))
+    if size > MAX_METADATA_BYTES:
+        return f"must be at most 16 KiB as JSON (is {size} bytes)"
+    if not storable(metadata):
+        return (
+            "object keys must not contain the NUL character (\\u0000) and integers "
+            "must fit in 64 bits"
+        )
+    return None
+
+
+def _payload_schema(schema: dict[str, Any]) -> None:
+    """What the validators below add to the generated JSON schema: ``attachments``
+    may be null (read as none), and ``text`` may be empty only next to attachments."""
+    props = schema["properties"]
+    props["metadata"]["description"] = (
+        "Any JSON object, returned unchanged in the reply: at most 16 KiB as JSON, no NUL "
+        "character (\\u0000) in any key at any depth, integers within 64 bits."
+    )
+    props["attachments"] = {
+        "anyOf": [props["attachments"], {"type": "null"}],
+        "title": "Attachments",
+        "description": "At most 10; null or absent means none.",
+    }
+    schema["anyOf"] = [
+        {"properties": {"text": {"minLength": 1}}},
+        {
+            "properties": {"attachments": {"type": "array", "minItems": 1}},
+            "required": ["attachments"],
+        },
+    ]
+
+
 class WebhookPayload(BaseModel):
     """An incoming message. Unknown fields are ignored; types are not coerced."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_payload_schema)
 
     sender_id: str = Field(min_length=1, max_length=256)
     text: str = Field(max_length=10_000)
@@ -79,17 +122,9 @@ class WebhookPayload(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            size = len(to_json(value))
-            if size > MAX_METADATA_BYTES:
-                raise ValueError(f"must be at most 16 KiB as JSON (is {size} bytes)")
-            if not storable(value):
-                # Valid JSON, but no MongoDB can store it: refused here, not
-                # accepted and then never answered.
-                raise ValueError(
-                    "object keys must not contain the NUL character (\\u0000) and integers "
-                    "must fit in 64 bits"
-                )
+        problem = None if value is None else metadata_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -31,6 +31,13 @@ from happ_common.log_context import message_context
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
 from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
+from happ_ingress.errors import (
+    CHANNEL_DISCONNECTED,
+    CHANNEL_NOT_FOUND,
+    HMAC_MISMATCH,
+    HMAC_REQUIRED,
+    RATE_LIMITED,
+)
 from happ_ingress.rate_limit import TokenBuckets
 from happ_ingress.repository import IdempotencyRepository
 from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload, idempotency_key_problems
@@ -93,7 +100,7 @@ class IngressService:
             result = await self._receive(channel, req)
         except HappError as exc:
             outcome = exc.code
-            if exc.code != "CHANNEL_NOT_FOUND":  # no channel to file it under
+            if exc.code != CHANNEL_NOT_FOUND.code:  # no channel to file it under
                 self._record(req, started, exc.status_code, exc.code, None)
             raise
         except Exception:
@@ -123,15 +130,11 @@ class IngressService:
     async def _channel(self, channel_id: str) -> Channel:
         channel = await self._channels.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
         if channel is None:
-            raise HappError(
-                404,
-                "CHANNEL_NOT_FOUND",
+            raise CHANNEL_NOT_FOUND(
                 f"No channel {channel_id!r} exists; check the webhook URL.",
             )
         if channel.status != "connected":
-            raise HappError(
-                403,
-                "CHANNEL_DISCONNECTED",
+            raise CHANNEL_DISCONNECTED(
                 "This channel is disconnected; reconnect it in HAPP to accept messages again.",
             )
         return channel
@@ -142,9 +145,7 @@ class IngressService:
             channel.id, channel.rate_limit_per_second / self._settings.replicas
         )
         if wait > 0:
-            raise HappError(
-                429,
-                "RATE_LIMITED",
+            raise RATE_LIMITED(
                 f"Over this channel's limit of {channel.rate_limit_per_second} messages per "
                 "second; queue on your side and retry after Retry-After seconds.",
                 headers={"Retry-After": TokenBuckets.retry_after_header(wait)},
@@ -231,17 +232,13 @@ class IngressService:
     def _check_signature(self, channel: Channel, req: IncomingRequest) -> None:
         if req.signature is None:
             if channel.require_signature:
-                raise HappError(
-                    401,
-                    "HMAC_REQUIRED",
+                raise HMAC_REQUIRED(
                     "This channel requires X-HAPP-Signature: sha256=<hex HMAC-SHA256 of the "
                     "raw body keyed with the channel secret>.",
                 )
             return
         if not verify_happ_signature(channel.verifying_secrets(), req.body, req.signature):
-            raise HappError(
-                401,
-                "HMAC_MISMATCH",
+            raise HMAC_MISMATCH(
                 "X-HAPP-Signature does not match: compute HMAC-SHA256 over the raw request body "
                 "(not the URL) with the channel's current secret.",
             )
