@@ -18,9 +18,6 @@ MASK = "••••"
 MAX_HEADERS = 20
 MAX_NAME_CHARS = 256
 MAX_VALUE_CHARS = 4096
-# Names and values together: the endpoint's server limits all headers of a
-# request (8 KiB in many), and HAPP's own take ~400 bytes.
-MAX_TOTAL_CHARS = 6 * 1024
 
 # RFC 7230 §3.2.6 token: the characters a header name may have.
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -91,9 +88,34 @@ def problems(headers: Mapping[str, str]) -> list[tuple[str, str]]:
             )
     if len(headers) > MAX_HEADERS:
         found.append(("", f"at most {MAX_HEADERS} headers"))
-    elif sum(len(n) + len(v) for n, v in headers.items()) > MAX_TOTAL_CHARS:
-        found.append(("", f"names and values together at most {MAX_TOTAL_CHARS} characters"))
     return found
+
+
+def _any_case(text: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+def json_schema(*, nullable: bool) -> dict[str, object]:
+    """The rules above as JSON Schema, for the OpenAPI document: names (HAPP's own
+    refused, in any case), values, count. Only "one name once, whatever its case"
+    and "not the mask" are left to the check itself."""
+    reserved = "|".join(_any_case(n) + "$" for n in sorted(RESERVED))
+    prefixes = "|".join(_any_case(p) for p in _RESERVED_PREFIXES)
+    value: dict[str, object] = {
+        "type": "string",
+        "pattern": _VALUE.pattern,
+        "minLength": 1,
+        "maxLength": MAX_VALUE_CHARS,
+    }
+    return {
+        "type": "object",
+        "maxProperties": MAX_HEADERS,
+        "propertyNames": {
+            "pattern": f"^(?!(?:{reserved}|{prefixes}))" + _TOKEN.pattern.removeprefix("^"),
+            "maxLength": MAX_NAME_CHARS,
+        },
+        "additionalProperties": {"anyOf": [value, {"type": "null"}]} if nullable else value,
+    }
 
 
 def masked(headers: Mapping[str, str] | None) -> dict[str, str]:

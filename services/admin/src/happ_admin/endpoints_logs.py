@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BeforeValidator
 
 from happ_admin.auth import CurrentPrincipal, require_member
 from happ_admin.cursors import Cursor
 from happ_admin.deps import Logs
 from happ_admin.errors import ERRORS
-from happ_admin.schemas import LogEntryOut, LogPage
+from happ_admin.schemas import Instant, LogEntryOut, LogPage
 from happ_admin.service_logs import STATUS_FILTER_HELP, STATUS_FILTER_PATTERN
 from happ_common.request_log import Direction
-
-# RFC 3339, as the document's `format: date-time` says: no bare dates, no unix
-# times, an offset always (pydantic alone would take all three).
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
-
-
-def _rfc3339(value: object) -> object:
-    if isinstance(value, str) and _RFC3339.fullmatch(value) is None:
-        raise ValueError("use an RFC 3339 date-time, such as 2026-12-01T09:30:00Z")
-    return value
-
-
-Instant = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 router = APIRouter(
     prefix="/api", tags=["request log"], dependencies=[Depends(require_member)], responses=ERRORS

@@ -6,15 +6,18 @@ Every list answers ``{items, next_cursor}``; ``next_cursor`` is opaque and is
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from happ_admin.repository_users import User
@@ -39,6 +42,7 @@ from happ_common.channels import (
 )
 from happ_common.conversation_state import ConversationDoc, ConversationState
 from happ_common.custom_headers import MASK, MAX_HEADERS, masked
+from happ_common.custom_headers import json_schema as headers_schema
 from happ_common.events import Attachment, Author, ConversationEvent
 from happ_common.messages import Handling, LlmTrace, MessageStatus, Role, StoredMessage
 from happ_common.request_log import Direction, LogEntry
@@ -70,6 +74,23 @@ OutgoingUrl = Annotated[
 ]
 
 
+# RFC 3339, as the document's `format: date-time` says: no bare dates, no unix
+# times, an offset always (pydantic alone would take all three).
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("use an RFC 3339 date-time, such as 2026-12-01T09:30:00Z")
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
 class ChannelCreate(ConversationRules):
     """A new channel; the SPEC §6a fields (``mode``, filters) come from
     ``ConversationRules``."""
@@ -81,10 +102,12 @@ class ChannelCreate(ConversationRules):
     require_signature: bool = False
     rate_limit_per_second: RateLimit = 100
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
-    outgoing_headers: dict[str, str] = Field(
-        default_factory=dict,
-        description=OUTGOING_HEADERS_DOC,
-        examples=[{"Authorization": "Bearer gw-token"}],
+    outgoing_headers: Annotated[dict[str, str], WithJsonSchema(headers_schema(nullable=False))] = (
+        Field(
+            default_factory=dict,
+            description=OUTGOING_HEADERS_DOC,
+            examples=[{"Authorization": "Bearer gw-token"}],
+        )
     )
     typing_events: bool = Field(default=False, description=TYPING_EVENTS_DOC)
 
@@ -113,7 +136,9 @@ class ChannelUpdate(BaseModel):
     assistant: AssistantPatch | None = None
     # Merged by name (any case): a value sets or replaces that header, null
     # removes it, names not sent keep their values.
-    outgoing_headers: dict[str, str | None] | None = Field(
+    outgoing_headers: (
+        Annotated[dict[str, str | None], WithJsonSchema(headers_schema(nullable=True))] | None
+    ) = Field(
         default=None, description=OUTGOING_HEADERS_DOC + " In a PATCH, null removes a header."
     )
     typing_events: bool | None = Field(default=None, description=TYPING_EVENTS_DOC)
@@ -355,8 +380,8 @@ class SendTestResult(BaseModel):
 class RecoveryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime = Field(
-        description="Replies written at or after this time (ISO 8601; no zone means UTC) "
+    since: Instant = Field(
+        description="Replies written at or after this time (RFC 3339) "
         "whose delivery is `failed` are sent again"
     )
 
