@@ -26,6 +26,7 @@ from happ_common.channels import (
     ChannelMode,
     ChannelStatus,
     ConversationRules,
+    DeliveryMode,
     Route,
     WorkingHours,
 )
@@ -46,12 +47,23 @@ class ChannelCreate(ConversationRules):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    outgoing_url: str = Field(max_length=2048)
+    # Required unless delivery is "response" (replies then never leave by POST).
+    outgoing_url: str = Field(default="", max_length=2048)
+    delivery: DeliveryMode = "endpoint"
     require_signature: bool = False
     rate_limit_per_second: int = Field(default=100, ge=1, le=100_000)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
 
     _strip_fields = field_validator("name", "outgoing_url", mode="before")(_strip)
+
+    @model_validator(mode="after")
+    def _endpoint_when_posting(self) -> ChannelCreate:
+        if self.delivery != "response" and not self.outgoing_url:
+            raise ValueError(
+                "outgoing_url is required unless delivery is 'response' "
+                "(replies returned in the webhook's response only)"
+            )
+        return self
 
 
 class AssistantPatch(BaseModel):
@@ -73,6 +85,7 @@ class ChannelUpdate(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     outgoing_url: str | None = Field(default=None, max_length=2048)
+    delivery: DeliveryMode | None = None
     require_signature: bool | None = None
     rate_limit_per_second: int | None = Field(default=None, ge=1, le=100_000)
     assistant: AssistantPatch | None = None
@@ -115,7 +128,9 @@ class ChannelOut(ConversationRules):
     name: str
     status: ChannelStatus
     webhook_url: str
+    # "" for a channel with delivery "response" created without one.
     outgoing_url: str
+    delivery: DeliveryMode = "endpoint"
     # Null for operators: only admins see the channel's secret.
     hmac_secret: str | None
     # Until then the secret replaced by the last rotation still verifies.
@@ -134,6 +149,7 @@ class ChannelOut(ConversationRules):
             status=channel.status,
             webhook_url=f"{public_url.rstrip('/')}/webhook/{channel.id}",
             outgoing_url=channel.outgoing_url,
+            delivery=channel.delivery,
             hmac_secret=channel.hmac_secret if show_secret else None,
             previous_secret_expires_at=(
                 channel.previous_secret_expires_at if channel.previous_secrets() else None

@@ -45,7 +45,8 @@ class ChannelService:
         return url
 
     async def create(self, req: ChannelCreate) -> Channel:
-        await self.validate_url(req.outgoing_url)
+        if req.outgoing_url:
+            await self.validate_url(req.outgoing_url)
         now = datetime.now(UTC)
         # MongoDB keeps milliseconds: answer with what a later GET will return.
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -53,6 +54,7 @@ class ChannelService:
             id=new_channel_id(),
             name=req.name,
             outgoing_url=req.outgoing_url,
+            delivery=req.delivery,
             hmac_secret=new_channel_secret(),
             require_signature=req.require_signature,
             rate_limit_per_second=req.rate_limit_per_second,
@@ -105,6 +107,16 @@ class ChannelService:
             fields.update(merged_rules.model_dump(include=set(rules)))
         if req.outgoing_url is not None:
             await self.validate_url(req.outgoing_url)
+        delivery = fields.get("delivery", current.delivery)
+        if delivery != "response" and not fields.get("outgoing_url", current.outgoing_url):
+            raise invalid_payload(
+                "A channel whose replies are POSTed needs an outgoing_url.",
+                [
+                    ErrorDetail(
+                        field="outgoing_url", problem="required unless delivery is 'response'"
+                    )
+                ],
+            )
         if req.assistant is not None:
             patch = req.assistant.model_dump(exclude_unset=True)
             # Only the model may be null (the service's default model); a null
