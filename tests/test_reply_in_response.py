@@ -256,3 +256,15 @@ async def test_response_channel_needs_no_outgoing_url(system: System) -> None:
     assert switch.json()["error"]["details"][0]["field"] == "outgoing_url"
     refused = await system.admin.post("/api/channels", json={"name": "E"})
     assert refused.status_code == 422
+
+
+async def test_openapi_documents_the_wait_and_the_replies(system: System) -> None:
+    spec = (await system.http.get(system.url("ingress", "/openapi.json"))).json()
+    post = spec["paths"]["/webhook/{channel_id}"]["post"]
+    assert "Prefer" in {p["name"] for p in post["parameters"]}
+    assert set(post["responses"]) >= {"200", "202"}
+    assert "Replied" in spec["components"]["schemas"]
+    get = spec["paths"]["/webhook/{channel_id}/replies"]["get"]
+    names = {p["name"] for p in get["parameters"]}
+    assert names == {"channel_id", "after", "limit", "X-HAPP-Timestamp", "X-HAPP-Signature"}
+    assert set(get["responses"]) >= {"200", "401", "404"}
