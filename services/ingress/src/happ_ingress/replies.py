@@ -224,7 +224,14 @@ class ReplyWaiters:
         watcher = asyncio.ensure_future(disconnected())
         try:
             # Registered first, then the database: see the module's docstring.
-            stored = await self._store.reply_to(channel_id, message_id)
+            try:
+                stored = await self._store.reply_to(channel_id, message_id)
+            except Exception as exc:
+                # The message is accepted: a failed read must not turn that into an
+                # error the integrator would answer by sending it again. A reply
+                # already published is then missed, and the wait ends in a 202.
+                log.warning("reading the reply to %s failed, waiting on: %s", message_id, exc)
+                stored = None
             if stored is not None:
                 WAITS.labels(outcome="stored").inc()
                 return stored
