@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from happ_common.settings import InfraSettings
 from happ_devtools.fake_llm import ModelScript
 from happ_ingress.endpoints import preferred_wait
+from happ_ingress.replies import ReplyStore, ReplyWaiters
 from tests.conftest import System, eventually
 
 
@@ -268,3 +270,55 @@ async def test_openapi_documents_the_wait_and_the_replies(system: System) -> Non
     names = {p["name"] for p in get["parameters"]}
     assert names == {"channel_id", "after", "limit", "X-HAPP-Timestamp", "X-HAPP-Signature"}
     assert set(get["responses"]) >= {"200", "401", "404"}
+
+
+async def waiting_now(system: System) -> float:
+    text = (await system.http.get(system.url("ingress", "/metrics"))).text
+    line = next(x for x in text.splitlines() if x.startswith("happ_ingress_waiting_requests "))
+    return float(line.split()[1])
+
+
+async def test_a_client_that_leaves_stops_waiting(system: System) -> None:
+    # Below the stack's 5 s LLM timeout: one call, answered after 3 s.
+    created, _, _ = await channel(system, "response", ModelScript(delay_s=3.0))
+    message_id = unique("msg")
+    request = asyncio.create_task(send_waiting(system, created["id"], message_id, wait="30"))
+
+    async def held() -> bool:
+        return await waiting_now(system) >= 1
+
+    await eventually(held, timeout_s=10)
+    request.cancel()  # the connection closes: the ingress sees the disconnect
+
+    async def released() -> bool:
+        return await waiting_now(system) == 0
+
+    await eventually(released, timeout_s=4)
+    # Still accepted: its reply is kept for GET replies and a later wait.
+    again = await send_waiting(system, created["id"], message_id, wait="15")
+    assert again.json()["status"] == "replied", (again.status_code, again.headers, again.text)
+
+
+async def test_waiters_beyond_the_bound_are_answered_at_once() -> None:
+    class NoStore(ReplyStore):
+        def __init__(self) -> None:
+            pass
+
+        async def reply_to(self, channel_id: str, message_id: str) -> None:
+            return None
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    waiters = ReplyWaiters(InfraSettings(), NoStore(), max_waiting=1)
+    waiters.ready = True
+    first = asyncio.create_task(waiters.wait("cm_x", "m1", b"cm_x\nu", 5, never))
+    await asyncio.sleep(0.05)
+    assert len(waiters) == 1
+    started = time.monotonic()
+    assert await waiters.wait("cm_x", "m2", b"cm_x\nu", 5, never) is None
+    assert time.monotonic() - started < 1
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert len(waiters) == 0  # cleaned up on the way out, whatever ended the wait
