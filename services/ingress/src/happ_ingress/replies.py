@@ -172,6 +172,10 @@ class ReplyWaiters:
                 self._consumer = await self._open()
                 self.ready = True
                 log.info("reading %s for waiting webhooks", OUTBOUND_REPLIES)
+                if self._waiters:
+                    # Started again after a failure: replies published while the
+                    # reader was away are before its new position, but stored.
+                    await self._recheck(list(self._waiters))
                 while True:
                     batches = await self._consumer.getmany(timeout_ms=500, max_records=2000)
                     for records in batches.values():
@@ -181,14 +185,26 @@ class ReplyWaiters:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Waiters registered meanwhile would miss replies read from the
-                # new position: none are accepted until it is fixed again.
+                # New waits are answered 202 at once until the position is fixed
+                # again; the waits already registered are checked against the
+                # database once it is (above).
                 self.ready = False
                 log.warning("reading %s failed, starting again: %s", OUTBOUND_REPLIES, exc)
                 if self._consumer is not None:
                     await _quietly(self._consumer.stop())
                     self._consumer = None
                 await asyncio.sleep(1.0)
+
+    async def _recheck(self, keys: list[WaiterKey]) -> None:
+        for channel_id, message_id in keys:
+            try:
+                reply = await self._store.reply_to(channel_id, message_id)
+            except Exception as exc:
+                log.warning("reading the reply to %s failed: %s", message_id, exc)
+                continue
+            for future in self._waiters.get((channel_id, message_id), ()):
+                if reply is not None and not future.done():
+                    future.set_result(reply)
 
     def _resolve(self, value: bytes | None) -> None:
         if value is None:
