@@ -47,9 +47,13 @@ def create_app(
             setup_timeout_s=settings.publish_timeout_s,
         ) as clients:
             store = ReplyStore(clients.db)
-            waiters = ReplyWaiters(infra, store, settings.max_waiting)
-            # In the background: the webhook must not wait for the broker to start.
-            await waiters.start()
+            # 0 turns waits off, and with them this replica's read of every reply.
+            waiters = (
+                ReplyWaiters(infra, store, settings.max_waiting) if settings.max_waiting else None
+            )
+            if waiters is not None:
+                # In the background: the webhook must not wait for the broker to start.
+                await waiters.start()
             service = IngressService(
                 settings,
                 ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
@@ -65,7 +69,8 @@ def create_app(
             try:
                 yield
             finally:
-                await waiters.stop()
+                if waiters is not None:
+                    await waiters.stop()
                 await service.stop()
 
     app = FastAPI(

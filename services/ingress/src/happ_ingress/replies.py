@@ -150,7 +150,11 @@ class ReplyWaiters:
             client_id="happ-ingress-replies",
             enable_auto_commit=False,
             group_id=None,
-            fetch_max_wait_ms=50,
+            # The broker answers a fetch as soon as a record arrives, so this
+            # only paces idle polling: 500 ms kept a waited reply's time (~255 ms
+            # with an instant model) and cost an idle replica ~0.2 % of a core
+            # against ~1.7 % at 50 ms.
+            fetch_max_wait_ms=500,
         )
         await consumer.start()
         try:
