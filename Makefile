@@ -7,7 +7,8 @@ export UV_LINK_MODE := copy
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .PHONY: help bootstrap system-deps install run demo test test-faults openapi-check lint format \
-	typecheck check clean bench-ingress bench-delivery bench-assistant bench-publish bench-db
+	typecheck check clean bench-ingress bench-delivery bench-assistant bench-publish bench-db \
+	bench-wait
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -73,6 +74,9 @@ bench-publish: install ## Benchmark: CPU per Kafka publish, FastStream vs aiokaf
 
 bench-assistant: install ## Benchmark: replies/s of one assistant with a 1 s LLM, order checked
 	$(UV) run --frozen python bench/assistant.py
+
+bench-wait: install ## Benchmark: webhooks held for their reply (Prefer: wait) and the ingress's memory, vs plain ones
+	$(UV) run --frozen python bench/wait.py
 
 .PHONY: asyncapi
 asyncapi: install ## Regenerate docs/asyncapi.json from the event models (happ_common.asyncapi)

@@ -10,7 +10,8 @@
 - Some rules are beyond what a JSON schema can state, and the documents state
   them in words: a working-hours interval ends after it starts, a ``regex``
   route compiles, and a message's ``metadata`` is at most 16 KiB as JSON, with
-  no NUL in any key and integers within 64 bits (what MongoDB can store).
+  no NUL in any key and integers within 64 bits (what MongoDB can store); a
+  blank ``outgoing_url`` only with ``delivery: response``.
   Schema-valid (positive) cases breaking them are not generated; negative cases
   are kept as they are.
 """
@@ -66,6 +67,8 @@ def rules_hold(body: object) -> bool:
             start, end = interval.get("start"), interval.get("end")
             if isinstance(start, str) and isinstance(end, str) and end <= start:
                 return False
+    if body.get("outgoing_url") == "" and body.get("delivery") != "response":
+        return False  # only a channel whose replies never leave by POST has no endpoint
     routes = body.get("routes")
     for route in routes if isinstance(routes, list) else []:
         if isinstance(route, dict) and route.get("match") == "regex":

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 ChannelStatus = Literal["connected", "disconnected"]
 # Who answers (SPEC §6a): the AI alone, people alone, or the AI until a handoff.
 ChannelMode = Literal["assistant", "operators", "assistant_with_handoff"]
+# How replies leave (SPEC §3a): POSTed to the outgoing URL, returned in the
+# webhook's response (``Prefer: wait``) and kept for ``GET /webhook/{id}/replies``,
+# or both. The wait is honoured only in ``response`` and ``both``, so an
+# ``endpoint`` channel behaves exactly as before.
+DeliveryMode = Literal["endpoint", "response", "both"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -235,7 +240,9 @@ class Channel(ConversationRules):
     id: str = Field(alias="_id")
     name: str
     status: ChannelStatus = "connected"
-    outgoing_url: str
+    # "" only for a channel with ``delivery: response``, which never POSTs.
+    outgoing_url: str = ""
+    delivery: DeliveryMode = "endpoint"
     hmac_secret: str
     previous_secret: str | None = None
     previous_secret_expires_at: datetime | None = None
@@ -253,6 +260,14 @@ class Channel(ConversationRules):
     # (happ_common.endpoint_health); cleared by a connect.
     endpoint_failing_since: datetime | None = None
     deliveries_disabled: DeliveriesDisabled | None = None
+
+    @property
+    def posts_replies(self) -> bool:
+        return self.delivery != "response"
+
+    @property
+    def answers_in_response(self) -> bool:
+        return self.delivery != "endpoint"
 
     def previous_secrets(self, now: datetime | None = None) -> list[str]:
         """Secrets still honoured besides the current one (rotation overlap)."""

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 
 from happ_admin.repository_users import User
@@ -30,6 +31,7 @@ from happ_common.channels import (
     ChannelStatus,
     ConversationRules,
     DeliveriesDisabled,
+    DeliveryMode,
     HistoryLength,
     Integral,
     NoticeText,
@@ -72,6 +74,17 @@ OutgoingUrl = Annotated[
         description="The integrator's HTTPS endpoint for replies.",
     ),
 ]
+# A channel whose delivery is "response" needs no endpoint: "" then. Any other
+# channel must have one (422 otherwise: a rule between two fields, stated here).
+OutgoingUrlOrBlank = Annotated[
+    str,
+    Field(
+        max_length=MAX_URL_LENGTH,
+        json_schema_extra={"pattern": f"^$|{OUTGOING_URL_PATTERN}"},
+        description="The integrator's HTTPS endpoint for replies; required (not blank) "
+        "unless `delivery` is `response`.",
+    ),
+]
 
 
 # RFC 3339, as the document's `format: date-time` says: no bare dates, no unix
@@ -98,7 +111,9 @@ class ChannelCreate(ConversationRules):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: ChannelName
-    outgoing_url: OutgoingUrl
+    # Required unless delivery is "response" (replies then never leave by POST).
+    outgoing_url: OutgoingUrlOrBlank = ""
+    delivery: DeliveryMode = "endpoint"
     require_signature: bool = False
     rate_limit_per_second: RateLimit = 100
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
@@ -110,6 +125,15 @@ class ChannelCreate(ConversationRules):
         )
     )
     typing_events: bool = Field(default=False, description=TYPING_EVENTS_DOC)
+
+    @model_validator(mode="after")
+    def _endpoint_when_posting(self) -> ChannelCreate:
+        if self.delivery != "response" and not self.outgoing_url:
+            raise ValueError(
+                "outgoing_url is required unless delivery is 'response' "
+                "(replies returned in the webhook's response only)"
+            )
+        return self
 
 
 class AssistantPatch(BaseModel):
@@ -130,7 +154,8 @@ class ChannelUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: ChannelName | None = None
-    outgoing_url: OutgoingUrl | None = None
+    outgoing_url: OutgoingUrlOrBlank | None = None
+    delivery: DeliveryMode | None = None
     require_signature: bool | None = None
     rate_limit_per_second: RateLimit | None = None
     assistant: AssistantPatch | None = None
@@ -178,7 +203,9 @@ class ChannelOut(ConversationRules):
     name: str
     status: ChannelStatus
     webhook_url: str
+    # "" for a channel with delivery "response" created without one.
     outgoing_url: str
+    delivery: DeliveryMode = "endpoint"
     # Null for operators: only admins see the channel's secret.
     hmac_secret: str | None
     # Until then the secret replaced by the last rotation still verifies.
@@ -207,6 +234,7 @@ class ChannelOut(ConversationRules):
             status=channel.status,
             webhook_url=f"{public_url.rstrip('/')}/webhook/{channel.id}",
             outgoing_url=channel.outgoing_url,
+            delivery=channel.delivery,
             hmac_secret=channel.hmac_secret if show_secret else None,
             previous_secret_expires_at=(
                 channel.previous_secret_expires_at if channel.previous_secrets() else None

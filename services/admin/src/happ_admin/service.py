@@ -86,7 +86,8 @@ class ChannelService:
         return url
 
     async def create(self, req: ChannelCreate) -> Channel:
-        await self.validate_url(req.outgoing_url)
+        if req.outgoing_url:
+            await self.validate_url(req.outgoing_url)
         _check_headers(req.outgoing_headers)
         now = datetime.now(UTC)
         # MongoDB keeps milliseconds: answer with what a later GET will return.
@@ -95,6 +96,7 @@ class ChannelService:
             id=new_channel_id(),
             name=req.name,
             outgoing_url=req.outgoing_url,
+            delivery=req.delivery,
             hmac_secret=new_channel_secret(),
             require_signature=req.require_signature,
             rate_limit_per_second=req.rate_limit_per_second,
@@ -153,6 +155,16 @@ class ChannelService:
             fields.update(merged_rules.model_dump(include=set(rules)))
         if req.outgoing_url is not None:
             await self.validate_url(req.outgoing_url)
+        delivery = fields.get("delivery", current.delivery)
+        if delivery != "response" and not fields.get("outgoing_url", current.outgoing_url):
+            raise invalid_payload(
+                "A channel whose replies are POSTed needs an outgoing_url.",
+                [
+                    ErrorDetail(
+                        field="outgoing_url", problem="required unless delivery is 'response'"
+                    )
+                ],
+            )
         if req.assistant is not None:
             patch = req.assistant.model_dump(exclude_unset=True)
             # Only the model may be null (the service's default model); a null

@@ -136,6 +136,16 @@ class DeliveryService:
 
     async def deliver_new(self, reply: OutboundReply, partition: int) -> None:
         """A reply (or a resend), in its conversation's order."""
+        channel = await self._channels.get(reply.channel_id)
+        if channel is not None and not channel.posts_replies:
+            # ``delivery: response``: the ingress hands the reply out (in the
+            # webhook's response or GET /webhook/{id}/replies, both read from the
+            # stored reply), so there is nothing to POST and no state to keep.
+            # Only new replies: a retry series begun before the switch ends by
+            # POSTing, or its gate would stay closed.
+            SKIPPED.labels(reason="response_mode").inc()
+            log.info("reply kept for the webhook's response (delivery: response), not POSTed")
+            return
         try:
             async with parked():
                 await self.gates.pass_through(_key(reply), reply.reply_id)
@@ -163,7 +173,12 @@ class DeliveryService:
             log.info("typing event dropped: %s", reason.replace("_", " "))
             return
         channel = await self._channels.get(event.channel_id)
-        if channel is None or channel.status != "connected" or channel.deliveries_disabled:
+        if (
+            channel is None
+            or channel.status != "connected"
+            or channel.deliveries_disabled
+            or not channel.posts_replies  # delivery: response has no endpoint to tell
+        ):
             # Turned off automatically too: a failing endpoint gets no more requests.
             TYPING.labels(outcome="dropped_disconnected").inc()
             return

@@ -17,6 +17,7 @@ from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_ingress.endpoints import WebhookRoutes
 from happ_ingress.openapi import document_webhook
+from happ_ingress.replies import ReplyStore, ReplyWaiters
 from happ_ingress.repository import IdempotencyRepository
 from happ_ingress.service import IngressService
 from happ_ingress.settings import IngressSettings
@@ -45,12 +46,22 @@ def create_app(
             wait_for_infrastructure=False,
             setup_timeout_s=settings.publish_timeout_s,
         ) as clients:
+            store = ReplyStore(clients.db)
+            # 0 turns waits off, and with them this replica's read of every reply.
+            waiters = (
+                ReplyWaiters(infra, store, settings.max_waiting) if settings.max_waiting else None
+            )
+            if waiters is not None:
+                # In the background: the webhook must not wait for the broker to start.
+                await waiters.start()
             service = IngressService(
                 settings,
                 ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
                 IdempotencyRepository(clients.db),
                 publisher,
                 clients.request_log,
+                waiters=waiters,
+                replies=store,
             )
             app.state.service = service
             app.state.checks = clients.readiness_checks()
@@ -58,6 +69,8 @@ def create_app(
             try:
                 yield
             finally:
+                if waiters is not None:
+                    await waiters.stop()
                 await service.stop()
 
     app = FastAPI(

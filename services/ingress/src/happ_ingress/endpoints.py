@@ -7,6 +7,11 @@ parameters, exception middleware), more than the broker publish itself. So
 answered directly; every other path (``/healthz``, ``/metrics``, ``/docs``) goes
 on to FastAPI. The OpenAPI document still describes the webhook (see
 ``openapi.py``). Numbers: ``docs/benchmarks.md``.
+
+``Prefer: wait=<seconds>`` (RFC 7240) asks to hold the request until the
+message's reply exists (SPEC §3a, ``replies.py``); a request without it takes
+exactly the path it took before. ``GET /webhook/{channel_id}/replies`` is
+served here too, for the same reason of one place for the channel's routes.
 """
 
 from __future__ import annotations
@@ -21,12 +26,24 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from happ_common import tracing
 from happ_common.errors import METHOD_NOT_ALLOWED, HappError, service_unavailable
 from happ_ingress.errors import CLIENT_DISCONNECTED, PAYLOAD_TOO_LARGE
-from happ_ingress.schemas import Accepted, Duplicate
-from happ_ingress.service import IncomingRequest, IngressService
+from happ_ingress.schemas import Waited
+from happ_ingress.service import (
+    IncomingRequest,
+    IngressService,
+    RepliesRequest,
+    ReplyInResponse,
+    Result,
+    Wait,
+)
 
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"^/(webhook|cm)/([^/]+)/?$")
+_REPLIES_PATH = re.compile(r"^/(webhook|cm)/([^/]+)/replies/?$")
+# RFC 7240: a preference the server does not support is ignored, so a wait
+# outside 1-30 s, or not a whole number, is treated as no wait at all.
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?([0-9]{1,3})\"?\s*(?:$|[,;])", re.IGNORECASE)
+MAX_WAIT_S = 30
 
 
 class _Route:
@@ -37,6 +54,21 @@ class _Route:
 
 
 _ROUTES = {"webhook": _Route("/webhook/{channel_id}"), "cm": _Route("/cm/{channel_id}")}
+_REPLIES_ROUTES = {
+    "webhook": _Route("/webhook/{channel_id}/replies"),
+    "cm": _Route("/cm/{channel_id}/replies"),
+}
+
+
+def preferred_wait(prefer: bytes | None) -> int | None:
+    """The seconds of a ``Prefer: wait=N`` header, if N is within 1-30."""
+    if prefer is None:
+        return None
+    match = _WAIT.search(prefer.decode("latin-1"))
+    if match is None:
+        return None
+    seconds = int(match.group(1))
+    return seconds if 1 <= seconds <= MAX_WAIT_S else None
 
 
 def _too_large(limit: int) -> HappError:
@@ -83,7 +115,41 @@ class WebhookRoutes:
                 scope["route"] = _ROUTES[match.group(1)]
                 await self._webhook(scope, receive, send, match.group(2))
                 return
+            match = _REPLIES_PATH.match(scope["path"])
+            if match is not None:
+                if scope["method"] != "GET":
+                    refusal = METHOD_NOT_ALLOWED(
+                        "Fetch replies with GET.", headers={"Allow": "GET"}
+                    )
+                    await refusal.response()(scope, receive, send)
+                    return
+                scope["route"] = _REPLIES_ROUTES[match.group(1)]
+                await self._replies(scope, receive, send, match.group(2))
+                return
         await self.app(scope, receive, send)
+
+    async def _replies(self, scope: Scope, receive: Receive, send: Send, channel_id: str) -> None:
+        service: IngressService = self.state.service
+        headers = dict(scope["headers"])
+        try:
+            body = await service.replies(
+                RepliesRequest(
+                    channel_id=channel_id,
+                    path=scope["path"],
+                    query=scope["query_string"].decode("latin-1"),
+                    timestamp=_text(headers.get(b"x-happ-timestamp")),
+                    signature=_text(headers.get(b"x-happ-signature")),
+                )
+            )
+        except HappError as exc:
+            await exc.response()(scope, receive, send)
+            return
+        except Exception:
+            log.exception("replies of %s failed unexpectedly", channel_id)
+            unavailable = service_unavailable("Replies cannot be read right now; retry shortly.")
+            await unavailable.response()(scope, receive, send)
+            return
+        await _send_json(send, 200, body)
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send, channel_id: str) -> None:
         service: IngressService = self.state.service
@@ -101,6 +167,7 @@ class WebhookRoutes:
                 parent=_trace_parent(headers) if tracing.enabled() else None,
                 attributes={"http.request.method": "POST", "happ.channel_id": channel_id},
             ):
+                seconds = preferred_wait(headers.get(b"prefer"))
                 result = await service.receive(
                     IncomingRequest(
                         channel_id=channel_id,
@@ -109,7 +176,9 @@ class WebhookRoutes:
                         content_type=_text(headers.get(b"content-type")),
                         signature=_text(headers.get(b"x-happ-signature")),
                         idempotency_key=_text(headers.get(b"idempotency-key")),
-                    )
+                    ),
+                    # After the body, receive() returns only when the client leaves.
+                    None if seconds is None else Wait(seconds, receive),
                 )
         except HappError as exc:
             response = exc.response()
@@ -119,7 +188,7 @@ class WebhookRoutes:
                 "The service hit an internal problem; retry shortly."
             ).response()
         else:
-            await _send_ok(result, send)
+            await _send_result(result, send, seconds)
             return
         await response(scope, receive, send)
 
@@ -131,10 +200,20 @@ def _text(value: bytes | None) -> str | None:
 _JSON = [(b"content-type", b"application/json")]
 
 
-async def _send_ok(result: Accepted | Duplicate, send: Send) -> None:
-    body = result.model_dump_json().encode()
+async def _send_result(result: Result, send: Send, waited: int | None) -> None:
+    if isinstance(result, ReplyInResponse):
+        await _send_json(send, 200, result.json(), waited)
+    elif isinstance(result, Waited):
+        await _send_json(send, 202, result.model_dump_json().encode(), waited)
+    else:  # no wait asked for, or the channel's replies do not leave in responses
+        await _send_json(send, 200, result.model_dump_json().encode())
+
+
+async def _send_json(send: Send, status: int, body: bytes, waited: int | None = None) -> None:
     headers = [*_JSON, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if waited is not None:
+        headers.append((b"preference-applied", f"wait={waited}".encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -16,6 +16,9 @@ HMAC_REQUIRED = ErrorKind(
 )
 CHANNEL_DISCONNECTED = ErrorKind(403, "CHANNEL_DISCONNECTED", "the channel is disconnected")
 CHANNEL_NOT_FOUND = ErrorKind(404, "CHANNEL_NOT_FOUND", "no channel has this id")
+MESSAGE_NOT_FOUND = ErrorKind(
+    404, "MESSAGE_NOT_FOUND", "`after` names no message of the channel (GET replies)"
+)
 PAYLOAD_TOO_LARGE = ErrorKind(
     413,
     "PAYLOAD_TOO_LARGE",
@@ -37,5 +40,16 @@ WEBHOOK_ERRORS = (
     PAYLOAD_TOO_LARGE,
     INVALID_PAYLOAD,
     RATE_LIMITED,
+    SERVICE_UNAVAILABLE,
+)
+
+# GET /webhook/{id}/replies: signed with the timestamp, over the query string.
+REPLIES_ERRORS = (
+    HMAC_MISMATCH,
+    HMAC_REQUIRED,
+    CHANNEL_DISCONNECTED,
+    CHANNEL_NOT_FOUND,
+    MESSAGE_NOT_FOUND,
+    INVALID_PAYLOAD,
     SERVICE_UNAVAILABLE,
 )

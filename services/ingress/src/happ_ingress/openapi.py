@@ -16,12 +16,19 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header
 from pydantic import BaseModel
 
-from happ_common.errors import error_responses
+from happ_common.errors import ErrorKind, error_responses
 from happ_common.ids import CHANNEL_ID_RE
 from happ_common.outgoing import OutgoingBody
 from happ_common.signing import OUTGOING_HEADER_DOCS
-from happ_ingress.errors import WEBHOOK_ERRORS
-from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload
+from happ_ingress.errors import REPLIES_ERRORS, WEBHOOK_ERRORS
+from happ_ingress.schemas import (
+    Accepted,
+    Duplicate,
+    Replied,
+    RepliesPage,
+    Waited,
+    WebhookPayload,
+)
 
 SIGNATURE_PATTERN = "^sha256=[0-9a-f]{64}$"
 STANDARD_SIGNATURE_PATTERN = "^v1,[A-Za-z0-9+/]{43}=( v1,[A-Za-z0-9+/]{43}=)*$"
@@ -38,10 +45,10 @@ def json_of(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def _errors(components: dict[str, Any]) -> dict[str, Any]:
-    """The webhook's error responses, generated from the kinds the service raises."""
+def _errors(components: dict[str, Any], kinds: tuple[ErrorKind, ...], name: str) -> dict[str, Any]:
+    """An operation's error responses, generated from the kinds the service raises."""
     out: dict[str, Any] = {}
-    for status, doc in error_responses(WEBHOOK_ERRORS, "WebhookError").items():
+    for status, doc in error_responses(kinds, name).items():
         response = {k: v for k, v in doc.items() if k != "model"}
         response["content"] = json_of(_ref(doc["model"], components))
         out[str(status)] = response
@@ -82,16 +89,40 @@ def _operation(components: dict[str, Any], summary: str, operation_id: str) -> d
                     "description": "The integrator's id of the message, when the body has no "
                     "`message_id`: a repeat within 24 h is answered `duplicate`.",
                 },
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "examples": ["wait=10"]},
+                    "description": "wait=<1-30>: on a channel whose delivery is response or "
+                    "both, hold the request until the message's reply exists (200 replied) or "
+                    "the wait runs out (202). Other values, and the header on an endpoint "
+                    "channel, are ignored (RFC 7240).",
+                },
             ],
             "requestBody": {"required": True, "content": json_of(_ref(WebhookPayload, components))},
             "responses": {
                 "200": {
-                    "description": "Accepted, or a duplicate of a message accepted within 24 h",
+                    "description": "Accepted, or a duplicate of a message accepted within 24 h; "
+                    "with Prefer: wait, the reply (its body exactly as an endpoint receives it)",
+                    "headers": _PREFERENCE_APPLIED,
                     "content": json_of(
-                        {"oneOf": [_ref(Accepted, components), _ref(Duplicate, components)]}
+                        {
+                            "oneOf": [
+                                _ref(Accepted, components),
+                                _ref(Duplicate, components),
+                                _ref(Replied, components),
+                            ]
+                        }
                     ),
                 },
-                **_errors(components),
+                "202": {
+                    "description": "Prefer: wait, and no reply within it: the message is "
+                    "accepted (HAPP owns it) and its reply follows the channel's normal path",
+                    "headers": _PREFERENCE_APPLIED,
+                    "content": json_of(_ref(Waited, components)),
+                },
+                **_errors(components, WEBHOOK_ERRORS, "WebhookError"),
             },
         }
     }
@@ -146,6 +177,70 @@ def _document_reply(app: FastAPI) -> None:
         """Documentation only: HAPP sends this request, it never receives it."""
 
 
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "wait=<seconds>, when the request waited for its reply",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _replies(components: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "tags": ["webhook"],
+            "summary": "The channel's replies after a message (signed)",
+            "operationId": "replies",
+            "description": "Oldest first, each the body an endpoint receives; a reply is listed "
+            "once it is 2 s old. Signed: X-HAPP-Signature = sha256=<hex HMAC-SHA256, keyed with "
+            "the channel secret string, of '<X-HAPP-Timestamp>.<the query string exactly as "
+            "sent>'>, the timestamp within 5 minutes of now.",
+            "parameters": [
+                {
+                    "name": "channel_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "description": "the message_id of a message of the channel (yours or a "
+                    "reply's): the replies created after it",
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100},
+                },
+                {
+                    "name": "X-HAPP-Timestamp",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "description": "unix seconds when the request was signed",
+                },
+                {
+                    "name": "X-HAPP-Signature",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "A page of replies",
+                    "content": json_of(_ref(RepliesPage, components)),
+                },
+                **_errors(components, REPLIES_ERRORS, "RepliesError"),
+            },
+        }
+    }
+
+
 def document_webhook(app: FastAPI) -> None:
     _document_reply(app)
 
@@ -161,6 +256,7 @@ def document_webhook(app: FastAPI) -> None:
         paths["/cm/{channel_id}"] = _operation(
             components, "Send a user message (alias)", "send_message_cm"
         )
+        paths["/webhook/{channel_id}/replies"] = _replies(components)
         app.openapi_schema = schema
         return schema
 

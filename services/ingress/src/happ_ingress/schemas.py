@@ -18,6 +18,7 @@ from pydantic_core import to_json
 
 from happ_common.errors import ErrorDetail
 from happ_common.events import AttachmentType
+from happ_common.outgoing import OutgoingBody
 from happ_common.urls import HTTP_URL_PATTERN
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -155,3 +156,31 @@ class Accepted(BaseModel):
 class Duplicate(BaseModel):
     status: Literal["duplicate"] = "duplicate"
     message_id: str
+
+
+class Waited(BaseModel):
+    """202 to ``Prefer: wait``: accepted (a 200 would have said so too), but no
+    reply within the wait; it follows the channel's normal path."""
+
+    status: Literal["accepted", "duplicate"]
+    message_id: str
+
+
+class Replied(BaseModel):
+    """200 to ``Prefer: wait``: the reply, exactly the body POSTed to an endpoint.
+    Documentation only: the response is assembled from the rendered bytes
+    (``service.ReplyInResponse``), so ``reply`` is byte for byte that body."""
+
+    status: Literal["replied"] = "replied"
+    message_id: str
+    reply: OutgoingBody
+
+
+class RepliesPage(BaseModel):
+    """``GET /webhook/{channel_id}/replies``: documentation of its body."""
+
+    items: list[OutgoingBody]
+    next_after: str | None = Field(
+        description="the last item's message_id: pass it as after= for the next page; "
+        "null when this page is empty"
+    )

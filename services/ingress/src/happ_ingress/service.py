@@ -8,17 +8,21 @@ to an existing channel, accepted or not, leaves one request-log entry.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import parse_qs
 
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from happ_common.channels import Channel, ChannelCache
 from happ_common.errors import (
+    ErrorDetail,
     HappError,
     details_from_validation,
     invalid_payload,
@@ -28,6 +32,7 @@ from happ_common.events import Attachment, InboundMessage
 from happ_common.ids import CHANNEL_ID_RE, conversation_key, new_log_id, new_message_id
 from happ_common.kafka import Publisher, PublishFailed
 from happ_common.log_context import message_context
+from happ_common.outgoing import render
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
 from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
@@ -36,11 +41,19 @@ from happ_ingress.errors import (
     CHANNEL_NOT_FOUND,
     HMAC_MISMATCH,
     HMAC_REQUIRED,
+    MESSAGE_NOT_FOUND,
     RATE_LIMITED,
 )
 from happ_ingress.rate_limit import TokenBuckets
+from happ_ingress.replies import ReplyStore, ReplyWaiters, settled
 from happ_ingress.repository import IdempotencyRepository
-from happ_ingress.schemas import Accepted, Duplicate, WebhookPayload, idempotency_key_problems
+from happ_ingress.schemas import (
+    Accepted,
+    Duplicate,
+    Waited,
+    WebhookPayload,
+    idempotency_key_problems,
+)
 from happ_ingress.settings import IngressSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +63,11 @@ LATENCY = Histogram(
     "happ_ingress_request_seconds",
     "Webhook request handling time, broker ack included",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+REPLIES_REQUESTS = Counter(
+    "happ_ingress_replies_requests_total",
+    "GET /webhook/{channel_id}/replies requests by outcome",
+    ["outcome"],
 )
 CLAIMS_UNMARKED = Counter(
     "happ_ingress_idempotency_claims_unmarked_total",
@@ -70,6 +88,43 @@ class IncomingRequest:
     idempotency_key: str | None
 
 
+@dataclass(frozen=True)
+class Wait:
+    """``Prefer: wait=<seconds>``, and how to tell that the client went away."""
+
+    seconds: int
+    disconnected: Callable[[], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class ReplyInResponse:
+    """The 200 answering a wait with the reply: the outgoing body's exact bytes."""
+
+    message_id: str
+    reply: bytes
+    status: str = "replied"
+
+    def json(self) -> bytes:
+        head = json.dumps({"status": "replied", "message_id": self.message_id})[:-1]
+        return head.encode() + b', "reply": ' + self.reply + b"}"
+
+
+Result = Accepted | Duplicate | ReplyInResponse | Waited
+
+# GET replies: how far the signed timestamp may be from now, either way.
+REPLIES_TOLERANCE_S = 300
+REPLIES_PAGE = 100
+
+
+@dataclass(frozen=True)
+class RepliesRequest:
+    channel_id: str
+    path: str
+    query: str  # exactly as sent, after the "?": it is what the signature covers
+    timestamp: str | None
+    signature: str | None
+
+
 class IngressService:
     def __init__(
         self,
@@ -78,8 +133,13 @@ class IngressService:
         idempotency: IdempotencyRepository,
         publisher: Publisher,
         request_log: RequestLogWriter,
+        *,
+        waiters: ReplyWaiters | None = None,
+        replies: ReplyStore | None = None,
     ) -> None:
         self._settings = settings
+        self._waiters = waiters
+        self._replies = replies
         self._channels = channels
         self._idempotency = idempotency
         self._publisher = publisher
@@ -92,12 +152,32 @@ class IngressService:
         self._published_unmarked: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.completing_claims: set[asyncio.Task[None]] = set()
 
-    async def receive(self, req: IncomingRequest) -> Accepted | Duplicate:
+    async def receive(self, req: IncomingRequest, wait: Wait | None = None) -> Result:
+        """The answer to a webhook request. With ``wait`` (honoured on channels
+        whose replies may leave in the response), the accepted message's reply
+        is awaited for up to its seconds: ``ReplyInResponse``, else ``Waited``."""
         started = time.perf_counter()
+        # The wait is not the request's handling time: the latency histogram (and
+        # its p99 alert) measure up to the broker's ack, with or without a wait.
+        handled: float | None = None
         outcome = "accepted"
+        response_body: str | None = None
         try:
             channel = await self._channel(req.channel_id)
-            result = await self._receive(channel, req)
+            accepted, sender_id = await self._receive(channel, req)
+            handled = time.perf_counter()
+            # Counted by what happened to the message; WAITS counts the waits.
+            outcome = accepted.status
+            result: Result = accepted
+            if wait is not None and self._waiters is not None and channel.answers_in_response:
+                result = await self._wait_for_reply(channel, accepted, sender_id, wait)
+                # The request log shows how the reply left: in this response.
+                response_body = cut(
+                    result.json()
+                    if isinstance(result, ReplyInResponse)
+                    else result.model_dump_json(),
+                    MAX_REQUEST_BODY,
+                )
         except HappError as exc:
             outcome = exc.code
             if exc.code != CHANNEL_NOT_FOUND.code:  # no channel to file it under
@@ -110,15 +190,81 @@ class IngressService:
             outcome = "SERVICE_UNAVAILABLE"
             raise
         else:
-            outcome = result.status
-            self._record(req, started, 200, None, result.message_id)
+            status = 202 if isinstance(result, Waited) else 200
+            self._record(req, started, status, None, result.message_id, response_body=response_body)
             if outcome == "duplicate":
                 with message_context(channel_id=req.channel_id, message_id=result.message_id):
                     log.info("duplicate of an accepted message: not enqueued again")
             return result
         finally:
             REQUESTS.labels(outcome=outcome).inc()
-            LATENCY.observe(time.perf_counter() - started)
+            LATENCY.observe((handled or time.perf_counter()) - started)
+
+    async def replies(self, req: RepliesRequest) -> bytes:
+        """``GET /webhook/{id}/replies?after=<message_id>&limit=<n>``, signed: the
+        channel's replies after a message, each the body an endpoint would get."""
+        started = time.perf_counter()
+        logged = IncomingRequest(req.channel_id, req.path + "?" + req.query, b"", None, None, None)
+        try:
+            channel = await self._channel(req.channel_id)
+        except HappError as exc:
+            REPLIES_REQUESTS.labels(outcome=exc.code).inc()
+            raise
+        try:
+            self._check_replies_signature(channel, req)
+            after, limit = _replies_query(req.query)
+            if self._replies is None:
+                raise service_unavailable("Replies cannot be read right now; retry shortly.", 1)
+            found = await self._replies.replies_after(channel.id, after, limit, settled())
+            if found is None:
+                raise MESSAGE_NOT_FOUND(
+                    f"No message {after!r} in this channel: pass the message_id of a message you "
+                    "sent or of a reply you received.",
+                )
+        except HappError as exc:
+            REPLIES_REQUESTS.labels(outcome=exc.code).inc()
+            self._record(logged, started, exc.status_code, exc.code, None, method="GET")
+            raise
+        now = int(time.time())
+        items = b",".join(render(r, now) for r in found)
+        next_after = found[-1].reply_id if found else after
+        body = (
+            b'{"items": [' + items + b'], "next_after": ' + json.dumps(next_after).encode() + b"}"
+        )
+        REPLIES_REQUESTS.labels(outcome="ok").inc()
+        self._record(
+            logged,
+            started,
+            200,
+            None,
+            next_after,
+            response_body=cut(body, MAX_REQUEST_BODY),
+            method="GET",
+        )
+        return body
+
+    @staticmethod
+    def _check_replies_signature(channel: Channel, req: RepliesRequest) -> None:
+        if req.signature is None or req.timestamp is None:
+            raise HMAC_REQUIRED(
+                "Sign the request: X-HAPP-Timestamp: <unix seconds> and X-HAPP-Signature: "
+                "sha256=<hex HMAC-SHA256 of '<timestamp>.<query string>' keyed with the channel "
+                "secret>.",
+            )
+        signed = f"{req.timestamp}.{req.query}".encode()
+        if not verify_happ_signature(channel.verifying_secrets(), signed, req.signature):
+            raise HMAC_MISMATCH(
+                "X-HAPP-Signature does not match: HMAC-SHA256 over '<X-HAPP-Timestamp>.<the "
+                "query string exactly as sent>' with the channel's current secret.",
+            )
+        # Checked after the signature, so the timestamp is the integrator's own.
+        if not req.timestamp.isdigit() or abs(time.time() - int(req.timestamp)) > (
+            REPLIES_TOLERANCE_S
+        ):
+            raise HMAC_MISMATCH(
+                f"X-HAPP-Timestamp is more than {REPLIES_TOLERANCE_S} s from now: sign each "
+                "request as you send it (and check your clock).",
+            )
 
     async def record_rejection(self, channel_id: str, path: str, exc: HappError) -> None:
         """Log a request refused before its body was read (too large)."""
@@ -139,7 +285,30 @@ class IngressService:
             )
         return channel
 
-    async def _receive(self, channel: Channel, req: IncomingRequest) -> Accepted | Duplicate:
+    async def _wait_for_reply(
+        self, channel: Channel, accepted: Accepted | Duplicate, sender_id: str, wait: Wait
+    ) -> ReplyInResponse | Waited:
+        assert self._waiters is not None
+        reply = await self._waiters.wait(
+            channel.id,
+            accepted.message_id,
+            conversation_key(channel.id, sender_id),
+            wait.seconds,
+            wait.disconnected,
+        )
+        if reply is None:
+            return Waited(status=accepted.status, message_id=accepted.message_id)
+        with message_context(
+            channel_id=channel.id, conversation_id=sender_id, message_id=accepted.message_id
+        ):
+            log.info("reply %s returned in the webhook's response", reply.reply_id)
+        # Rendered as the delivery service renders it, signed at this moment.
+        return ReplyInResponse(accepted.message_id, render(reply, int(time.time())))
+
+    async def _receive(
+        self, channel: Channel, req: IncomingRequest
+    ) -> tuple[Accepted | Duplicate, str]:
+        """The answer, and the sender (whose conversation a wait watches)."""
         self._check_signature(channel, req)
         wait = self._buckets.take(
             channel.id, channel.rate_limit_per_second / self._settings.replicas
@@ -155,8 +324,8 @@ class IngressService:
         message_id = key or new_message_id()
         if key is None:
             await self._publish(channel, payload, message_id)
-            return Accepted(message_id=message_id, channel_id=channel.id)
-        return await self._receive_once(channel, payload, key)
+            return Accepted(message_id=message_id, channel_id=channel.id), payload.sender_id
+        return await self._receive_once(channel, payload, key), payload.sender_id
 
     async def _receive_once(
         self, channel: Channel, payload: WebhookPayload, key: str
@@ -295,6 +464,9 @@ class IngressService:
         status: int,
         error_code: str | None,
         message_id: str | None,
+        *,
+        response_body: str | None = None,
+        method: str = "POST",
     ) -> None:
         self._log.add(
             LogEntry.model_construct(  # every field is ours: skip validation on the hot path
@@ -302,13 +474,39 @@ class IngressService:
                 channel_id=req.channel_id,
                 direction="incoming",
                 created_at=datetime.now(UTC),
-                method="POST",
+                method=method,
                 url=req.path,
                 status_code=status,
                 error_code=error_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 request_body=cut(req.body, MAX_REQUEST_BODY) if req.body else None,
-                response_body=None,
+                response_body=response_body,
                 message_id=message_id,
             )
         )
+
+
+def _replies_query(query: str) -> tuple[str | None, int]:
+    """``after`` (a message id, 1-128 characters) and ``limit`` (1-100)."""
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise invalid_payload("The query string is malformed.") from None
+    problems: list[ErrorDetail] = []
+    unknown = sorted(set(params) - {"after", "limit"})
+    problems += [ErrorDetail(field=k, problem="unknown parameter") for k in unknown]
+    problems += [
+        ErrorDetail(field=k, problem="give it once") for k, v in params.items() if len(v) > 1
+    ]
+    after = params.get("after", [None])[0]
+    if after is not None and not 1 <= len(after) <= 128:
+        problems.append(ErrorDetail(field="after", problem="must be 1-128 characters"))
+    raw_limit = params.get("limit", [str(REPLIES_PAGE)])[0] or ""
+    limit = int(raw_limit) if raw_limit.isdigit() else 0
+    if not 1 <= limit <= REPLIES_PAGE:
+        problems.append(ErrorDetail(field="limit", problem=f"must be 1-{REPLIES_PAGE}"))
+    if problems:
+        raise invalid_payload(
+            "The query is invalid: fix the parameters listed in details.", problems
+        )
+    return after, limit

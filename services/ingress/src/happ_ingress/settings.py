@@ -18,3 +18,6 @@ class IngressSettings(BaseSettings):
     replicas: int = Field(default=1, ge=1, le=1000)
     # A repeat that finds its first copy still being enqueued waits this long for it.
     idempotency_wait_s: float = Field(default=5.0, ge=0)
+    # Webhook requests that may wait for their reply at once (Prefer: wait); a
+    # request beyond it is answered 202 at once. Each costs a few KiB.
+    max_waiting: int = Field(default=20_000, ge=0)
