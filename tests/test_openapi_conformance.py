@@ -22,7 +22,7 @@ from happ_common.signing import OUTGOING_HEADER_DOCS, outgoing_headers
 from happ_devtools.openapi_check import check
 from happ_devtools.schemathesis_hooks import rules_hold
 from happ_ingress.app import create_app as create_ingress
-from happ_ingress.errors import WEBHOOK_ERRORS
+from happ_ingress.errors import REPLIES_ERRORS, WEBHOOK_ERRORS
 from tests.conftest import ADMIN_TOKEN, System
 
 # Per operation in the fuzzing phase (the coverage phase's cases are fixed):
@@ -101,12 +101,20 @@ def test_the_webhook_errors_are_generated_from_the_kinds_it_raises() -> None:
         documented = {
             (int(status), code)
             for status, response in responses.items()
-            if status != "200"
+            if status not in ("200", "202")  # 202: Prefer: wait ran out, not an error
             for code in _codes(doc, response)
         }
         assert documented == {(kind.status, kind.code) for kind in WEBHOOK_ERRORS}
         for status in ("429", "503"):
             assert responses[status]["headers"]["Retry-After"]["required"] is True
+    replies = doc["paths"]["/webhook/{channel_id}/replies"]["get"]["responses"]
+    documented = {
+        (int(status), code)
+        for status, response in replies.items()
+        if status != "200"
+        for code in _codes(doc, response)
+    }
+    assert documented == {(kind.status, kind.code) for kind in REPLIES_ERRORS}
 
 
 def test_the_outgoing_reply_is_an_openapi_webhook_with_its_real_body_and_headers() -> None:
@@ -167,3 +175,7 @@ def test_the_hooks_state_only_the_rules_a_schema_cannot() -> None:
     assert not rules_hold({"routes": [{"match": "regex", "pattern": "("}]})
     assert not rules_hold({"sender_id": "u", "text": "x", "metadata": {"n": 2**64}})
     assert rules_hold({"routes": [{"match": "keyword", "pattern": "("}], "name": ""})
+    assert not rules_hold({"name": "no endpoint"}, "POST", "/api/channels")
+    assert rules_hold({"name": "n", "delivery": "response"}, "POST", "/api/channels")
+    assert not rules_hold({"outgoing_url": ""}, "PATCH", "/api/channels/{channel_id}")
+    assert rules_hold({"name": "renamed"}, "PATCH", "/api/channels/{channel_id}")

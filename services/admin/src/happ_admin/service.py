@@ -153,7 +153,7 @@ class ChannelService:
                     details_from_validation(exc),
                 ) from exc
             fields.update(merged_rules.model_dump(include=set(rules)))
-        if req.outgoing_url is not None:
+        if req.outgoing_url:  # "" removes it (allowed only for delivery: response, below)
             await self.validate_url(req.outgoing_url)
         delivery = fields.get("delivery", current.delivery)
         if delivery != "response" and not fields.get("outgoing_url", current.outgoing_url):
