@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 
+import pytest
+from pymongo import InsertOne, UpdateOne
 from pymongo.errors import AutoReconnect
 
-from happ_common.batching import Batcher
+from happ_common.batching import Batcher, WriteFailed, bulk_write_outcomes, outcome
+from tests.conftest import System
 
 
 async def test_one_bad_item_fails_only_its_own_caller() -> None:
@@ -42,3 +46,27 @@ async def test_an_outage_fails_every_caller_without_trying_each_alone() -> None:
     )
     assert all(isinstance(r, AutoReconnect) for r in results)
     assert calls == 1
+
+
+async def test_bulk_outcomes_tell_a_duplicate_insert_from_an_upsert_that_lost_a_race(
+    system: System,
+) -> None:
+    coll = system.db[f"bulk_outcomes_{uuid.uuid4().hex}"]
+    await coll.insert_one({"_id": "taken", "v": 1})
+    written = await bulk_write_outcomes(
+        coll,
+        [
+            InsertOne({"_id": "new"}),
+            InsertOne({"_id": "taken"}),
+            UpdateOne({"_id": "taken"}, {"$set": {"v": 2}}, upsert=True),
+            UpdateOne({"_id": "fresh"}, {"$set": {"v": 3}}, upsert=True),
+            # Matches nothing, and its upsert finds the _id taken: what a
+            # concurrent upsert of the same document meets.
+            UpdateOne({"_id": "taken", "v": 99}, {"$set": {"v": 4}}, upsert=True),
+        ],
+    )
+    assert written[:4] == [True, False, False, True]
+    assert isinstance(written[4], WriteFailed)
+    with pytest.raises(WriteFailed):
+        outcome(written[4])  # its caller is told
+    assert await coll.find_one({"_id": "taken"}) == {"_id": "taken", "v": 2}

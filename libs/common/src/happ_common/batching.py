@@ -20,7 +20,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import Histogram
-from pymongo.errors import ConnectionFailure
+from pymongo import InsertOne, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, ConnectionFailure
+
+from happ_common.mongo import DUPLICATE_KEY, Document
+
+Write = InsertOne[Document] | UpdateOne
+# Per operation: True if it inserted (or upserted) a document, False if an insert
+# found its ``_id``/unique key taken or an update matched an existing one, or the
+# error that failed it.
+Written = bool | Exception
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -115,3 +125,45 @@ class Batcher(Generic[T, R]):
         if self._running:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._running)
+
+
+class WriteFailed(Exception):
+    """One operation of a bulk failed on its own (the others may have landed)."""
+
+
+async def bulk_write_outcomes(
+    collection: AsyncCollection[Document], ops: Sequence[Write]
+) -> list[Written]:
+    """One unordered ``bulk_write``, its outcome told apart per operation: the
+    ``run_batch`` of a ``Batcher`` whose callers insert or update."""
+    try:
+        result = await collection.bulk_write(list(ops), ordered=False)
+    except BulkWriteError as exc:
+        details = exc.details
+        if details.get("writeConcernErrors"):
+            raise
+        upserted = {u["index"] for u in details.get("upserted", [])}
+        errors = {e["index"]: e for e in details.get("writeErrors", [])}
+    else:
+        upserted = set(result.upserted_ids or {})
+        errors = {}
+    outcomes: list[Written] = []
+    for i, op in enumerate(ops):
+        error = errors.get(i)
+        if error is None:
+            outcomes.append(isinstance(op, InsertOne) or i in upserted)
+        elif error.get("code") == DUPLICATE_KEY and isinstance(op, InsertOne):
+            outcomes.append(False)
+        else:
+            # An upsert's duplicate key is a race with a concurrent upsert of the
+            # same document: its update did not apply, so the caller must retry
+            # rather than read it as done.
+            outcomes.append(WriteFailed(f"{error.get('code')}: {error.get('errmsg')}"))
+    return outcomes
+
+
+def outcome(written: Written) -> bool:
+    """A caller's own result out of a batch: raises what failed it."""
+    if isinstance(written, Exception):
+        raise written
+    return written

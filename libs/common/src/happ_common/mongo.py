@@ -30,6 +30,9 @@ USERS = "users"
 
 Document = dict[str, Any]
 
+# The server's error code for a unique index (or ``_id``) already taken.
+DUPLICATE_KEY = 11000
+
 
 def connect(infra: InfraSettings) -> AsyncMongoClient[Document]:
     # Short server selection: a readiness probe or a request must fail fast

@@ -87,7 +87,7 @@ class RequestLogWriter:
         self,
         db: AsyncDatabase[Document],
         *,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.25,
         batch_size: int = 250,
         max_bytes: int = REQUEST_LOG_BUFFER_BYTES,
     ) -> None:

@@ -24,11 +24,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pymongo import DESCENDING, InsertOne, UpdateOne
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
-from happ_common.batching import Batcher
+from happ_common.batching import Batcher, Write, Written, bulk_write_outcomes, outcome
 from happ_common.conversation_state import (
     ANSWER_TRIGGERS,
     ASSISTANT_STATES,
@@ -41,15 +39,7 @@ from happ_common.conversation_state import (
 from happ_common.messages import Handling, StoredMessage, conversation_id, conversation_touch
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
-DUPLICATE_KEY = 11000
-
 HistoryQuery = tuple[str, str, int]  # channel_id, sender_id, newest messages wanted
-Write = InsertOne[Document] | UpdateOne
-Written = bool | Exception  # inserted now (True) or already there (False), or what failed
-
-
-class WriteFailed(Exception):
-    pass
 
 
 class ConversationRepository:
@@ -87,12 +77,12 @@ class ConversationRepository:
         """Store a user's message unless it is stored already; ``True`` if this call
         stored it. Its own batches: the first write of a message, which gates its LLM
         call, does not queue behind the larger batches of replies."""
-        return _outcome(await self._incoming_writes.submit(InsertOne(_document(message))))
+        return outcome(await self._incoming_writes.submit(InsertOne(_document(message))))
 
     async def insert_reply(self, message: StoredMessage) -> bool:
         """Store a reply unless one with its id is stored already; ``True`` if this call
         stored it."""
-        return _outcome(await self._reply_writes.submit(InsertOne(_document(message))))
+        return outcome(await self._reply_writes.submit(InsertOne(_document(message))))
 
     async def mark_replied(
         self, channel_id: str, message_id: str, reply_id: str, handling: Handling | None = None
@@ -106,7 +96,7 @@ class ConversationRepository:
             fields["handling"] = handling.model_dump()
         # Filtered on the unique key alone: an extra field in the filter makes the
         # embedded database scan (13 updates/s instead of ~1,500/s in a bulk).
-        _outcome(
+        outcome(
             await self._reply_writes.submit(
                 UpdateOne({"channel_id": channel_id, "message_id": message_id}, {"$set": fields})
             )
@@ -125,14 +115,14 @@ class ConversationRepository:
         query, update = conversation_touch(channel_id, sender_id, sender_name, at, last_text)
         if for_people:
             update["$set"]["inbox_at"] = update["$set"]["updated_at"]
-        _outcome(await self._conversation_writes.submit(UpdateOne(query, update, upsert=True)))
+        outcome(await self._conversation_writes.submit(UpdateOne(query, update, upsert=True)))
 
     async def get(self, channel_id: str, message_id: str) -> StoredMessage | None:
         return await self._message_reads.submit((channel_id, message_id))
 
     async def mark_handled(self, channel_id: str, message_id: str, handling: Handling) -> None:
         """Records what the filters decided for a user's message that got no AI reply."""
-        _outcome(
+        outcome(
             await self._reply_writes.submit(
                 UpdateOne(
                     {"channel_id": channel_id, "message_id": message_id},
@@ -233,10 +223,10 @@ class ConversationRepository:
     # -- the batched calls ---------------------------------------------------------
 
     async def _write_messages(self, ops: Sequence[Write]) -> list[Written]:
-        return await _bulk(self._messages, ops)
+        return await bulk_write_outcomes(self._messages, ops)
 
     async def _write_conversations(self, ops: Sequence[Write]) -> list[Written]:
-        return await _bulk(self._conversations, ops)
+        return await bulk_write_outcomes(self._conversations, ops)
 
     async def _read_messages(self, keys: Sequence[tuple[str, str]]) -> list[StoredMessage | None]:
         by_channel: dict[str, set[str]] = defaultdict(set)
@@ -291,38 +281,7 @@ class ConversationRepository:
         return [StoredMessage.model_validate(d) for d in reversed(docs)]
 
 
-async def _bulk(collection: AsyncCollection[Document], ops: Sequence[Write]) -> list[Written]:
-    """One unordered ``bulk_write``, its outcome told apart per operation."""
-    try:
-        result = await collection.bulk_write(list(ops), ordered=False)
-    except BulkWriteError as exc:
-        details = exc.details
-        if details.get("writeConcernErrors"):
-            raise
-        upserted = {u["index"] for u in details.get("upserted", [])}
-        errors = {e["index"]: e for e in details.get("writeErrors", [])}
-    else:
-        upserted = set(result.upserted_ids or {})
-        errors = {}
-    outcomes: list[Written] = []
-    for i in range(len(ops)):
-        error = errors.get(i)
-        if error is None:
-            outcomes.append(isinstance(ops[i], InsertOne) or i in upserted)
-        elif error.get("code") == DUPLICATE_KEY:
-            outcomes.append(False)
-        else:
-            outcomes.append(WriteFailed(f"{error.get('code')}: {error.get('errmsg')}"))
-    return outcomes
-
-
 def _document(message: StoredMessage) -> Document:
     doc = message.model_dump()
     doc["updated_at"] = datetime.now(UTC)
     return doc
-
-
-def _outcome(written: Written) -> bool:
-    if isinstance(written, Exception):
-        raise written
-    return written

@@ -34,12 +34,10 @@ from happ_common.deliveries import (
     PendingRetry,
     delivery_id,
 )
-from happ_common.mongo import DELIVERIES, PENDING_RETRIES, Document
+from happ_common.mongo import DELIVERIES, DUPLICATE_KEY, PENDING_RETRIES, Document
 from happ_common.webhook_client import AttemptOutcome
 
 log = logging.getLogger(__name__)
-
-DUPLICATE_KEY = 11000
 
 
 @dataclass(frozen=True)

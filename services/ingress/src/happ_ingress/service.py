@@ -76,6 +76,7 @@ CLAIMS_UNMARKED = Counter(
 _FIX_DETAILS = "The message is invalid: fix the fields listed in details."
 # Bounds the memory of published-but-unmarked keys (each a few hundred bytes).
 _UNMARKED_KEPT = 10_000
+_FIRST_MARK_PAUSE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -351,13 +352,14 @@ class IngressService:
         except HappError:
             await self._idempotency.release(channel.id, key, claim.owner)
             raise
-        # The broker acknowledged: HAPP owns the message whatever happens below, and
-        # a 503 now would have the integrator send it again.
-        try:
-            await self._idempotency.mark_accepted(channel.id, key)
-        except Exception as exc:
-            log.warning("claim %s/%s not marked accepted, retrying: %s", channel.id, key, exc)
-            self._complete_claim(channel.id, key)
+        # The broker acknowledged: HAPP owns the message, and the webhook answers
+        # now. The claim is marked accepted in the background, batched with other
+        # messages' marks: until it lands, a repeat reaching this replica is
+        # answered from _published_unmarked, and one reaching another replica finds
+        # the claim in progress and waits for the mark. Should this process die
+        # first, a repeat may take the stale claim over and publish again, and the
+        # assistant, which keys every message by its id, answers it once anyway.
+        self._complete_claim(channel.id, key)
         return Accepted(message_id=key, channel_id=channel.id)
 
     def _complete_claim(self, channel_id: str, key: str) -> None:
@@ -373,9 +375,8 @@ class IngressService:
         that a repeat may take the claim over, and a repeat reaching this replica is
         answered from ``_published_unmarked`` anyway."""
         give_up = time.monotonic() + self._stale_after
-        pause = 0.1
+        pause = _FIRST_MARK_PAUSE_S
         while True:
-            await asyncio.sleep(pause)
             try:
                 await self._idempotency.mark_accepted(channel_id, key)
             except Exception as exc:
@@ -389,6 +390,9 @@ class IngressService:
                         exc,
                     )
                     return
+                if pause == _FIRST_MARK_PAUSE_S:
+                    log.warning("claim %s/%s not marked, retrying: %s", channel_id, key, exc)
+                await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
             else:
                 self._published_unmarked.pop((channel_id, key), None)
@@ -397,6 +401,7 @@ class IngressService:
     async def stop(self) -> None:
         """Lets the claims still being marked finish (each within its bound)."""
         await asyncio.gather(*self.completing_claims, return_exceptions=True)
+        await self._idempotency.drain()
 
     def _check_signature(self, channel: Channel, req: IncomingRequest) -> None:
         if req.signature is None:
