@@ -134,8 +134,10 @@ async def test_failing_tenant_does_not_starve_a_healthy_one(faults_for: StartFau
         alone = Load("alone", healthy, conversations=10, per_conversation=15, rate=10)
         await run(f, alone)
         await f.settle([alone], timeout_s=30)
-        beside = Load("beside", healthy, conversations=10, per_conversation=75, rate=10)
-        tenant = Load("failing", failing, conversations=20, per_conversation=75, rate=20)
+        # 50 s: the failing tenant's replies meet their first three attempts
+        # (0, 5 and 20 s after the first) while the healthy channel is measured.
+        beside = Load("beside", healthy, conversations=10, per_conversation=50, rate=10)
+        tenant = Load("failing", failing, conversations=20, per_conversation=50, rate=20)
         f.note("healthy 10/s beside the failing tenant 20/s")
         await run(f, beside, tenant)
         report = await f.verdict([alone, beside], judge_held=False, timeout_s=60)

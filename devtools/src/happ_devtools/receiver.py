@@ -37,14 +37,19 @@ class Received:
         return data
 
 
+# The status to answer, the delay before it, and optionally headers to add.
+Answer = tuple[int, float] | tuple[int, float, dict[str, str]]
+
+
 @dataclass
 class Receiver:
     """Records every request. ``decide`` (per request) or ``behaviour`` (per path)
-    pick the status to answer and a delay before answering; 200 at once otherwise."""
+    pick the status to answer and a delay before answering, and may add response
+    headers (``Retry-After``); 200 at once otherwise."""
 
     received: list[Received] = field(default_factory=list)
-    behaviour: dict[str, tuple[int, float]] = field(default_factory=dict)
-    decide: dict[str, Callable[[Received], tuple[int, float]]] = field(default_factory=dict)
+    behaviour: dict[str, Answer] = field(default_factory=dict)
+    decide: dict[str, Callable[[Received], Answer]] = field(default_factory=dict)
     on_receive: Callable[[Received], None] | None = None
     _arrived: asyncio.Condition | None = None
 
@@ -63,11 +68,14 @@ class Receiver:
         async with self._arrived:
             self._arrived.notify_all()
         decider = self.decide.get(request.path)
-        status, delay = decider(got) if decider else self.behaviour.get(request.path, (200, 0.0))
+        status, delay, *extra = (
+            decider(got) if decider else self.behaviour.get(request.path, (200, 0.0))
+        )
         if delay:
             await asyncio.sleep(delay)
         got.status = status
-        return web.json_response({"ok": status < 300}, status=status)
+        headers = extra[0] if extra else None
+        return web.json_response({"ok": status < 300}, status=status, headers=headers)
 
     def on_path(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]

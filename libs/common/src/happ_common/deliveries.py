@@ -44,6 +44,9 @@ class DeliveryState(BaseModel):
 
     status: DeliveryStatus = "pending"
     attempts: int = 0
+    # Of ``attempts``, those answered with a Retry-After honoured as a pause:
+    # they do not count against the series' limit.
+    pauses: int = 0
     last_status_code: int | None = None
     last_error_code: str | None = None
     last_attempt_at: datetime | None = None
@@ -108,6 +111,7 @@ class DeliveryStates:
                 "$set": {
                     "status": "pending",
                     "attempts": 0,
+                    "pauses": 0,
                     "next_attempt_at": None,
                     "resend_requested_at": now,
                     "updated_at": now,
@@ -126,6 +130,7 @@ class DeliveryStates:
                 "$set": {
                     "status": previous.status,
                     "attempts": previous.attempts,
+                    "pauses": previous.pauses,
                     "next_attempt_at": previous.next_attempt_at,
                     "updated_at": now,
                 }

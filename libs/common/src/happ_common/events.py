@@ -139,3 +139,6 @@ class DeliveryRetry(BaseModel):
     reply: OutboundReply
     attempt: int = Field(ge=2)
     due_at: datetime
+    # How many attempts before this one the endpoint answered with a Retry-After
+    # that HAPP honoured as a pause: those do not count against the attempts.
+    paused: int = Field(default=0, ge=0)

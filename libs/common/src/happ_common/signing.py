@@ -61,7 +61,9 @@ OUTGOING_HEADER_DOCS = {
     "of the channel's secret>`. Compare in constant time.",
     "X-HAPP-Delivery-Id": "The reply's `message_id`: the same on every attempt, so a receiver "
     "can drop repeats.",
-    "X-HAPP-Attempt": "This attempt's number: 1, then 2 to 4 for the retries (by default).",
+    "X-HAPP-Attempt": "This attempt's number: 1, then 2 to 4 for the retries (by default). "
+    "An attempt answered 429 or 503 with `Retry-After` pauses the channel and does not count "
+    "against the limit, so numbers may go higher.",
     "X-HAPP-Timestamp": "Unix seconds when this attempt was signed (also `timestamp` in the body).",
     "webhook-id": "Standard Webhooks: the same as `X-HAPP-Delivery-Id`.",
     "webhook-timestamp": "Standard Webhooks: the same as `X-HAPP-Timestamp`.",

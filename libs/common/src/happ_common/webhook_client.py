@@ -17,6 +17,8 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,6 +79,31 @@ class AttemptOutcome:
     error_message: str | None
     duration_ms: float
     response_body: str | None
+    # Seconds the endpoint asked HAPP to wait (a 429 or 503 with a valid
+    # ``Retry-After``); None when it did not ask.
+    retry_after_s: float | None = None
+
+
+# Statuses whose Retry-After asks the sender to slow down (RFC 9110 §10.2.3,
+# RFC 6585 §4); on any other status the header is not read.
+PAUSE_STATUSES = frozenset({429, 503})
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """RFC 9110's ``Retry-After``: delay-seconds or an HTTP-date, as seconds from
+    now (a date in the past is 0); None when absent or not one of the two."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" or an obsolete zone: RFC 9110 dates are UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def ssl_context(ca_file: str | None) -> ssl.SSLContext:
@@ -161,6 +188,11 @@ async def post_signed(
                 raw = await resp.content.read(MAX_RESPONSE_BODY)
                 text = raw.decode("utf-8", errors="replace")
                 status = resp.status
+                retry_after = (
+                    retry_after_seconds(resp.headers.get("Retry-After"))
+                    if status in PAUSE_STATUSES
+                    else None
+                )
     except TimeoutError:
         return outcome(
             ok=False,
@@ -212,6 +244,8 @@ async def post_signed(
         ok=False,
         status_code=status,
         error_code=f"HTTP_{status}",
-        error_message=f"the endpoint answered {status}",
+        error_message=f"the endpoint answered {status}"
+        + (f" and asked to wait {retry_after:g} s" if retry_after is not None else ""),
         response_body=text,
+        retry_after_s=retry_after,
     )

@@ -178,11 +178,13 @@ class DeliveryRepository:
         sender_id: str | None = None,
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
+        pauses: int = 0,
     ) -> None:
         """Record the outcome of ``attempt``, whose claim (``sending``) it must
         follow. ``partition`` and ``sender_id`` go with ``retrying``; an ended
         series with ``attempt`` > 1 had a retry pending. ``error_code`` without
-        an ``outcome``: why the series ended unsent."""
+        an ``outcome``: why the series ended unsent. ``pauses``: how many of the
+        attempts so far, this one included, did not count (Retry-After)."""
         now = datetime.now(UTC)
         _id = delivery_id(channel_id, reply_id)
         fields: Document = {
@@ -190,6 +192,7 @@ class DeliveryRepository:
             "reply_id": reply_id,
             "status": status,
             "attempts": attempt,
+            "pauses": pauses,
             "updated_at": now,
             "next_attempt_at": next_attempt_at if status == "retrying" else None,
         }

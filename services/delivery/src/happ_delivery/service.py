@@ -47,6 +47,7 @@ from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
 from happ_delivery.health import EndpointHealth
+from happ_delivery.pace import ChannelPauses
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
 from happ_delivery.slots import SendSlots
@@ -118,6 +119,7 @@ class DeliveryService:
         self._session = session
         self._publisher = publisher
         self._log = request_log
+        self.pauses = ChannelPauses()
         self._slots = SendSlots(
             per_channel=settings.max_connections_per_channel,
             per_host=settings.max_connections_per_host,
@@ -153,9 +155,9 @@ class DeliveryService:
             raise Abandoned(reply.reply_id) from None
         async with self._one_at_a_time(reply):
             if not reply.resend and await self._repo.claim_first(reply.channel_id, reply.reply_id):
-                await self._send_and_record(reply, 1, partition)
+                await self._send_and_record(reply, 1, partition, pauses=0)
                 return
-            await self._resume(reply, 1, partition)
+            await self._resume(reply, 1, partition, pauses=0)
 
     async def deliver_typing(self, event: OutboundReply) -> None:
         """A typing event: best-effort, and never after the reply it announces.
@@ -164,9 +166,10 @@ class DeliveryService:
         after it) waits for its one POST, bounded by ``typing_timeout_s``. It
         claims no state, closes no gate and has no retry: dropped when a reply
         of the conversation is in a retry series (it would have to wait behind
-        it), when the reply it announces has been met already (a redelivery
-        after a crash), when it is too old to mean anything, or when the channel
-        is disconnected; a failed POST is logged and that is all."""
+        it), when the endpoint asked for a pause (Retry-After), when the reply
+        it announces has been met already (a redelivery after a crash), when it
+        is too old to mean anything, or when the channel is disconnected; a
+        failed POST is logged and that is all."""
         reason = await self._typing_drop_reason(event)
         if reason is not None:
             TYPING.labels(outcome=f"dropped_{reason}").inc()
@@ -208,6 +211,8 @@ class DeliveryService:
     async def _typing_drop_reason(self, event: OutboundReply) -> str | None:
         if self.gates.closed_by(_key(event)) is not None:
             return "behind_retry"
+        if self.pauses.remaining(event.channel_id) > 0:
+            return "paused"  # the endpoint asked for quiet: a late "typing…" means nothing
         created = event.created_at
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
@@ -244,7 +249,7 @@ class DeliveryService:
         # The state is read now, after the wait: a resend or a cancel may have
         # happened meanwhile.
         async with self._one_at_a_time(reply):
-            await self._resume(reply, retry.attempt, partition)
+            await self._resume(reply, retry.attempt, partition, pauses=retry.paused)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, reply: OutboundReply) -> AsyncIterator[None]:
@@ -270,11 +275,14 @@ class DeliveryService:
             if users[0] == 0:
                 del self._replies[reply.reply_id]
 
-    async def _resume(self, reply: OutboundReply, attempt: int, partition: int) -> None:
+    async def _resume(
+        self, reply: OutboundReply, attempt: int, partition: int, *, pauses: int
+    ) -> None:
         """Go on from the reply's recorded state with ``attempt``, whichever
         record (first, retry, resend, duplicate) brought it here. A record is
         only ever skipped when the state shows its step done, or when the record
-        that will do it is still on the log (uncommitted)."""
+        that will do it is still on the log (uncommitted). ``pauses``: the
+        record's count of earlier attempts that did not count (Retry-After)."""
         while True:
             state = await self._repo.state(reply.channel_id, reply.reply_id)
             if state is None:
@@ -297,14 +305,14 @@ class DeliveryService:
                 RESUMED.labels(step="schedule").inc()
                 self.gates.close(_key(reply), reply.reply_id, partition)
                 due = state.next_attempt_at or datetime.now(UTC)
-                await self._publish_retry(reply, state.attempts + 1, due)
+                await self._publish_retry(reply, state.attempts + 1, due, state.pauses)
                 return
             if state.status == "sending" and state.attempts == attempt:
                 # In flight when its sender died: the one POST that may repeat.
                 RESUMED.labels(step="send").inc()
                 if attempt > 1:
                     self.gates.close(_key(reply), reply.reply_id, partition)
-                await self._send_and_record(reply, attempt, partition)
+                await self._send_and_record(reply, attempt, partition, pauses=state.pauses)
                 return
             # Another attempt is claimed ("sending": its own record, uncommitted
             # until it is done, will resume it) or the record is older than the
@@ -321,7 +329,7 @@ class DeliveryService:
         if attempt > 1:
             # Keep the gate closed across a restart: the reply is mid-series.
             self.gates.close(_key(reply), reply.reply_id, partition)
-        await self._send_and_record(reply, attempt, partition)
+        await self._send_and_record(reply, attempt, partition, pauses=pauses)
 
     @staticmethod
     def _may_claim(state: DeliveryState, attempt: int) -> bool:
@@ -329,15 +337,19 @@ class DeliveryService:
             return state.status == "pending" and state.attempts == 0  # a resend's claim
         return state.status == "retrying" and state.attempts == attempt - 1
 
-    async def _send_and_record(self, reply: OutboundReply, attempt: int, partition: int) -> None:
-        """Send the claimed ``attempt`` and record what came of it."""
+    async def _send_and_record(
+        self, reply: OutboundReply, attempt: int, partition: int, *, pauses: int
+    ) -> None:
+        """Send the claimed ``attempt`` and record what came of it. Of the
+        attempts before it, ``pauses`` were answered with a Retry-After honoured
+        as a pause, and do not count against ``max_attempts``."""
         channel = await self._channels.get(reply.channel_id)
         if channel is None or channel.status != "connected" or channel.deliveries_disabled:
             # Ending a series unsent is final: make sure with the database, not
             # the cache (a resend right after a reconnect must go out).
             channel = await self._channels.get(reply.channel_id, fresh=True)
         if channel is None or channel.status != "connected":
-            await self._record(reply, "canceled", attempt)
+            await self._record(reply, "canceled", attempt, pauses=pauses)
             FINAL.labels(state="canceled").inc()
             log.info("reply canceled: the channel is disconnected or gone")
             self._open(reply)
@@ -345,11 +357,14 @@ class DeliveryService:
         if channel.deliveries_disabled is not None:
             # Kept as failed, not canceled: a bulk recovery re-sends failed
             # replies once the endpoint is fixed and the channel connected.
-            await self._record(reply, "failed", attempt, error_code=DISABLED_ERROR_CODE)
+            await self._record(
+                reply, "failed", attempt, error_code=DISABLED_ERROR_CODE, pauses=pauses
+            )
             FINAL.labels(state="failed").inc()
             log.info("reply not sent: the channel's deliveries are turned off")
             self._open(reply)
             return
+        await self.pauses.wait(channel.id)
         async with self._slots.hold(channel.id, channel.outgoing_url):
             sent = await send_attempt(
                 self._session,
@@ -366,7 +381,7 @@ class DeliveryService:
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         if outcome.ok:
-            await self._record(reply, "delivered", attempt, outcome)
+            await self._record(reply, "delivered", attempt, outcome, pauses=pauses)
             FINAL.labels(state="delivered").inc()
             log.info(
                 "reply delivered: attempt %d, HTTP %s in %.0f ms",
@@ -376,16 +391,30 @@ class DeliveryService:
             )
             END_TO_END.observe(max(0.0, (datetime.now(UTC) - reply.created_at).total_seconds()))
             self._open(reply)
-        elif attempt < self.max_attempts:
-            due = datetime.now(UTC) + timedelta(seconds=self._settings.retry_delays[attempt - 1])
-            # Close the gate before this handler returns: the conversation's next
-            # reply is handled right after it and must find the gate closed.
-            self.gates.close(_key(reply), reply.reply_id, partition)
-            GATED.set(len(self.gates))
-            await self._record(
-                reply, "retrying", attempt, outcome, partition=partition, next_attempt_at=due
+        elif (wait := self._pause_asked(channel.id, outcome)) is not None and (
+            pauses < self._settings.max_pauses
+        ):
+            # The endpoint asked for time: this attempt does not count, and the
+            # next comes once the pause is over.
+            due = datetime.now(UTC) + timedelta(seconds=wait)
+            await self._schedule(
+                reply, attempt, partition=partition, outcome=outcome, due=due, pauses=pauses + 1
             )
-            await self._publish_retry(reply, attempt + 1, due)
+            log.info(
+                "reply attempt %d: the endpoint asked to wait %g s (HTTP %s); the channel "
+                "is paused and the attempt not counted; attempt %d due at %s",
+                attempt,
+                wait,
+                outcome.status_code,
+                attempt + 1,
+                due.isoformat(timespec="seconds"),
+            )
+        elif attempt - pauses < self.max_attempts:
+            delay = self._settings.retry_delays[attempt - pauses - 1]
+            due = datetime.now(UTC) + timedelta(seconds=max(delay, wait or 0.0))
+            await self._schedule(
+                reply, attempt, partition=partition, outcome=outcome, due=due, pauses=pauses
+            )
             log.info(
                 "reply attempt %d failed (%s); attempt %d due at %s",
                 attempt,
@@ -394,7 +423,7 @@ class DeliveryService:
                 due.isoformat(timespec="seconds"),
             )
         else:
-            await self._record(reply, "failed", attempt, outcome)
+            await self._record(reply, "failed", attempt, outcome, pauses=pauses)
             FINAL.labels(state="failed").inc()
             log.warning(
                 "reply %s to %s failed after %d attempts: %s",
@@ -405,6 +434,42 @@ class DeliveryService:
             )
             self._open(reply)
         await self._note_health(channel, outcome)
+
+    def _pause_asked(self, channel_id: str, outcome: AttemptOutcome) -> float | None:
+        """The pause an endpoint's Retry-After asked for, capped, now in force for
+        its channel; None when it asked for none."""
+        if outcome.retry_after_s is None:
+            return None
+        wait = min(outcome.retry_after_s, self._settings.max_retry_after_s)
+        self.pauses.pause(channel_id, wait)
+        return wait
+
+    async def _schedule(
+        self,
+        reply: OutboundReply,
+        attempt: int,
+        *,
+        partition: int,
+        outcome: AttemptOutcome,
+        due: datetime,
+        pauses: int,
+    ) -> None:
+        """Record ``attempt`` as failed with its next one due at ``due``, and put
+        that one on the retry topic."""
+        # Close the gate before this handler returns: the conversation's next
+        # reply is handled right after it and must find the gate closed.
+        self.gates.close(_key(reply), reply.reply_id, partition)
+        GATED.set(len(self.gates))
+        await self._record(
+            reply,
+            "retrying",
+            attempt,
+            outcome,
+            partition=partition,
+            next_attempt_at=due,
+            pauses=pauses,
+        )
+        await self._publish_retry(reply, attempt + 1, due, pauses)
 
     async def _note_health(self, channel: Channel, outcome: AttemptOutcome) -> None:
         # Best effort, after everything the reply needs is recorded: a write
@@ -427,6 +492,7 @@ class DeliveryService:
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
         error_code: str | None = None,
+        pauses: int = 0,
     ) -> None:
         await self._until_done(
             "record",
@@ -440,10 +506,13 @@ class DeliveryService:
                 sender_id=reply.to,
                 partition=partition,
                 next_attempt_at=next_attempt_at,
+                pauses=pauses,
             ),
         )
 
-    async def _publish_retry(self, reply: OutboundReply, attempt: int, due: datetime) -> None:
+    async def _publish_retry(
+        self, reply: OutboundReply, attempt: int, due: datetime, pauses: int
+    ) -> None:
         # Duplicates are harmless: the retry claims its attempt with a
         # compare-and-set, so a second copy finds it taken.
         await self._until_done(
@@ -451,7 +520,10 @@ class DeliveryService:
             lambda: self._publisher.publish(
                 DELIVERY_RETRY,
                 DeliveryRetry(
-                    reply=reply.model_copy(update={"resend": False}), attempt=attempt, due_at=due
+                    reply=reply.model_copy(update={"resend": False}),
+                    attempt=attempt,
+                    due_at=due,
+                    paused=pauses,
                 ),
                 key=conversation_key(reply.channel_id, reply.to),
             ),

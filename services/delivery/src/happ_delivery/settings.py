@@ -19,6 +19,12 @@ class DeliverySettings(BaseSettings):
     retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 15.0, 60.0]
     )
+    # An endpoint's 429 or 503 with Retry-After pauses its channel for that long
+    # (at most max_retry_after_s) without spending an attempt, up to max_pauses
+    # times per reply; past that such answers count as attempts, so a reply
+    # still ends (happ_delivery.pace).
+    max_retry_after_s: float = Field(default=300.0, ge=0, le=86_400)
+    max_pauses: int = Field(default=10, ge=0, le=1000)
     ca_file: str | None = None
     max_in_flight: int = Field(default=2048, ge=1)
     # Records parked off the in-flight budget (behind a closed gate, a retry not

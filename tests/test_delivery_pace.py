@@ -1,0 +1,112 @@
+"""An endpoint's 429 or 503 with ``Retry-After``: honoured as a pause of its
+channel, never as a spent attempt, and never a wait for another channel."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+from happ_common.webhook_client import retry_after_seconds
+from happ_devtools.receiver import Answer, Received
+from tests.conftest import System, eventually
+from tests.test_delivery import _wait_status
+
+MAX_PAUSES = 10  # HAPP_DELIVERY_MAX_PAUSES's default
+COUNTED_ATTEMPTS = 4  # 1 + the three HAPP_DELIVERY_RETRY_DELAYS in conftest
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(" 0 ", now) == 0.0
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    assert retry_after_seconds(later, now) == 90.0
+    earlier = format_datetime(now - timedelta(minutes=5), usegmt=True)
+    assert retry_after_seconds(earlier, now) == 0.0
+    for invalid in (None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2026 99:99:99 GMT"):
+        assert retry_after_seconds(invalid, now) is None, invalid
+
+
+async def test_retry_after_pauses_the_channel_without_spending_attempts(system: System) -> None:
+    """Five answers asking to wait, more than the four attempts a reply has:
+    the reply is still delivered, each POST comes after the pause asked for,
+    the channel's other conversation waits out the pause too, and another
+    channel is served meanwhile."""
+    asked = 0
+
+    def busy_then_ok(got: Received) -> Answer:
+        nonlocal asked
+        if got.json().get("to") != "first" or asked >= 5:
+            return (200, 0.0)
+        asked += 1
+        if asked == 3:  # an HTTP-date, from a 503
+            until = datetime.now(UTC) + timedelta(seconds=2)
+            return (503, 0.0, {"Retry-After": format_datetime(until, usegmt=True)})
+        return (429, 0.0, {"Retry-After": "1"})
+
+    system.receiver.decide["/pace-busy"] = busy_then_ok
+    busy = await system.create_channel("/pace-busy")
+    calm = await system.create_channel("/pace-calm")
+
+    sent = await system.send(busy["id"], {"sender_id": "first", "text": "hello"})
+    first = sent.json()["message_id"]
+    await system.receiver.wait_for("/pace-busy", 1, timeout_s=30)
+    # While the busy channel is paused: another of its conversations, and another channel.
+    other = await system.send(busy["id"], {"sender_id": "second", "text": "me too"})
+    await system.send(calm["id"], {"sender_id": "c", "text": "not paused"})
+
+    posts = await system.receiver.wait_for("/pace-busy", 7, timeout_s=60)
+    mine = [p for p in posts if p.json().get("in_reply_to") == first]
+    assert [p.headers["X-HAPP-Attempt"] for p in mine] == ["1", "2", "3", "4", "5", "6"]
+    assert [p.status for p in mine] == [429, 429, 503, 429, 429, 200]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(mine)]
+    asked_for = [1.0, 1.0, 2.0, 1.0, 1.0]
+    for gap, wait in zip(gaps, asked_for, strict=True):
+        # The date's whole seconds make the 503's pause up to 1 s shorter.
+        floor = wait - (1.0 if wait == 2.0 else 0.0) - 0.05
+        assert floor <= gap <= wait + 3.0, (gaps, asked_for)
+    assert len({p.headers["X-HAPP-Delivery-Id"] for p in mine}) == 1
+
+    state = await _wait_status(system, busy["id"], first, "delivered")
+    assert state["attempts"] == 6 and state["pauses"] == 5
+
+    # The other conversation's first POST waited for the pause in force when it
+    # arrived: never in the middle of one.
+    theirs = [p for p in posts if p.json().get("in_reply_to") == other.json()["message_id"]]
+    assert theirs, "the busy channel's other conversation was never delivered"
+    paused_until = [p.at + wait for p, wait in zip(mine, asked_for, strict=False)]
+    starts = [p.at for p in mine[:-1]]
+    for start, until in zip(starts, paused_until, strict=True):
+        assert not (start < theirs[0].at < until - 0.05), (theirs[0].at, start, until)
+
+    # The calm channel was served while the busy one was still paused.
+    calm_post = (await system.receiver.wait_for("/pace-calm", 1, timeout_s=30))[0]
+    assert calm_post.at < mine[-1].at
+
+    async def counted() -> bool:
+        n = await system.db.request_log.count_documents(
+            {"channel_id": busy["id"], "direction": "outgoing", "status_code": 429}
+        )
+        return n >= 4
+
+    await eventually(counted, timeout_s=10)  # each paused attempt is in the request log
+
+
+async def test_pauses_are_bounded_then_answers_asking_to_wait_count_as_attempts(
+    system: System,
+) -> None:
+    """An endpoint that asks to wait forever cannot hold a conversation forever:
+    after ``max_pauses`` the answers count, and the reply ends ``failed``."""
+    system.receiver.behaviour["/pace-forever"] = (429, 0.0, {"Retry-After": "0"})
+    channel = await system.create_channel("/pace-forever")
+    sent = await system.send(channel["id"], {"sender_id": "u", "text": "anyone?"})
+    expected = MAX_PAUSES + COUNTED_ATTEMPTS
+    posts = await system.receiver.wait_for("/pace-forever", expected, timeout_s=60)
+    assert [p.headers["X-HAPP-Attempt"] for p in posts[:expected]] == [
+        str(n) for n in range(1, expected + 1)
+    ]
+    state = await _wait_status(system, channel["id"], sent.json()["message_id"], "failed")
+    assert state["attempts"] == expected and state["pauses"] == MAX_PAUSES
+    assert state["last_error_code"] == "HTTP_429"
+    assert len(system.receiver.on_path("/pace-forever")) == expected  # and no more
