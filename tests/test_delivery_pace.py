@@ -3,11 +3,17 @@ channel, never as a spent attempt, and never a wait for another channel."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import math
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import pytest
+
+from happ_common.pipeline import Abandoned
 from happ_common.webhook_client import retry_after_seconds
+from happ_delivery.pace import ChannelPauses
 from happ_devtools.receiver import Answer, Received
 from tests.conftest import System, eventually
 from tests.test_delivery import _wait_status
@@ -24,8 +30,12 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert retry_after_seconds(later, now) == 90.0
     earlier = format_datetime(now - timedelta(minutes=5), usegmt=True)
     assert retry_after_seconds(earlier, now) == 0.0
-    for invalid in (None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2026 99:99:99 GMT"):
+    for invalid in (None, "", "soon", "-5", "1.5", "²", "Mon, 99 Foo 2026 99:99:99 GMT"):
         assert retry_after_seconds(invalid, now) is None, invalid
+    # Absurd values never raise (the POST has been made; its outcome must be recorded).
+    assert retry_after_seconds("9" * 4000, now) == math.inf
+    assert retry_after_seconds("Mon, 01 Jan 99999 00:00:00 GMT", now) is None
+    assert retry_after_seconds("Mon, 01 Jan 2026 99999999999999999999:00:00 GMT", now) is None
 
 
 async def test_retry_after_pauses_the_channel_without_spending_attempts(system: System) -> None:
@@ -106,7 +116,26 @@ async def test_pauses_are_bounded_then_answers_asking_to_wait_count_as_attempts(
     assert [p.headers["X-HAPP-Attempt"] for p in posts[:expected]] == [
         str(n) for n in range(1, expected + 1)
     ]
+    # "Retry-After: 0" is still a pause of a second, not a free attempt at once.
+    gaps = [b.at - a.at for a, b in itertools.pairwise(posts[: MAX_PAUSES + 1])]
+    assert min(gaps) >= 0.95, gaps
     state = await _wait_status(system, channel["id"], sent.json()["message_id"], "failed")
     assert state["attempts"] == expected and state["pauses"] == MAX_PAUSES
     assert state["last_error_code"] == "HTTP_429"
     assert len(system.receiver.on_path("/pace-forever")) == expected  # and no more
+
+
+async def test_a_paused_sender_lets_go_at_once_when_its_partition_is_revoked() -> None:
+    """A rebalance must not wait out one tenant's pause (every tenant's
+    deliveries wait for the rebalance): the parked sender is abandoned, and the
+    partition's next owner sends the reply."""
+    pauses = ChannelPauses()
+    pauses.pause("cm_busy", 60)
+    revoked = asyncio.Event()
+    waiting = asyncio.create_task(pauses.wait("cm_busy", revoked))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await pauses.wait("cm_other", revoked)  # other channels never wait
+    revoked.set()
+    with pytest.raises(Abandoned):
+        await asyncio.wait_for(waiting, 1.0)

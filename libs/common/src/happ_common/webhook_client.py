@@ -87,6 +87,7 @@ class AttemptOutcome:
 # Statuses whose Retry-After asks the sender to slow down (RFC 9110 §10.2.3,
 # RFC 6585 §4); on any other status the header is not read.
 PAUSE_STATUSES = frozenset({429, 503})
+_MAX_SECONDS_DIGITS = 9
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -95,15 +96,18 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if value.isascii() and value.isdigit():
+        # Any number of digits is valid; past a year's worth the caller's cap
+        # applies anyway, and int() of thousands of digits is costly.
+        return float(int(value)) if len(value) <= _MAX_SECONDS_DIGITS else float("inf")
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # "-0000" or an obsolete zone: RFC 9110 dates are UTC
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # Whatever the endpoint wrote, it must not fail an attempt already made.
         return None
-    if when.tzinfo is None:  # "-0000" or an obsolete zone: RFC 9110 dates are UTC
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def ssl_context(ca_file: str | None) -> ssl.SSLContext:

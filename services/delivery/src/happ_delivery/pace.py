@@ -46,16 +46,28 @@ class ChannelPauses:
 
     def remaining(self, channel_id: str) -> float:
         until = self._until.get(channel_id)
-        return 0.0 if until is None else max(0.0, until - time.monotonic())
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._until[channel_id]
+            PAUSED_CHANNELS.set(len(self._until))
+            return 0.0
+        return left
 
-    async def wait(self, channel_id: str) -> None:
-        """Return once the channel is not paused; raises ``Abandoned`` if the
-        record's partition moved meanwhile (its next owner sends it)."""
+    async def wait(self, channel_id: str, revoked: asyncio.Event) -> None:
+        """Return once the channel is not paused; raises ``Abandoned`` as soon as
+        ``revoked`` is set (the record's partition is leaving this member, whose
+        rebalance must not wait out someone's pause: the next owner sends it)."""
         if self.remaining(channel_id) <= 0:
             return
         async with parked():
-            # A timer, not an event: another 429 may lengthen the pause meanwhile.
-            while (left := self.remaining(channel_id)) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(left)
+            # Another 429 may lengthen the pause meanwhile: waited again.
+            while (left := self.remaining(channel_id)) > 0:
+                try:
+                    await asyncio.wait_for(revoked.wait(), left)
+                except TimeoutError:
+                    continue
+                raise Abandoned(channel_id)
         if not still_owned():
             raise Abandoned(channel_id)

@@ -54,6 +54,8 @@ from happ_delivery.slots import SendSlots
 
 log = logging.getLogger(__name__)
 
+MIN_PAUSE_S = 1.0
+
 ATTEMPTS = Counter("happ_delivery_attempts_total", "Delivery attempts by outcome", ["outcome"])
 FINAL = Counter("happ_delivery_final_total", "Replies by final state", ["state"])
 SKIPPED = Counter(
@@ -295,6 +297,9 @@ class DeliveryService:
                 return
             if self._may_claim(state, attempt):
                 if await self._repo.claim_next(reply.channel_id, reply.reply_id, state, attempt):
+                    # The state's count, not the record's: a record of an
+                    # earlier series (before a resend) may carry another.
+                    pauses = state.pauses
                     break
                 continue  # someone else moved it: read again
             if state.status == "retrying" and state.attempts >= attempt:
@@ -343,6 +348,11 @@ class DeliveryService:
         """Send the claimed ``attempt`` and record what came of it. Of the
         attempts before it, ``pauses`` were answered with a Retry-After honoured
         as a pause, and do not count against ``max_attempts``."""
+        # First: the channel is read (connected? where to?) after a pause, not
+        # before one that may last minutes.
+        await self.pauses.wait(
+            reply.channel_id, self._revoked.setdefault(partition, asyncio.Event())
+        )
         channel = await self._channels.get(reply.channel_id)
         if channel is None or channel.status != "connected" or channel.deliveries_disabled:
             # Ending a series unsent is final: make sure with the database, not
@@ -364,7 +374,6 @@ class DeliveryService:
             log.info("reply not sent: the channel's deliveries are turned off")
             self._open(reply)
             return
-        await self.pauses.wait(channel.id)
         async with self._slots.hold(channel.id, channel.outgoing_url):
             sent = await send_attempt(
                 self._session,
@@ -440,7 +449,9 @@ class DeliveryService:
         its channel; None when it asked for none."""
         if outcome.retry_after_s is None:
             return None
-        wait = min(outcome.retry_after_s, self._settings.max_retry_after_s)
+        # At least a second: "Retry-After: 0" would otherwise be a free attempt
+        # repeated at once.
+        wait = max(MIN_PAUSE_S, min(outcome.retry_after_s, self._settings.max_retry_after_s))
         self.pauses.pause(channel_id, wait)
         return wait
 

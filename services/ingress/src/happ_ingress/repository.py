@@ -78,6 +78,10 @@ class IdempotencyRepository:
             return await self.claim(channel_id, key, stale_after_s)
         if doc.get("accepted"):
             return Claim("accepted")
+        if doc.get("owner") == owner:
+            # Our own insert, landed by a batch whose reply was lost and then
+            # retried alone: ours.
+            return Claim("claimed", owner)
         taken = await self._coll.update_one(
             {
                 "_id": self._id(channel_id, key),
