@@ -14,6 +14,8 @@ import pytest
 from happ_common.pipeline import Abandoned
 from happ_common.webhook_client import retry_after_seconds
 from happ_delivery.pace import ChannelPauses
+from happ_devtools.local_stack import wait_ready
+from happ_devtools.procs import free_port
 from happ_devtools.receiver import Answer, Received
 from tests.conftest import System, eventually
 from tests.test_delivery import _wait_status
@@ -139,3 +141,67 @@ async def test_a_paused_sender_lets_go_at_once_when_its_partition_is_revoked() -
     revoked.set()
     with pytest.raises(Abandoned):
         await asyncio.wait_for(waiting, 1.0)
+
+
+async def _metric(system: System, port: int, name: str) -> float:
+    resp = await system.http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in resp.text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+async def _balanced(system: System, ports: list[int]) -> None:
+    """Until the delivery members on ``ports`` each hold some of the partitions of
+    both its topics, and together all of them."""
+    expected = system.stack.config.partitions * 2
+
+    async def shared() -> bool:
+        counts = [await _metric(system, p, "happ_pipeline_assigned_partitions") for p in ports]
+        return sum(counts) == expected and all(counts)
+
+    await eventually(shared, timeout_s=60)
+
+
+async def test_the_outgoing_caps_hold_with_two_delivery_replicas(system: System) -> None:
+    """A channel capped at 4 requests/s and 2 at once, its replies spread over
+    two delivery members: the endpoint never sees more than the caps allow, and
+    both members send."""
+    first_port = system.stack.config.ports["delivery"]
+    second_port = free_port()
+    second = system.stack.service_process("delivery", "delivery-2", second_port).start()
+    try:
+        await asyncio.to_thread(wait_ready, second_port, second)
+        await _balanced(system, [first_port, second_port])
+        ok = 'happ_delivery_attempts_total{outcome="ok"}'
+        before = [await _metric(system, p, ok) for p in (first_port, second_port)]
+        system.receiver.behaviour["/pace-capped"] = (200, 0.4)
+        channel = await system.create_channel(
+            "/pace-capped", outgoing_rate_per_second=4, outgoing_max_concurrency=2
+        )
+        assert channel["outgoing_rate_per_second"] == 4
+        assert channel["outgoing_max_concurrency"] == 2
+        sent = await asyncio.gather(
+            *(
+                system.send(channel["id"], {"sender_id": f"cap-{n}", "text": "hi"})
+                for n in range(24)
+            )
+        )
+        assert all(r.status_code == 200 for r in sent)
+        posts = await system.receiver.wait_for("/pace-capped", 24, timeout_s=60)
+        after = [await _metric(system, p, ok) for p in (first_port, second_port)]
+    finally:
+        second.stop()
+        await _balanced(system, [first_port])
+
+    times = sorted(p.at for p in posts)
+    # Each member spaces its sends at 2/s; arrival jitter may bring one more
+    # into a second's window per member, never a burst.
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 4 + 2, times
+    assert (len(times) - 1) / (times[-1] - times[0]) <= 4 * 1.15, times
+    # Each request is answered after 0.4 s: how many were in flight at once.
+    overlapping = max(sum(1 for t in times if t <= start < t + 0.4) for start in times)
+    assert overlapping <= 2, times
+    assert after[0] > before[0] and after[1] > before[1], (before, after)

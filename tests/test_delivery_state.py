@@ -266,6 +266,7 @@ async def rig(system: System, request: Any) -> AsyncIterator[_Rig]:
             health=EndpointHealth(
                 EndpointHealthRepository(system.db), disable_after_hours=0, cache_ttl_s=1.0
             ),
+            partitions=system.stack.config.partitions,
         )
         yield _Rig(system, channel["id"], path, repo, retries, service)
     finally:

@@ -42,12 +42,15 @@ async def test_settings_show_headers_masked_and_edit_them(page: Page, system: Sy
     await rows.first.locator("[data-part=value]").fill("Bearer rotated")
     await rows.nth(1).locator("button").click()
     await page.check("#f-typing_events")
+    await page.fill("#f-outgoing_rate_per_second", "25")
+    await page.fill("#f-outgoing_max_concurrency", "4")
     await page.click("[data-test=save]")
     await expect(page.locator("[data-test=outgoing-headers] .hdr-row")).to_have_count(2)
 
     saved = (await system.admin.get(f"/api/channels/{channel['id']}")).json()
     assert saved["outgoing_headers"] == {"Authorization": "••••", "X-Route": "••••"}
     assert saved["typing_events"] is True
+    assert saved["outgoing_rate_per_second"] == 25 and saved["outgoing_max_concurrency"] == 4
     stored = await system.db.channels.find_one({"_id": channel["id"]})
     assert stored is not None
     assert stored["outgoing_headers"] == {"Authorization": "Bearer rotated", "X-Route": "eu-1"}

@@ -254,6 +254,11 @@ class Channel(ConversationRules):
     outgoing_headers: dict[str, str] = Field(default_factory=dict)
     # Opt-in: a best-effort "typing" event before each answer the model writes.
     typing_events: bool = False
+    # The pace of POSTs to the endpoint, summed over every delivery replica
+    # (happ_delivery.pace): at most this many per second (0: no cap), and at
+    # most this many at once (0: HAPP_DELIVERY_MAX_CONNECTIONS_PER_CHANNEL).
+    outgoing_rate_per_second: int = 0
+    outgoing_max_concurrency: int = 0
     created_at: datetime
     updated_at: datetime
     # Written by the delivery service on outcome changes only

@@ -62,6 +62,17 @@ TYPING_EVENTS_DOC = (
 )
 
 RateLimit = Annotated[int, Field(ge=1, le=100_000), Integral]
+OUTGOING_RATE_DOC = (
+    "At most this many requests per second to the outgoing endpoint, all delivery replicas "
+    "together (0: no cap). Replies wait their turn; none is dropped."
+)
+OUTGOING_CONCURRENCY_DOC = (
+    "At most this many requests in flight to the outgoing endpoint at once, all delivery "
+    "replicas together (0: the service's own per-channel limit, 32 by default). Each replica "
+    "holds at least one."
+)
+OutgoingRate = Annotated[int, Field(ge=0, le=10_000), Integral]
+OutgoingConcurrency = Annotated[int, Field(ge=0, le=1_000), Integral]
 # A channel's name: not blank, stored stripped.
 ChannelName = Annotated[str, trimmed(200), AfterValidator(stripped)]
 # An outgoing URL: the JSON schema states its pattern; the service checks it
@@ -125,6 +136,10 @@ class ChannelCreate(ConversationRules):
         )
     )
     typing_events: bool = Field(default=False, description=TYPING_EVENTS_DOC)
+    outgoing_rate_per_second: OutgoingRate = Field(default=0, description=OUTGOING_RATE_DOC)
+    outgoing_max_concurrency: OutgoingConcurrency = Field(
+        default=0, description=OUTGOING_CONCURRENCY_DOC
+    )
 
     @model_validator(mode="after")
     def _endpoint_when_posting(self) -> ChannelCreate:
@@ -167,6 +182,12 @@ class ChannelUpdate(BaseModel):
         default=None, description=OUTGOING_HEADERS_DOC + " In a PATCH, null removes a header."
     )
     typing_events: bool | None = Field(default=None, description=TYPING_EVENTS_DOC)
+    outgoing_rate_per_second: OutgoingRate | None = Field(
+        default=None, description=OUTGOING_RATE_DOC
+    )
+    outgoing_max_concurrency: OutgoingConcurrency | None = Field(
+        default=None, description=OUTGOING_CONCURRENCY_DOC
+    )
     # SPEC §6a, under the same rules as at creation. Lists are replaced whole.
     # For the three optional settings an explicit null clears them (no working
     # hours, no off-hours text, no rate).
@@ -218,6 +239,8 @@ class ChannelOut(ConversationRules):
         default_factory=dict, examples=[{"Authorization": MASK}]
     )
     typing_events: bool = False
+    outgoing_rate_per_second: int = 0
+    outgoing_max_concurrency: int = 0
     created_at: datetime
     updated_at: datetime
     # Since when every delivery attempt has failed (null: the endpoint works),
@@ -244,6 +267,8 @@ class ChannelOut(ConversationRules):
             assistant=channel.assistant,
             outgoing_headers=masked(channel.outgoing_headers),
             typing_events=channel.typing_events,
+            outgoing_rate_per_second=channel.outgoing_rate_per_second,
+            outgoing_max_concurrency=channel.outgoing_max_concurrency,
             created_at=channel.created_at,
             updated_at=channel.updated_at,
             endpoint_failing_since=channel.endpoint_failing_since,

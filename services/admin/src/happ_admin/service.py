@@ -103,6 +103,8 @@ class ChannelService:
             assistant=req.assistant,
             outgoing_headers=req.outgoing_headers,
             typing_events=req.typing_events,
+            outgoing_rate_per_second=req.outgoing_rate_per_second,
+            outgoing_max_concurrency=req.outgoing_max_concurrency,
             **{k: getattr(req, k) for k in RULE_FIELDS},
             created_at=now,
             updated_at=now,

@@ -63,6 +63,7 @@ def create_app(
                     disable_after_hours=settings.auto_disable_after_hours,
                     cache_ttl_s=happ.channel_cache_ttl_s,
                 ),
+                partitions=infra.kafka_partitions,
             )
             pipeline = KeyedPipeline(
                 PipelineConfig(

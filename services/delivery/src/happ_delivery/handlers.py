@@ -32,7 +32,7 @@ def delivery_handler(service: DeliveryService) -> Handler:
             reply = decode(record, OutboundReply)
             _bind(reply)
             if reply.event == TYPING:
-                await service.deliver_typing(reply)
+                await service.deliver_typing(reply, record.partition)
             else:
                 await service.deliver_new(reply, record.partition)
 

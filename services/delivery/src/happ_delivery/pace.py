@@ -1,4 +1,14 @@
-"""Pauses: an endpoint that answers 429 or 503 with ``Retry-After`` is given
+"""The pace of POSTs to a channel's endpoint: its caps, and the pauses it asks for.
+
+Caps (``outgoing_rate_per_second``, ``outgoing_max_concurrency``) hold for all
+delivery members together without any coordination between them: each member
+takes the share of a cap that its share of the partitions is (``PartitionShare``),
+and the shares of the live members add up to one. A channel whose replies fall
+mostly in one member's partitions therefore gets less than its cap, never more.
+A member spaces its sends at its share of the rate (``RateCaps``); the
+concurrency share lives in ``happ_delivery.slots``.
+
+Pauses: an endpoint that answers 429 or 503 with ``Retry-After`` is given
 that time, for every reply of its channel, before HAPP POSTs to it again.
 
 The pause is the channel's, not the reply's: the conversation that met it
@@ -13,6 +23,7 @@ one request per member before all of them hold back.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from prometheus_client import Counter, Gauge
@@ -71,3 +82,57 @@ class ChannelPauses:
                 raise Abandoned(channel_id)
         if not still_owned():
             raise Abandoned(channel_id)
+
+
+class PartitionShare:
+    """This member's part of the pipeline's partitions, hence of every cap."""
+
+    def __init__(self, total_partitions: int) -> None:
+        self._total = total_partitions
+        self._owned: set[int] = set()
+
+    def assigned(self, partitions: set[int]) -> None:
+        self._owned |= partitions
+
+    def revoked(self, partitions: set[int]) -> None:
+        self._owned -= partitions
+
+    @property
+    def fraction(self) -> float:
+        # Never zero: a record handled here belongs to a partition held here.
+        return max(len(self._owned), 1) / self._total
+
+    def of_count(self, cap: int) -> int:
+        """This member's part of a cap on requests at once: at least one, so a
+        cap below the number of members is exceeded by design rather than stuck."""
+        return max(1, math.floor(cap * self.fraction))
+
+
+class RateCaps:
+    """Spaces a channel's POSTs at its share of the rate: each send reserves the
+    next free instant, ``1 / rate`` after the previous one."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+
+    async def take(self, channel_id: str, per_second: float, revoked: asyncio.Event) -> None:
+        now = time.monotonic()
+        at = max(now, self._next.get(channel_id, 0.0))
+        self._next[channel_id] = at + 1.0 / per_second
+        if len(self._next) > _RATE_ENTRIES_KEPT:
+            # Only channels sent to within the last moment matter.
+            self._next = {c: t for c, t in self._next.items() if t > now}
+        if at <= now:
+            return
+        async with parked():
+            try:
+                await asyncio.wait_for(revoked.wait(), at - now)
+            except TimeoutError:
+                pass
+            else:
+                raise Abandoned(channel_id)
+        if not still_owned():
+            raise Abandoned(channel_id)
+
+
+_RATE_ENTRIES_KEPT = 1024

@@ -47,7 +47,7 @@ from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
 from happ_delivery.health import EndpointHealth
-from happ_delivery.pace import ChannelPauses
+from happ_delivery.pace import ChannelPauses, PartitionShare, RateCaps
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
 from happ_delivery.slots import SendSlots
@@ -112,6 +112,7 @@ class DeliveryService:
         publisher: Publisher,
         request_log: RequestLogWriter,
         health: EndpointHealth,
+        partitions: int,
     ) -> None:
         self._settings = settings
         self._health = health
@@ -122,6 +123,8 @@ class DeliveryService:
         self._publisher = publisher
         self._log = request_log
         self.pauses = ChannelPauses()
+        self.share = PartitionShare(partitions)
+        self._rates = RateCaps()
         self._slots = SendSlots(
             per_channel=settings.max_connections_per_channel,
             per_host=settings.max_connections_per_host,
@@ -161,7 +164,7 @@ class DeliveryService:
                 return
             await self._resume(reply, 1, partition, pauses=0)
 
-    async def deliver_typing(self, event: OutboundReply) -> None:
+    async def deliver_typing(self, event: OutboundReply, partition: int) -> None:
         """A typing event: best-effort, and never after the reply it announces.
 
         It runs in its conversation's order like a reply, so the reply (published
@@ -187,7 +190,7 @@ class DeliveryService:
             # Turned off automatically too: a failing endpoint gets no more requests.
             TYPING.labels(outcome="dropped_disconnected").inc()
             return
-        async with self._slots.hold(channel.id, channel.outgoing_url):
+        async with self._paced(channel, partition):
             if self.gates.closed_by(_key(event)) is not None:
                 # Closed while this waited for a slot (a retry restored it).
                 TYPING.labels(outcome="dropped_behind_retry").inc()
@@ -374,7 +377,7 @@ class DeliveryService:
             log.info("reply not sent: the channel's deliveries are turned off")
             self._open(reply)
             return
-        async with self._slots.hold(channel.id, channel.outgoing_url):
+        async with self._paced(channel, partition):
             sent = await send_attempt(
                 self._session,
                 channel,
@@ -443,6 +446,22 @@ class DeliveryService:
             )
             self._open(reply)
         await self._note_health(channel, outcome)
+
+    @contextlib.asynccontextmanager
+    async def _paced(self, channel: Channel, partition: int) -> AsyncIterator[None]:
+        """Holds a sending slot for one POST to the channel's endpoint, taken
+        within the channel's caps (this member's share of them)."""
+        if channel.outgoing_rate_per_second:
+            revoked = self._revoked.setdefault(partition, asyncio.Event())
+            rate = channel.outgoing_rate_per_second * self.share.fraction
+            await self._rates.take(channel.id, rate, revoked)
+        limit = None
+        if channel.outgoing_max_concurrency:
+            limit = min(
+                self._slots.per_channel, self.share.of_count(channel.outgoing_max_concurrency)
+            )
+        async with self._slots.hold(channel.id, channel.outgoing_url, limit):
+            yield
 
     def _pause_asked(self, channel_id: str, outcome: AttemptOutcome) -> float | None:
         """The pause an endpoint's Retry-After asked for, capped, now in force for
@@ -563,6 +582,7 @@ class DeliveryService:
         partitions when their previous owner stopped. What this member knew of
         them before is dropped first: a gate closed by a handler during an
         earlier revocation's grace period would otherwise outlive its series."""
+        self.share.assigned(partitions)
         pending = await self._repo.pending_retries(partitions)
         self.gates.forget_partitions(partitions)
         for r in pending:
@@ -570,6 +590,7 @@ class DeliveryService:
         GATED.set(len(self.gates))
 
     def forget(self, partitions: set[int]) -> None:
+        self.share.revoked(partitions)
         self.gates.forget_partitions(partitions)
         for p in partitions:
             event = self._revoked.pop(p, None)

@@ -37,12 +37,13 @@ class _Limits:
     """Semaphores by name, dropped when nobody holds or waits for one."""
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
+        self.limit = limit
         self._sems: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[None]:
-        sem, users = self._sems.setdefault(name, (asyncio.Semaphore(self._limit), [0]))
+    async def hold(self, name: str, limit: int | None = None) -> AsyncIterator[None]:
+        # A changed limit applies once nobody holds or waits for the old one.
+        sem, users = self._sems.setdefault(name, (asyncio.Semaphore(limit or self.limit), [0]))
         users[0] += 1
         try:
             async with sem:
@@ -59,15 +60,23 @@ class SendSlots:
         self._hosts = _Limits(per_host)
         self._total = asyncio.Semaphore(total)
 
+    @property
+    def per_channel(self) -> int:
+        return self._channels.limit
+
     @contextlib.asynccontextmanager
-    async def hold(self, channel_id: str, url: str) -> AsyncIterator[None]:
+    async def hold(
+        self, channel_id: str, url: str, channel_limit: int | None = None
+    ) -> AsyncIterator[None]:
+        """``channel_limit``: the channel's own cap on requests at once, if below
+        the service's per-channel limit."""
         host = urlsplit(url).netloc.lower()
         stack = contextlib.AsyncExitStack()
         started = time.perf_counter()
         WAITING.inc()
         try:
             async with parked():
-                await stack.enter_async_context(self._channels.hold(channel_id))
+                await stack.enter_async_context(self._channels.hold(channel_id, channel_limit))
                 await stack.enter_async_context(self._hosts.hold(host))
                 await self._total.acquire()
                 stack.callback(self._total.release)

@@ -263,6 +263,12 @@ export function outgoingFields(c) {
       rows, h("div", {}, add), h("span", { class: "error hidden" })),
     toggleField("typing_events", "Send typing events", c.typing_events,
       "a best-effort {\"event\": \"typing\"} before each AI answer, never after it"),
+    field("outgoing_rate_per_second", "Outgoing pace (requests/s)",
+      h("input", { type: "number", min: 0, max: 10000, value: c.outgoing_rate_per_second || 0 }),
+      "at most this many requests per second to your endpoint, all replicas together; 0: no cap"),
+    field("outgoing_max_concurrency", "Outgoing requests at once",
+      h("input", { type: "number", min: 0, max: 1000, value: c.outgoing_max_concurrency || 0 }),
+      "at most this many in flight to your endpoint; 0: the service's default (32)"),
   ];
 }
 
@@ -277,7 +283,11 @@ export function readOutgoing(form, creating) {
     if (saved && row.dataset.removed) headers[saved] = null;
     else if (name && (value !== "" || !saved)) headers[name] = value;
   }
-  const out = { typing_events: form.elements.typing_events.checked };
+  const out = {
+    typing_events: form.elements.typing_events.checked,
+    outgoing_rate_per_second: Number(form.elements.outgoing_rate_per_second.value),
+    outgoing_max_concurrency: Number(form.elements.outgoing_max_concurrency.value),
+  };
   if (!creating || Object.keys(headers).length) out.outgoing_headers = headers;
   return out;
 }
