@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -13,7 +14,7 @@ import pytest
 
 from happ_common.pipeline import Abandoned
 from happ_common.webhook_client import retry_after_seconds
-from happ_delivery.pace import ChannelPauses
+from happ_delivery.pace import ChannelPauses, RateCaps
 from happ_devtools.local_stack import wait_ready
 from happ_devtools.procs import free_port
 from happ_devtools.receiver import Answer, Received
@@ -205,3 +206,45 @@ async def test_the_outgoing_caps_hold_with_two_delivery_replicas(system: System)
     overlapping = max(sum(1 for t in times if t <= start < t + 0.4) for start in times)
     assert overlapping <= 2, times
     assert after[0] > before[0] and after[1] > before[1], (before, after)
+
+
+async def test_a_revocation_drops_the_rate_reservations_of_abandoned_senders() -> None:
+    """Senders abandoned at a rebalance must not push the records that come back
+    further out: after ``forget`` the channel's next turn is now."""
+    rates = RateCaps()
+    never = asyncio.Event()
+    await rates.take("cm_capped", 1.0, never)  # the first turn is free
+    queued = [asyncio.create_task(rates.take("cm_capped", 1.0, never)) for _ in range(50)]
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in queued)  # 50 turns reserved, a second apart
+    for t in queued:
+        t.cancel()
+    await asyncio.gather(*queued, return_exceptions=True)
+    rates.forget()
+    assert rates.free_now("cm_capped", 1.0)
+    assert not rates.free_now("cm_capped", 1.0)  # and the next turn is a second away
+
+
+async def test_a_new_url_applies_to_replies_already_waiting_for_their_turn(
+    system: System,
+) -> None:
+    """Replies queued behind a 1/s cap when the channel's URL changes go to the
+    new URL, none to the old one after the change is seen."""
+    system.receiver.behaviour["/pace-old"] = (200, 0.0)
+    system.receiver.behaviour["/pace-new"] = (200, 0.0)
+    channel = await system.create_channel("/pace-old", outgoing_rate_per_second=1)
+    for n in range(6):
+        await system.send(channel["id"], {"sender_id": f"moved-{n}", "text": "hi"})
+    await system.receiver.wait_for("/pace-old", 1, timeout_s=30)
+    patched = await system.admin.patch(
+        f"/api/channels/{channel['id']}", json={"outgoing_url": system.endpoint("/pace-new")}
+    )
+    assert patched.status_code == 200, patched.text
+    changed_at = time.time()
+    await system.receiver.wait_for("/pace-new", 1, timeout_s=30)
+    old = system.receiver.on_path("/pace-old")
+    new = await system.receiver.wait_for("/pace-new", 6 - len(old), timeout_s=30)
+    assert len(old) + len(new) == 6
+    # The channel cache lives a second: nothing reaches the old URL after that.
+    assert all(p.at < changed_at + 1.5 for p in old), [p.at - changed_at for p in old]
+    assert len(new) >= 3, (len(old), len(new))

@@ -1,6 +1,7 @@
 """The Settings tab's outgoing headers in headless Chromium: saved headers show
 by name with their values masked (a value never reaches the page), a new value
-replaces one, ✕ removes one, a refused name is explained at its row."""
+replaces one, ✕ removes one, a refused name is explained at its row; the pace
+and the delivery mode beside them."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ async def test_settings_show_headers_masked_and_edit_them(page: Page, system: Sy
     await page.check("#f-typing_events")
     await page.fill("#f-outgoing_rate_per_second", "25")
     await page.fill("#f-outgoing_max_concurrency", "4")
+    await page.select_option("#f-delivery", "both")
     await page.click("[data-test=save]")
     await expect(page.locator("[data-test=outgoing-headers] .hdr-row")).to_have_count(2)
 
@@ -51,6 +53,7 @@ async def test_settings_show_headers_masked_and_edit_them(page: Page, system: Sy
     assert saved["outgoing_headers"] == {"Authorization": "••••", "X-Route": "••••"}
     assert saved["typing_events"] is True
     assert saved["outgoing_rate_per_second"] == 25 and saved["outgoing_max_concurrency"] == 4
+    assert saved["delivery"] == "both"
     stored = await system.db.channels.find_one({"_id": channel["id"]})
     assert stored is not None
     assert stored["outgoing_headers"] == {"Authorization": "Bearer rotated", "X-Route": "eu-1"}
@@ -64,3 +67,20 @@ async def test_settings_show_headers_masked_and_edit_them(page: Page, system: Sy
         "Authorization: ••••, X-Route: ••••"
     )
     assert "Bearer rotated" not in await page.content()
+
+
+async def test_a_channel_answering_in_the_response_needs_no_endpoint(
+    page: Page, system: System
+) -> None:
+    await sign_in(page)
+    await page.click("[data-test=new-channel]")
+    await page.fill("#f-name", "Mobile backend")
+    assert await page.locator("#f-outgoing_url").get_attribute("required") is not None
+    await page.select_option("#f-delivery", "response")
+    assert await page.locator("#f-outgoing_url").get_attribute("required") is None
+    await page.click("[data-test=create]")
+
+    await expect(page.locator("[data-test=channel-name]")).to_have_text("Mobile backend")
+    channel_id = page.url.split("/channels/")[1].split("/")[0]
+    channel = (await system.admin.get(f"/api/channels/{channel_id}")).json()
+    assert channel["delivery"] == "response" and channel["outgoing_url"] == ""

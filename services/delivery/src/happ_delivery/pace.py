@@ -110,12 +110,34 @@ class PartitionShare:
 
 class RateCaps:
     """Spaces a channel's POSTs at its share of the rate: each send reserves the
-    next free instant, ``1 / rate`` after the previous one."""
+    next free instant, ``1 / rate`` after the previous one.
+
+    Taken while holding the channel's sending slot (``SendSlots.hold``), so the
+    waiters here are at most the channel's concurrency, and a send that passed
+    its instant cannot queue again behind the slot and go out in a burst later.
+    Reservations are dropped when partitions are revoked (``forget``): their
+    waiters are abandoned, and must not push the records that come back (here
+    or elsewhere) further out."""
 
     def __init__(self) -> None:
         self._next: dict[str, float] = {}
 
+    def forget(self) -> None:
+        self._next.clear()
+
+    def free_now(self, channel_id: str, per_second: float) -> bool:
+        """Takes the channel's next instant if it has come; for a send that would
+        rather be dropped than wait (a typing event)."""
+        now = time.monotonic()
+        if self._next.get(channel_id, 0.0) > now:
+            return False
+        self._next[channel_id] = now + 1.0 / per_second
+        return True
+
     async def take(self, channel_id: str, per_second: float, revoked: asyncio.Event) -> None:
+        if not still_owned():
+            # Revoked already (its event may be a fresh one nobody will set).
+            raise Abandoned(channel_id)
         now = time.monotonic()
         at = max(now, self._next.get(channel_id, 0.0))
         self._next[channel_id] = at + 1.0 / per_second

@@ -190,10 +190,19 @@ class DeliveryService:
             # Turned off automatically too: a failing endpoint gets no more requests.
             TYPING.labels(outcome="dropped_disconnected").inc()
             return
-        async with self._paced(channel, partition):
+        if channel.outgoing_rate_per_second and not self._rates.free_now(
+            channel.id, self._rate(channel)
+        ):
+            # A capped channel's turns are for replies; a late "typing…" is noise.
+            TYPING.labels(outcome="dropped_paced").inc()
+            return
+        async with self._paced(channel, partition, turn_taken=True) as unchanged:
             if self.gates.closed_by(_key(event)) is not None:
                 # Closed while this waited for a slot (a retry restored it).
                 TYPING.labels(outcome="dropped_behind_retry").inc()
+                return
+            if not unchanged:
+                TYPING.labels(outcome="dropped_disconnected").inc()
                 return
             sent = await send_attempt(
                 self._session,
@@ -351,41 +360,45 @@ class DeliveryService:
         """Send the claimed ``attempt`` and record what came of it. Of the
         attempts before it, ``pauses`` were answered with a Retry-After honoured
         as a pause, and do not count against ``max_attempts``."""
-        # First: the channel is read (connected? where to?) after a pause, not
-        # before one that may last minutes.
-        await self.pauses.wait(
-            reply.channel_id, self._revoked.setdefault(partition, asyncio.Event())
-        )
-        channel = await self._channels.get(reply.channel_id)
-        if channel is None or channel.status != "connected" or channel.deliveries_disabled:
-            # Ending a series unsent is final: make sure with the database, not
-            # the cache (a resend right after a reconnect must go out).
-            channel = await self._channels.get(reply.channel_id, fresh=True)
-        if channel is None or channel.status != "connected":
-            await self._record(reply, "canceled", attempt, pauses=pauses)
-            FINAL.labels(state="canceled").inc()
-            log.info("reply canceled: the channel is disconnected or gone")
-            self._open(reply)
-            return
-        if channel.deliveries_disabled is not None:
-            # Kept as failed, not canceled: a bulk recovery re-sends failed
-            # replies once the endpoint is fixed and the channel connected.
-            await self._record(
-                reply, "failed", attempt, error_code=DISABLED_ERROR_CODE, pauses=pauses
+        while True:
+            # The channel is read (connected? where to?) after a pause, not
+            # before one that may last minutes; and read again if it changed (or
+            # a pause began) while this waited for its turn and its slot.
+            await self.pauses.wait(
+                reply.channel_id, self._revoked.setdefault(partition, asyncio.Event())
             )
-            FINAL.labels(state="failed").inc()
-            log.info("reply not sent: the channel's deliveries are turned off")
-            self._open(reply)
-            return
-        async with self._paced(channel, partition):
-            sent = await send_attempt(
-                self._session,
-                channel,
-                reply,
-                attempt,
-                timeout_s=self._settings.timeout_s,
-                allow_private=self._allow_private,
-            )
+            channel = await self._channels.get(reply.channel_id)
+            if channel is None or channel.status != "connected" or channel.deliveries_disabled:
+                # Ending a series unsent is final: make sure with the database, not
+                # the cache (a resend right after a reconnect must go out).
+                channel = await self._channels.get(reply.channel_id, fresh=True)
+            if channel is None or channel.status != "connected":
+                await self._record(reply, "canceled", attempt, pauses=pauses)
+                FINAL.labels(state="canceled").inc()
+                log.info("reply canceled: the channel is disconnected or gone")
+                self._open(reply)
+                return
+            if channel.deliveries_disabled is not None:
+                # Kept as failed, not canceled: a bulk recovery re-sends failed
+                # replies once the endpoint is fixed and the channel connected.
+                await self._record(
+                    reply, "failed", attempt, error_code=DISABLED_ERROR_CODE, pauses=pauses
+                )
+                FINAL.labels(state="failed").inc()
+                log.info("reply not sent: the channel's deliveries are turned off")
+                self._open(reply)
+                return
+            async with self._paced(channel, partition) as unchanged:
+                if unchanged:
+                    sent = await send_attempt(
+                        self._session,
+                        channel,
+                        reply,
+                        attempt,
+                        timeout_s=self._settings.timeout_s,
+                        allow_private=self._allow_private,
+                    )
+                    break
         # From here on the POST happened: nothing below may raise into the
         # pipeline's retry (it would send again); each step retries itself.
         outcome = sent.outcome
@@ -447,21 +460,38 @@ class DeliveryService:
             self._open(reply)
         await self._note_health(channel, outcome)
 
+    def _rate(self, channel: Channel) -> float:
+        return channel.outgoing_rate_per_second * self.share.fraction
+
     @contextlib.asynccontextmanager
-    async def _paced(self, channel: Channel, partition: int) -> AsyncIterator[None]:
+    async def _paced(
+        self, channel: Channel, partition: int, *, turn_taken: bool = False
+    ) -> AsyncIterator[bool]:
         """Holds a sending slot for one POST to the channel's endpoint, taken
-        within the channel's caps (this member's share of them)."""
-        if channel.outgoing_rate_per_second:
+        within the channel's caps (this member's share of them); yields whether
+        the channel is still as read and not paused once the slot is held (the
+        wait for it may have been long)."""
+        paced = None
+        if channel.outgoing_rate_per_second and not turn_taken:
             revoked = self._revoked.setdefault(partition, asyncio.Event())
-            rate = channel.outgoing_rate_per_second * self.share.fraction
-            await self._rates.take(channel.id, rate, revoked)
+            rate = self._rate(channel)
+
+            async def paced() -> None:
+                await self._rates.take(channel.id, rate, revoked)
+
         limit = None
         if channel.outgoing_max_concurrency:
             limit = min(
                 self._slots.per_channel, self.share.of_count(channel.outgoing_max_concurrency)
             )
-        async with self._slots.hold(channel.id, channel.outgoing_url, limit):
-            yield
+        async with self._slots.hold(channel.id, channel.outgoing_url, limit, paced):
+            current = await self._channels.get(channel.id)
+            yield (
+                current is not None
+                and current.updated_at == channel.updated_at
+                and current.outgoing_url == channel.outgoing_url
+                and self.pauses.remaining(channel.id) <= 0
+            )
 
     def _pause_asked(self, channel_id: str, outcome: AttemptOutcome) -> float | None:
         """The pause an endpoint's Retry-After asked for, capped, now in force for
@@ -591,6 +621,7 @@ class DeliveryService:
 
     def forget(self, partitions: set[int]) -> None:
         self.share.revoked(partitions)
+        self._rates.forget()
         self.gates.forget_partitions(partitions)
         for p in partitions:
             event = self._revoked.pop(p, None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import Gauge, Histogram
@@ -42,8 +42,11 @@ class _Limits:
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str, limit: int | None = None) -> AsyncIterator[None]:
-        # A changed limit applies once nobody holds or waits for the old one.
-        sem, users = self._sems.setdefault(name, (asyncio.Semaphore(limit or self.limit), [0]))
+        # Keyed by the limit too: a changed limit applies to the next request at
+        # once (the few holding the old one finish their POST).
+        limit = limit or self.limit
+        key = f"{name}\n{limit}"
+        sem, users = self._sems.setdefault(key, (asyncio.Semaphore(limit), [0]))
         users[0] += 1
         try:
             async with sem:
@@ -51,7 +54,7 @@ class _Limits:
         finally:
             users[0] -= 1
             if users[0] == 0:
-                del self._sems[name]
+                del self._sems[key]
 
 
 class SendSlots:
@@ -66,10 +69,16 @@ class SendSlots:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, channel_id: str, url: str, channel_limit: int | None = None
+        self,
+        channel_id: str,
+        url: str,
+        channel_limit: int | None = None,
+        paced: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[None]:
         """``channel_limit``: the channel's own cap on requests at once, if below
-        the service's per-channel limit."""
+        the service's per-channel limit. ``paced``: waits for the channel's turn
+        under its rate, between its own slot and the host's and process's (so a
+        channel waiting for its turn holds no slot another channel needs)."""
         host = urlsplit(url).netloc.lower()
         stack = contextlib.AsyncExitStack()
         started = time.perf_counter()
@@ -77,6 +86,8 @@ class SendSlots:
         try:
             async with parked():
                 await stack.enter_async_context(self._channels.hold(channel_id, channel_limit))
+                if paced is not None:
+                    await paced()
                 await stack.enter_async_context(self._hosts.hold(host))
                 await self._total.acquire()
                 stack.callback(self._total.release)

@@ -3,7 +3,7 @@ import { api, enc, qs } from "./api.js";
 import { h, mount, toast } from "./dom.js";
 import { ago, absolute, badge, initials } from "./format.js";
 import { topbar } from "./frame.js";
-import { assistantFields, channelForm, field, modeLabel, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
+import { assistantFields, channelForm, deliveryField, field, linkDeliveryToUrl, modeLabel, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
 import { isAdmin, state } from "./state.js";
 
 export async function channelsPage(token) {
@@ -55,6 +55,7 @@ export function newChannelPage() {
       field("name", "Name", h("input", { type: "text", placeholder: "My Website", required: true, maxlength: 200 }), null, true),
       field("outgoing_url", "Outgoing endpoint", h("input", { type: "url", placeholder: "https://api.example.com/happ", required: true }),
         "HTTPS only. HAPP POSTs each AI reply here, signed with HMAC-SHA256.", true),
+      deliveryField("endpoint"),
       field("rate_limit_per_second", "Rate limit (messages/s)", h("input", { type: "number", min: 1, max: 100000, value: 100 }),
         "Above it the webhook answers 429."),
       toggleField("require_signature", "Require X-HAPP-Signature on incoming requests", false, "unsigned webhook calls get 401"),
@@ -65,6 +66,7 @@ export function newChannelPage() {
     error,
     [h("a", { class: "btn", href: "#/" }, "Cancel"), submit],
     rulesSection({}));
+  linkDeliveryToUrl(form);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     submit.disabled = true;
@@ -72,6 +74,7 @@ export function newChannelPage() {
       const channel = await api("POST", "/api/channels", {
         name: form.elements.name.value,
         outgoing_url: form.elements.outgoing_url.value,
+        delivery: form.elements.delivery.value,
         rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
         require_signature: form.elements.require_signature.checked,
         assistant: readAssistant(form),

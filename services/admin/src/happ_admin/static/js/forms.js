@@ -230,6 +230,30 @@ export function readRules(form, creating) {
   return out;
 }
 
+// --- how replies leave: POSTed, in the webhook's response, or both -------------------------------
+
+const DELIVERY_MODES = [
+  ["endpoint", "POSTed to the outgoing endpoint"],
+  ["response", "Only in the webhook's response (Prefer: wait) and GET /replies: no endpoint"],
+  ["both", "Both: in the response when waited for, and POSTed"],
+];
+
+/* The delivery select; the outgoing endpoint is required unless replies never
+ * leave by POST. Call once the form holds both fields. */
+export function deliveryField(value) {
+  const select = h("select", { dataset: { test: "delivery-mode" } },
+    DELIVERY_MODES.map(([mode, label]) => h("option", { value: mode }, label)));
+  select.value = value || "endpoint";
+  return field("delivery", "Replies", select,
+    "Response: the integrator gets each reply in the webhook's response or fetches it; nothing is POSTed.", true);
+}
+
+export function linkDeliveryToUrl(form) {
+  const sync = () => { form.elements.outgoing_url.required = form.elements.delivery.value !== "response"; };
+  form.elements.delivery.addEventListener("change", sync);
+  sync();
+}
+
 // --- outgoing requests: the channel's own headers and typing events -------------------------------
 
 /* A header row. A saved header shows its name and a masked value: its value never

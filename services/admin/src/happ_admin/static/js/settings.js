@@ -2,7 +2,7 @@
  * Operators see the settings but cannot change them (the API answers 403 ADMIN_ONLY). */
 import { api, enc } from "./api.js";
 import { clear, h, toast } from "./dom.js";
-import { assistantFields, channelForm, field, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
+import { assistantFields, channelForm, deliveryField, field, linkDeliveryToUrl, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
 import { isAdmin } from "./state.js";
 
 export function settingsTab(ctx, body) {
@@ -15,6 +15,7 @@ export function settingsTab(ctx, body) {
       field("name", "Name", h("input", { type: "text", value: c.name, maxlength: 200 }), null, true),
       field("outgoing_url", "Outgoing endpoint", h("input", { type: "url", value: c.outgoing_url }),
         "HTTPS only; private and loopback addresses are refused unless the deployment allows them.", true),
+      deliveryField(c.delivery),
       field("rate_limit_per_second", "Rate limit (messages/s)", h("input", { type: "number", min: 1, max: 100000, value: c.rate_limit_per_second }),
         "Above it the webhook answers 429 with Retry-After."),
       toggleField("require_signature", "Require X-HAPP-Signature on incoming requests", c.require_signature, "unsigned webhook calls get 401"),
@@ -27,6 +28,7 @@ export function settingsTab(ctx, body) {
       : h("p", { class: "small muted", dataset: { test: "read-only" } }, "Only an admin can change a channel's settings."),
     rulesSection(c));
   // Discard: the form as saved, working-hours rows included.
+  linkDeliveryToUrl(form);
   form.addEventListener("reset", (event) => { event.preventDefault(); settingsTab(ctx, clear(body)); });
   if (!isAdmin()) form.querySelectorAll("input, textarea, select, button").forEach((el) => { el.disabled = true; });
   form.addEventListener("submit", async (event) => {
@@ -36,6 +38,7 @@ export function settingsTab(ctx, body) {
       ctx.channel = await api("PATCH", "/api/channels/" + enc(c.id), {
         name: form.elements.name.value,
         outgoing_url: form.elements.outgoing_url.value,
+        delivery: form.elements.delivery.value,
         rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
         require_signature: form.elements.require_signature.checked,
         assistant: readAssistant(form),
