@@ -85,13 +85,14 @@ async def test_retry_after_pauses_the_channel_without_spending_attempts(system: 
     assert state["attempts"] == 6 and state["pauses"] == 5
 
     # The other conversation's first POST waited for the pause in force when it
-    # arrived: never in the middle of one.
+    # arrived: never in the middle of one. (It was sent after the first pause
+    # began; at a later pause's start it may race the retry that meets the 429,
+    # both woken by the end of the pause before: a moment is allowed there.)
     theirs = [p for p in posts if p.json().get("in_reply_to") == other.json()["message_id"]]
     assert theirs, "the busy channel's other conversation was never delivered"
-    paused_until = [p.at + wait for p, wait in zip(mine, asked_for, strict=False)]
-    starts = [p.at for p in mine[:-1]]
-    for start, until in zip(starts, paused_until, strict=True):
-        assert not (start < theirs[0].at < until - 0.05), (theirs[0].at, start, until)
+    for i, (p, wait) in enumerate(zip(mine, asked_for, strict=False)):
+        start = p.at + (0.0 if i == 0 else 0.3)
+        assert not (start < theirs[0].at < p.at + wait - 0.05), (theirs[0].at, p.at, wait)
 
     # The calm channel was served while the busy one was still paused.
     calm_post = (await system.receiver.wait_for("/pace-calm", 1, timeout_s=30))[0]
@@ -229,11 +230,11 @@ async def test_a_new_url_applies_to_replies_already_waiting_for_their_turn(
     system: System,
 ) -> None:
     """Replies queued behind a 1/s cap when the channel's URL changes go to the
-    new URL, none to the old one after the change is seen."""
+    new URL, none to the old one once the change is seen."""
     system.receiver.behaviour["/pace-old"] = (200, 0.0)
     system.receiver.behaviour["/pace-new"] = (200, 0.0)
     channel = await system.create_channel("/pace-old", outgoing_rate_per_second=1)
-    for n in range(6):
+    for n in range(8):
         await system.send(channel["id"], {"sender_id": f"moved-{n}", "text": "hi"})
     await system.receiver.wait_for("/pace-old", 1, timeout_s=30)
     patched = await system.admin.patch(
@@ -243,8 +244,9 @@ async def test_a_new_url_applies_to_replies_already_waiting_for_their_turn(
     changed_at = time.time()
     await system.receiver.wait_for("/pace-new", 1, timeout_s=30)
     old = system.receiver.on_path("/pace-old")
-    new = await system.receiver.wait_for("/pace-new", 6 - len(old), timeout_s=30)
-    assert len(old) + len(new) == 6
-    # The channel cache lives a second: nothing reaches the old URL after that.
-    assert all(p.at < changed_at + 1.5 for p in old), [p.at - changed_at for p in old]
-    assert len(new) >= 3, (len(old), len(new))
+    new = await system.receiver.wait_for("/pace-new", 8 - len(old), timeout_s=30)
+    assert len(old) + len(new) == 8
+    # The channel cache lives a second (HAPP_CHANNEL_CACHE_TTL_S): nothing reaches
+    # the old URL after that, and a moment for a POST already on its way.
+    assert all(p.at < changed_at + 2.5 for p in old), [p.at - changed_at for p in old]
+    assert len(new) >= 4, (len(old), len(new))
