@@ -66,11 +66,14 @@ def _toml(value: object) -> str:
 def config_text(ids: dict[str, list[str]], *, live_stream: bool = False) -> str:
     """A schemathesis.toml: the prepared ids as dictionaries for the path
     parameters of the same names, and the admin's live-update stream read briefly."""
+    # schemathesis refuses an empty dictionary: a parameter with no prepared
+    # value is left to generation alone.
+    named = {name: values for name, values in ids.items() if values}
     lines: list[str] = []
-    for name, values in ids.items():
+    for name, values in named.items():
         lines += [f"[dictionaries.{name}]", f"values = {_toml(values)}", ""]
     lines.append("[parameters]")
-    for name in ids:
+    for name in named:
         binding = f'{{ dictionary = "{name}", probability = {PROBABILITY} }}'
         lines.append(f'"path.{name}" = {binding}')
     if not live_stream:
@@ -116,8 +119,7 @@ class Preparer:
         sent.raise_for_status()
         message_id: str = sent.json()["message_id"]
         reply_id = self._reply_to(channel["id"], message_id)
-        logs = self.admin.get(f"/api/channels/{channel['id']}/logs", params={"limit": 5})
-        logs.raise_for_status()
+        log_ids = self._log_ids(channel["id"])
         user = self.admin.post(
             "/api/users",
             json={
@@ -132,9 +134,21 @@ class Preparer:
             "channel_id": [channel["id"]],
             "sender_id": [SENDER],
             "message_id": [message_id, *([reply_id] if reply_id else [])],
-            "log_id": [entry["id"] for entry in logs.json()["items"]],
+            "log_id": log_ids,
             "user_id": [user.json()["id"]],
         }
+
+    def _log_ids(self, channel_id: str, timeout_s: float = 10) -> list[str]:
+        """The channel's request-log ids, once written: the services write their
+        log in batches after answering, so the entries lag the request."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            resp = self.admin.get(f"/api/channels/{channel_id}/logs", params={"limit": 5})
+            resp.raise_for_status()
+            ids = [str(entry["id"]) for entry in resp.json()["items"]]
+            if ids or time.monotonic() >= deadline:
+                return ids
+            time.sleep(0.2)
 
     def _reply_to(self, channel_id: str, message_id: str, timeout_s: float = 30) -> str | None:
         """The reply's id, once the assistant has answered (None if it has not)."""
