@@ -15,6 +15,7 @@ import pytest
 from happ_common.pipeline import Abandoned
 from happ_common.webhook_client import retry_after_seconds
 from happ_delivery.pace import ChannelPauses, RateCaps
+from happ_delivery.slots import SendSlots, SlotWaitExpired
 from happ_devtools.local_stack import wait_ready
 from happ_devtools.procs import free_port
 from happ_devtools.receiver import Answer, Received
@@ -224,6 +225,26 @@ async def test_a_revocation_drops_the_rate_reservations_of_abandoned_senders() -
     rates.forget()
     assert rates.free_now("cm_capped", 1.0)
     assert not rates.free_now("cm_capped", 1.0)  # and the next turn is a second away
+
+
+async def test_a_bounded_slot_wait_gives_up_without_holding_anything() -> None:
+    """A typing event waits for a sending slot at most its timeout: the reply
+    behind it waits for that slot too. Giving up leaves every limit as it was."""
+    slots = SendSlots(per_channel=1, per_host=8, total=8)
+    url = "https://example.test/hook"
+    async with slots.hold("cm_busy", url):
+        started = time.monotonic()
+        with pytest.raises(SlotWaitExpired):
+            async with slots.hold("cm_busy", url, max_wait_s=0.2):
+                raise AssertionError("no slot was free")
+        assert 0.15 <= time.monotonic() - started < 2.0
+        # Another channel is not held by the busy one.
+        async with slots.hold("cm_other", url, max_wait_s=0.2):
+            pass
+    # The busy channel's slot is free again and nothing leaked.
+    async with slots.hold("cm_busy", url, max_wait_s=0.2):
+        pass
+    assert slots._channels._sems == {} and slots._hosts._sems == {}
 
 
 async def test_a_new_url_applies_to_replies_already_waiting_for_their_turn(

@@ -47,6 +47,7 @@ import happ_common.http_metrics
 import happ_common.pipeline
 import happ_common.request_log
 import happ_common.service_runtime
+import happ_delivery.backlog
 import happ_delivery.service
 import happ_ingress.service
 from happ_admin.settings import AdminSettings

@@ -397,6 +397,44 @@ async def test_records_waiting_on_each_other_do_not_deadlock_the_budget(system: 
         assert [v for v in handled if v.startswith(f"g{i}:")] == [f"g{i}:{n}" for n in range(3)]
 
 
+async def test_parked_bytes_are_counted_per_group_and_return_to_zero(system: System) -> None:
+    topic = await _one_partition_topic(system)
+    # Two tenants: "a" with two conversations of three records, "b" with one.
+    pairs = [(f"a\n{c}", f"a{c}:{n}") for n in range(3) for c in "xy"] + [("b\nz", "bz:0")]
+    await _send_values(system, topic, pairs)
+    gate = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(record: Record) -> None:
+        async with parked():
+            await gate.wait()
+        handled.append(_value(record))
+
+    def tenant(record: Record) -> str:
+        assert record.key is not None
+        return record.key.split(b"\n", 1)[0].decode()
+
+    pipeline = KeyedPipeline(_config(system, topic), handler, group_of=tenant)
+    await pipeline.start()
+    try:
+
+        async def all_parked() -> bool:
+            groups = pipeline.parked_bytes_by_group()
+            # Records of equal sizes: six of "a" against one of "b", all parked.
+            return (
+                set(groups) == {"a", "b"}
+                and groups["a"] == 6 * groups["b"]
+                and sum(groups.values()) == pipeline.parked_bytes
+            )
+
+        await eventually(all_parked, timeout_s=30)
+        gate.set()
+        await eventually(lambda: _true(len(handled) == len(pairs)), timeout_s=30)
+        assert pipeline.parked_bytes_by_group() == {} and pipeline.parked_bytes == 0
+    finally:
+        await pipeline.stop()
+
+
 async def test_nothing_is_handed_out_before_the_assignment_callback_has_finished(
     system: System,
 ) -> None:

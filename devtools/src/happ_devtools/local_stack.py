@@ -125,11 +125,16 @@ class LocalStack:
         return env
 
     def service_process(
-        self, name: str, label: str | None = None, port: int | None = None
+        self,
+        name: str,
+        label: str | None = None,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Child:
         """A process of service ``name`` (not started). Another member of the same
-        consumer group needs a ``label`` (its log's name) and a ``port`` of its own."""
-        env = self.env()
+        consumer group needs a ``label`` (its log's name) and a ``port`` of its own;
+        ``env`` overrides the stack's settings for this process."""
+        env = {**self.env(), **(env or {})}
         if port is not None:
             env[f"HAPP_{name.upper()}_PORT"] = str(port)
         label = label or name

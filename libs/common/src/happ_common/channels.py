@@ -265,6 +265,9 @@ class Channel(ConversationRules):
     # (happ_common.endpoint_health); cleared by a connect.
     endpoint_failing_since: datetime | None = None
     deliveries_disabled: DeliveriesDisabled | None = None
+    # Until then the webhook refuses new messages (429): replies wait in a
+    # delivery member faster than the endpoint takes them (happ_delivery.backlog).
+    replies_backlogged_until: datetime | None = None
 
     @property
     def posts_replies(self) -> bool:

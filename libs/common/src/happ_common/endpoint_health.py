@@ -11,6 +11,12 @@ admin must agree on it and it outlives any process:
   they are kept and a bulk recovery sends them once the endpoint is fixed.
   A connect (admin) clears both.
 
+* ``replies_backlogged_until``: a short lease a delivery member renews while
+  the channel's replies waiting in its memory exceed their share
+  (``happ_delivery.backlog``); until it runs out the ingress answers the
+  channel's webhook 429, so an endpoint slower than its sender pushes back on
+  that sender alone.
+
 The delivery service writes only when the endpoint's state changes (a first
 failure, a first success after failures, the disable), never per attempt: it
 reads the fields from its channel cache and remembers its own writes for the
@@ -69,6 +75,13 @@ class EndpointHealthRepository:
             {"$set": {"deliveries_disabled": disabled.model_dump()}},
         )
         return result.modified_count == 1
+
+    async def mark_backlogged(self, channel_id: str, until: datetime) -> None:
+        """Extend the channel's backlog lease to ``until`` (never shortens one
+        another member holds for longer)."""
+        await self._channels.update_one(
+            {"_id": channel_id}, {"$max": {"replies_backlogged_until": until}}
+        )
 
     async def count_disabled(self) -> int:
         return await self._channels.count_documents({"deliveries_disabled": {"$ne": None}})

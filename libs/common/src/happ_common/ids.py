@@ -56,3 +56,8 @@ def new_channel_secret() -> str:
 def conversation_key(channel_id: str, sender_id: str) -> bytes:
     """The Kafka key of a conversation: one key, one partition, one order."""
     return f"{channel_id}\n{sender_id}".encode()
+
+
+def channel_of_key(key: bytes | None) -> str:
+    """The channel of a conversation's Kafka key ("" for a record without one)."""
+    return key.split(b"\n", 1)[0].decode(errors="replace") if key else ""

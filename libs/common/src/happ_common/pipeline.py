@@ -28,6 +28,8 @@ aiokafka directly:
   a separate byte budget, so they can neither starve the others nor deadlock
   the records that would release them (topics in ``always_fetch``, whose
   records release parked ones, are fetched even when that budget is full);
+  with ``group_of``, the parked bytes are also counted per group (a tenant), so
+  the service can act on one group before the budget shared by all is full;
 * newly assigned partitions are held (paused, and anything fetched early sought
   back) until the assignment callback has finished: the delivery service
   restores its conversation gates there;
@@ -84,6 +86,8 @@ Handler = Callable[[Record], Awaitable[None]]
 # newly assigned partitions is handed to the handler.
 PartitionsCallback = Callable[[set[TopicPartition]], Awaitable[None] | None]
 KeyFunction = Callable[[Record], object]
+# The tenant a record belongs to, for a per-tenant view of the parked budget.
+GroupFunction = Callable[[Record], str]
 # Parks a record that can never be handled on its dead-letter topic.
 DeadLetterSink = Callable[[Record, BaseException], Awaitable[None]]
 
@@ -228,6 +232,7 @@ class _Work:
 class _Key:
     queue: deque[_Work] = field(default_factory=deque)
     parked: bool = False
+    group: str | None = None
 
 
 @dataclass
@@ -302,11 +307,13 @@ class KeyedPipeline:
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
         key_of: KeyFunction = record_key,
+        group_of: GroupFunction | None = None,
         dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.config = config
         self._handler = handler
         self._key_of = key_of
+        self._group_of = group_of
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._dead_letters = dead_letters
@@ -317,6 +324,7 @@ class KeyedPipeline:
         self._in_flight = 0
         self._parked_bytes = 0
         self._parked_keys = 0
+        self._parked_by_group: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
@@ -391,6 +399,10 @@ class KeyedPipeline:
     def parked_bytes(self) -> int:
         return self._parked_bytes
 
+    def parked_bytes_by_group(self) -> dict[str, int]:
+        """Parked bytes of each group that has any (``group_of`` given)."""
+        return dict(self._parked_by_group)
+
     def assignment(self) -> set[TopicPartition]:
         return set(self._partitions)
 
@@ -463,13 +475,13 @@ class KeyedPipeline:
         entry = self._keys.get(key)
         fresh = entry is None
         if entry is None:
-            entry = self._keys[key] = _Key()
+            entry = self._keys[key] = _Key(group=self._group_of(record) if self._group_of else None)
         work = _Work(
             record, part, len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD
         )
         entry.queue.append(work)
         if entry.parked:
-            self._parked_bytes += work.size
+            self._count_parked(entry, work.size)
         else:
             self._in_flight += 1
         if fresh:
@@ -478,9 +490,18 @@ class KeyedPipeline:
             task.add_done_callback(self._key_tasks.discard)
             ACTIVE_KEYS.labels(**self._labels).set(len(self._keys))
 
+    def _count_parked(self, entry: _Key, size: int) -> None:
+        self._parked_bytes += size
+        if entry.group is not None:
+            total = self._parked_by_group.get(entry.group, 0) + size
+            if total:
+                self._parked_by_group[entry.group] = total
+            else:
+                self._parked_by_group.pop(entry.group, None)
+
     def _release(self, entry: _Key, work: _Work) -> None:
         if entry.parked:
-            self._parked_bytes -= work.size
+            self._count_parked(entry, -work.size)
         else:
             self._in_flight -= 1
 
@@ -489,7 +510,7 @@ class KeyedPipeline:
             return
         size = sum(w.size for w in entry.queue)
         sign = 1 if parked else -1
-        self._parked_bytes += sign * size
+        self._count_parked(entry, sign * size)
         self._in_flight -= sign * len(entry.queue)
         self._parked_keys += sign
         entry.parked = parked

@@ -7,15 +7,10 @@ number (the alert takes the max)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from prometheus_client import Gauge
 
 from happ_common.endpoint_health import EndpointHealthRepository
-
-log = logging.getLogger(__name__)
+from happ_common.periodic import Periodic
 
 DISABLED = Gauge(
     "happ_channels_deliveries_disabled",
@@ -23,25 +18,11 @@ DISABLED = Gauge(
 )
 
 
-class DisabledChannelsGauge:
+class DisabledChannelsGauge(Periodic):
     def __init__(self, repo: EndpointHealthRepository, interval_s: float = 30.0) -> None:
+        super().__init__("disabled-channels-gauge", self._count, interval_s)
         self._repo = repo
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                DISABLED.set(await self._repo.count_disabled())
-            except Exception as exc:  # the database is away: keep the last value
-                log.warning("counting channels with deliveries off failed: %s", exc)
-            await asyncio.sleep(self._interval_s)
+    async def _count(self) -> None:
+        # A failed count (the database away) keeps the last value.
+        DISABLED.set(await self._repo.count_disabled())

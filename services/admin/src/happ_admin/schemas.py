@@ -248,6 +248,9 @@ class ChannelOut(ConversationRules):
     # channel's deliveries are off; a connect clears both.
     endpoint_failing_since: datetime | None = None
     deliveries_disabled: DeliveriesDisabled | None = None
+    # Until then the webhook answers 429: more of the channel's replies wait for
+    # the endpoint than their share of a delivery member's memory.
+    replies_backlogged_until: datetime | None = None
 
     @classmethod
     def of(cls, channel: Channel, public_url: str, *, show_secret: bool = True) -> ChannelOut:
@@ -273,6 +276,7 @@ class ChannelOut(ConversationRules):
             updated_at=channel.updated_at,
             endpoint_failing_since=channel.endpoint_failing_since,
             deliveries_disabled=channel.deliveries_disabled,
+            replies_backlogged_until=channel.replies_backlogged_until,
             **{k: getattr(channel, k) for k in RULE_FIELDS},
         )
 

@@ -15,6 +15,7 @@ from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.endpoint_health import EndpointHealthRepository
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
+from happ_common.ids import channel_of_key
 from happ_common.kafka import EventPublisher
 from happ_common.kafka_connection import client_options
 from happ_common.ops import ops_router
@@ -23,6 +24,7 @@ from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
 from happ_common.webhook_client import new_session
+from happ_delivery.backlog import BacklogGuard
 from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
@@ -80,17 +82,26 @@ def create_app(
                 ),
                 delivery_handler(service),
                 key_of=pipeline_key,
+                group_of=lambda record: channel_of_key(record.key),
                 on_assigned=on_assigned(service),
                 on_revoked=on_revoked(service),
                 dead_letters=DeadLetterPublisher(publisher, "delivery"),
             )
+            backlog = BacklogGuard(
+                EndpointHealthRepository(clients.db),
+                pipeline.parked_bytes_by_group,
+                max_bytes_per_channel=settings.max_parked_bytes_per_channel,
+                lease_s=settings.backlog_lease_s,
+            )
             await pipeline.start()
+            backlog.start()
             app.state.alive = lambda: pipeline.healthy() and publisher.healthy()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
                 yield
             finally:
+                await backlog.stop()
                 await pipeline.stop()
                 await repository.drain()
                 await session.close()

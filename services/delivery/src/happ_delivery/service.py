@@ -50,7 +50,7 @@ from happ_delivery.health import EndpointHealth
 from happ_delivery.pace import ChannelPauses, PartitionShare, RateCaps
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.settings import DeliverySettings
-from happ_delivery.slots import SendSlots
+from happ_delivery.slots import SendSlots, SlotWaitExpired
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,13 @@ class DeliveryService:
         """A typing event: best-effort, and never after the reply it announces.
 
         It runs in its conversation's order like a reply, so the reply (published
-        after it) waits for its one POST, bounded by ``typing_timeout_s``. It
+        after it) waits for its one POST, bounded by twice ``typing_timeout_s``
+        (for a sending slot, then for the answer). It
         claims no state, closes no gate and has no retry: dropped when a reply
         of the conversation is in a retry series (it would have to wait behind
-        it), when the endpoint asked for a pause (Retry-After), when the reply
+        it), when the endpoint asked for a pause (Retry-After), when no sending
+        slot is free within ``typing_timeout_s`` (the reply waits for it too),
+        when the reply
         it announces has been met already (a redelivery after a crash), when it
         is too old to mean anything, or when the channel is disconnected; a
         failed POST is logged and that is all."""
@@ -196,22 +199,32 @@ class DeliveryService:
             # A capped channel's turns are for replies; a late "typing…" is noise.
             TYPING.labels(outcome="dropped_paced").inc()
             return
-        async with self._paced(channel, partition, turn_taken=True) as unchanged:
-            if self.gates.closed_by(_key(event)) is not None:
-                # Closed while this waited for a slot (a retry restored it).
-                TYPING.labels(outcome="dropped_behind_retry").inc()
-                return
-            if not unchanged:
-                TYPING.labels(outcome="dropped_disconnected").inc()
-                return
-            sent = await send_attempt(
-                self._session,
-                channel,
-                event,
-                1,
-                timeout_s=min(self._settings.typing_timeout_s, self._settings.timeout_s),
-                allow_private=self._allow_private,
-            )
+        timeout_s = min(self._settings.typing_timeout_s, self._settings.timeout_s)
+        try:
+            # The reply behind it waits for this slot too: a channel whose
+            # connections are all busy gets no late "typing…".
+            async with self._paced(
+                channel, partition, turn_taken=True, max_wait_s=timeout_s
+            ) as unchanged:
+                if self.gates.closed_by(_key(event)) is not None:
+                    # Closed while this waited for a slot (a retry restored it).
+                    TYPING.labels(outcome="dropped_behind_retry").inc()
+                    return
+                if not unchanged:
+                    TYPING.labels(outcome="dropped_disconnected").inc()
+                    return
+                sent = await send_attempt(
+                    self._session,
+                    channel,
+                    event,
+                    1,
+                    timeout_s=timeout_s,
+                    allow_private=self._allow_private,
+                )
+        except SlotWaitExpired:
+            TYPING.labels(outcome="dropped_busy").inc()
+            log.info("typing event dropped: no sending slot free within %.1f s", timeout_s)
+            return
         self._log.add(sent.log_entry)
         outcome = sent.outcome
         TYPING.labels(outcome="sent" if outcome.ok else "failed").inc()
@@ -465,7 +478,12 @@ class DeliveryService:
 
     @contextlib.asynccontextmanager
     async def _paced(
-        self, channel: Channel, partition: int, *, turn_taken: bool = False
+        self,
+        channel: Channel,
+        partition: int,
+        *,
+        turn_taken: bool = False,
+        max_wait_s: float | None = None,
     ) -> AsyncIterator[bool]:
         """Holds a sending slot for one POST to the channel's endpoint, taken
         within the channel's caps (this member's share of them); yields whether
@@ -484,7 +502,7 @@ class DeliveryService:
             limit = min(
                 self._slots.per_channel, self.share.of_count(channel.outgoing_max_concurrency)
             )
-        async with self._slots.hold(channel.id, channel.outgoing_url, limit, paced):
+        async with self._slots.hold(channel.id, channel.outgoing_url, limit, paced, max_wait_s):
             current = await self._channels.get(channel.id)
             yield (
                 current is not None

@@ -30,6 +30,11 @@ class DeliverySettings(BaseSettings):
     # Records parked off the in-flight budget (behind a closed gate, a retry not
     # yet due, a full channel): bounded in bytes, fetching pauses above it.
     max_parked_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # One channel's share of it: over this, its webhook answers 429 until its
+    # waiting replies are back under half of it (happ_delivery.backlog).
+    max_parked_bytes_per_channel: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # How long one mark lasts; renewed while the channel stays over.
+    backlog_lease_s: float = Field(default=5.0, gt=0, le=300)
     max_connections: int = Field(default=512, ge=1)
     # One tenant's share: a slow or dead endpoint holds at most this many.
     max_connections_per_channel: int = Field(default=32, ge=1)

@@ -33,6 +33,10 @@ WAIT_TIME = Histogram(
 )
 
 
+class SlotWaitExpired(Exception):
+    """No slot came within the wait allowed (a typing event's): nothing was sent."""
+
+
 class _Limits:
     """Semaphores by name, dropped when nobody holds or waits for one."""
 
@@ -74,23 +78,29 @@ class SendSlots:
         url: str,
         channel_limit: int | None = None,
         paced: Callable[[], Awaitable[None]] | None = None,
+        max_wait_s: float | None = None,
     ) -> AsyncIterator[None]:
         """``channel_limit``: the channel's own cap on requests at once, if below
         the service's per-channel limit. ``paced``: waits for the channel's turn
         under its rate, between its own slot and the host's and process's (so a
-        channel waiting for its turn holds no slot another channel needs)."""
+        channel waiting for its turn holds no slot another channel needs).
+        ``max_wait_s``: raise ``SlotWaitExpired`` rather than wait longer (None:
+        as long as it takes)."""
         host = urlsplit(url).netloc.lower()
         stack = contextlib.AsyncExitStack()
         started = time.perf_counter()
         WAITING.inc()
         try:
-            async with parked():
-                await stack.enter_async_context(self._channels.hold(channel_id, channel_limit))
-                if paced is not None:
-                    await paced()
-                await stack.enter_async_context(self._hosts.hold(host))
-                await self._total.acquire()
-                stack.callback(self._total.release)
+            try:
+                async with parked(), asyncio.timeout(max_wait_s):
+                    await stack.enter_async_context(self._channels.hold(channel_id, channel_limit))
+                    if paced is not None:
+                        await paced()
+                    await stack.enter_async_context(self._hosts.hold(host))
+                    await self._total.acquire()
+                    stack.callback(self._total.release)
+            except TimeoutError:
+                raise SlotWaitExpired(channel_id) from None
             if not still_owned():
                 # The partition moved (or the member stops) while this waited:
                 # its next owner sends it; a POST now would be a second one.

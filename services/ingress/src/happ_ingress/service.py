@@ -1,8 +1,9 @@
 """What the webhook does with a request, from raw bytes to the broker's ack.
 
-Order of checks: channel (404, 403), signature (401), rate limit (429), body
-(422), idempotency (duplicate), publish (503 unless acknowledged). Every request
-to an existing channel, accepted or not, leaves one request-log entry.
+Order of checks: channel (404, 403), signature (401), rate limit and the
+channel's reply backlog (429), body (422), idempotency (duplicate), publish (503
+unless acknowledged). Every request to an existing channel, accepted or not,
+leaves one request-log entry.
 """
 
 from __future__ import annotations
@@ -320,6 +321,7 @@ class IngressService:
                 "second; queue on your side and retry after Retry-After seconds.",
                 headers={"Retry-After": TokenBuckets.retry_after_header(wait)},
             )
+        self._check_backlog(channel)
         payload = self._parse(req)
         key = payload.message_id or req.idempotency_key
         message_id = key or new_message_id()
@@ -327,6 +329,23 @@ class IngressService:
             await self._publish(channel, payload, message_id)
             return Accepted(message_id=message_id, channel_id=channel.id), payload.sender_id
         return await self._receive_once(channel, payload, key), payload.sender_id
+
+    @staticmethod
+    def _check_backlog(channel: Channel) -> None:
+        """429 while a delivery member holds more of the channel's replies than
+        its share (happ_delivery.backlog): the endpoint takes them slower than
+        they are sent, and only this channel's sender is asked to wait."""
+        until = channel.replies_backlogged_until
+        if until is None:
+            return
+        left = (until - datetime.now(UTC)).total_seconds()
+        if left > 0:
+            raise RATE_LIMITED(
+                "This channel's replies are waiting for its endpoint (its outgoing pace, a "
+                "Retry-After or failures) faster than it takes them; retry after "
+                "Retry-After seconds.",
+                headers={"Retry-After": TokenBuckets.retry_after_header(left)},
+            )
 
     async def _receive_once(
         self, channel: Channel, payload: WebhookPayload, key: str

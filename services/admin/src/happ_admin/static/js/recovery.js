@@ -7,13 +7,20 @@ import { clear, dialog, h, openDialog, toast } from "./dom.js";
 import { absolute } from "./format.js";
 import { every, isAdmin } from "./state.js";
 
-/* The callout under the channel's head: deliveries off (with why), or failing. */
+/* The callout under the channel's head: deliveries off (with why), new messages
+   refused while replies pile up, or failing. */
 export function deliveryNotice(c) {
   const off = c.deliveries_disabled;
   if (off) {
     return h("p", { class: "callout bad small channel-notice", role: "status", dataset: { test: "deliveries-disabled" } },
       h("strong", {}, "Deliveries off. "), off.message,
       " Replies are kept as failed; connect the channel once the endpoint works, then recover them.");
+  }
+  if (c.replies_backlogged_until && new Date(c.replies_backlogged_until) > new Date()) {
+    return h("p", { class: "callout warn small channel-notice", role: "status", dataset: { test: "replies-backlogged" } },
+      h("strong", {}, "New messages refused (429). "),
+      "Replies wait for the endpoint faster than it takes them (its outgoing pace, a Retry-After, or failures); "
+      + "the webhook accepts again once they drain.");
   }
   if (c.endpoint_failing_since) {
     return h("p", { class: "callout warn small channel-notice", dataset: { test: "endpoint-failing" } },
