@@ -51,7 +51,9 @@ async def test_scale_out_and_in(faults_for: StartFaults) -> None:
     first ones leave (SIGTERM), while conversations send faster than the LLM
     answers (records queue behind running ones) and retries sleep."""
     async with faults_for(llm(0.8)) as f:
-        load, sending = await steady_load(f, conversations=8, per_conversation=60, rate=12)
+        # 30 s of sending: the members join at 4 s and the first ones leave once
+        # the group has balanced (about 20 s in), all while it runs.
+        load, sending = await steady_load(f, conversations=8, per_conversation=45, rate=12)
         await asyncio.sleep(4)
         await asyncio.gather(f.add_member("assistant"), f.add_member("delivery"))
         await asyncio.gather(f.balanced("assistant"), f.balanced("delivery"))
@@ -69,7 +71,9 @@ async def test_rolling_restart(faults_for: StartFaults) -> None:
     async with faults_for(llm(1.0)) as f:
         await asyncio.gather(f.add_member("assistant"), f.add_member("delivery"))
         await asyncio.gather(f.balanced("assistant"), f.balanced("delivery"))
-        load, sending = await steady_load(f, conversations=8, per_conversation=60, rate=10)
+        # 36 s of sending; both rounds of restarts are over in about 30 s, and
+        # the 1 s LLM keeps every conversation's queue busy to the end.
+        load, sending = await steady_load(f, conversations=8, per_conversation=45, rate=10)
         await asyncio.sleep(4)
         for index in (0, 1):
             await asyncio.gather(
@@ -131,7 +135,7 @@ async def test_failing_tenant_does_not_starve_a_healthy_one(faults_for: StartFau
         healthy = await f.channel("/healthy")
         f.system.receiver.behaviour["/failing"] = (500, 0.0)
         failing = await f.channel("/failing")
-        alone = Load("alone", healthy, conversations=10, per_conversation=15, rate=10)
+        alone = Load("alone", healthy, conversations=10, per_conversation=10, rate=10)
         await run(f, alone)
         await f.settle([alone], timeout_s=30)
         # 50 s: the failing tenant's replies meet their first three attempts
