@@ -80,6 +80,9 @@ async def test_a_channel_slower_out_than_in_is_refused_alone_and_loses_nothing(
         )
         assert marked.tzinfo is not None and marked > datetime(2026, 1, 1, tzinfo=UTC)
         assert await _metric(system, second_port, "happ_delivery_channel_backlogs_total") >= 1
+        ingress_port = system.stack.config.ports["ingress"]
+        refusals = await _metric(system, ingress_port, "happ_ingress_backlog_refusals_total")
+        assert refusals >= len(refused)
 
         # The calm channel was served while the slow one was refused.
         calm_posts = await system.receiver.wait_for("/backlog-calm", len(calm_sent), timeout_s=30)

@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,8 +215,12 @@ def check(
     ):
         prepare = Preparer(admin, ingress, outgoing_url)
         admin_ids = prepare.admin_ids()
-        results = [
-            run_st(
+        # A channel of its own: the admin run may disconnect the other one.
+        webhook = prepare.channel(
+            "openapi-check (webhook)", require_signature=True, rate_limit_per_second=100_000
+        )
+        runs: list[Callable[[], CheckResult]] = [
+            lambda: run_st(
                 "admin",
                 admin_url,
                 config_text(admin_ids, live_stream=True),
@@ -223,14 +228,8 @@ def check(
                 env=env,
                 capture=capture,
                 cwd=cwd,
-            )
-        ]
-        # A channel of its own: the admin run may have disconnected the other one.
-        webhook = prepare.channel(
-            "openapi-check (webhook)", require_signature=True, rate_limit_per_second=100_000
-        )
-        results.append(
-            run_st(
+            ),
+            lambda: run_st(
                 "ingress",
                 ingress_url,
                 config_text({"channel_id": [webhook["id"]]}),
@@ -238,9 +237,13 @@ def check(
                 env={**env, "HAPP_CHECK_SECRET": webhook["hmac_secret"]},
                 capture=capture,
                 cwd=cwd,
-            )
-        )
-    return results
+            ),
+        ]
+        if not capture:  # on a terminal: one report after the other
+            return [run() for run in runs]
+        # Captured (the test suite): side by side, each waits on its service.
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            return list(pool.map(lambda run: run(), runs))
 
 
 def _default_token() -> str:

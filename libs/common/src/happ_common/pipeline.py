@@ -233,6 +233,8 @@ class _Key:
     queue: deque[_Work] = field(default_factory=deque)
     parked: bool = False
     group: str | None = None
+    # While parked: whether its bytes count against its group's share too.
+    group_counted: bool = True
 
 
 @dataclass
@@ -281,17 +283,20 @@ def still_owned() -> bool:
 
 
 @contextlib.asynccontextmanager
-async def parked() -> AsyncIterator[None]:
+async def parked(*, of_group: bool = True) -> AsyncIterator[None]:
     """Inside a handler: while in this block, the handler's key waits on something
     other than this consumer (a gate another record opens, a due time, a
     channel's share of connections), so its records leave the active budget for
-    the parked one. Outside a pipeline's handler it does nothing."""
+    the parked one. ``of_group=False``: the wait is for something every group
+    shares (the process's connections), so its bytes are not held against the
+    group's own share (``parked_bytes_by_group``). Outside a pipeline's handler
+    it does nothing."""
     current = _CURRENT.get()
     if current is None or current[1].parked:
         yield
         return
     pipeline, key = current
-    pipeline._park(key, True)
+    pipeline._park(key, True, of_group=of_group)
     try:
         yield
     finally:
@@ -492,7 +497,7 @@ class KeyedPipeline:
 
     def _count_parked(self, entry: _Key, size: int) -> None:
         self._parked_bytes += size
-        if entry.group is not None:
+        if entry.group is not None and entry.group_counted:
             total = self._parked_by_group.get(entry.group, 0) + size
             if total:
                 self._parked_by_group[entry.group] = total
@@ -505,15 +510,19 @@ class KeyedPipeline:
         else:
             self._in_flight -= 1
 
-    def _park(self, entry: _Key, parked: bool) -> None:
+    def _park(self, entry: _Key, parked: bool, *, of_group: bool = True) -> None:
         if entry.parked == parked:
             return
+        if parked:
+            entry.group_counted = of_group
         size = sum(w.size for w in entry.queue)
         sign = 1 if parked else -1
         self._count_parked(entry, sign * size)
         self._in_flight -= sign * len(entry.queue)
         self._parked_keys += sign
         entry.parked = parked
+        if not parked:
+            entry.group_counted = True
         PARKED_BYTES.labels(**self._labels).set(self._parked_bytes)
         PARKED_KEYS.labels(**self._labels).set(self._parked_keys)
         IN_FLIGHT.labels(**self._labels).set(self._in_flight)

@@ -13,7 +13,9 @@ one; one after it, or after its admin process died, queues only what is
 failed by then.
 
 Progress is read, not counted: the replies a recovery queued are listed
-(``recovery_items``) and their delivery states are read when asked for.
+(``recovery_items``) and their delivery states are read when asked for, at most
+every couple of seconds per recovery on one admin replica, and once for all
+when nothing it queued is pending any more.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -37,6 +40,10 @@ log = logging.getLogger(__name__)
 
 _PAGE = 200
 _COUNT_PAGE = 500
+# Progress is read from every queued reply's state: however many people (or
+# browser tabs) follow a large recovery, it is counted at most this often.
+_COUNTS_FRESH_S = 2.0
+_COUNTS_KEPT = 1000
 _BEAT_S = 5.0
 # How long a stopping admin waits for a recovery to finish the reply it is on: a
 # publish times out well within it.
@@ -61,6 +68,11 @@ class RecoveryService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Per running recovery: when its progress (and lock) was last written.
         self._beats: dict[str, float] = {}
+        # Per recovery, as of its state and total: its last counts and until
+        # when they stand (forever once nothing it queued is left pending). A
+        # new state or total counts again at once: a reader must never see a
+        # recovery "done" with the counts of its scan.
+        self._counted: dict[tuple[str, str, int], tuple[float, RecoveryCounts]] = {}
         self._stopping = False
 
     async def start(
@@ -142,6 +154,21 @@ class RecoveryService:
         )
 
     async def _counts(self, doc: RecoveryDoc) -> RecoveryCounts:
+        now = time.monotonic()
+        key = (doc.id, doc.state, doc.queued)
+        kept = self._counted.get(key)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        counts = await self._count(doc)
+        final = doc.state != "running" and counts.queued == 0
+        if len(self._counted) >= _COUNTS_KEPT:
+            self._counted = {k: v for k, v in self._counted.items() if v[0] > now}
+            if len(self._counted) >= _COUNTS_KEPT:
+                self._counted.clear()  # counted again when asked: nothing lost
+        self._counted[key] = (math.inf if final else now + _COUNTS_FRESH_S, counts)
+        return counts
+
+    async def _count(self, doc: RecoveryDoc) -> RecoveryCounts:
         queued = delivered = failed = 0
         async for reply_ids in self._repo.item_pages(doc.id, _COUNT_PAGE):
             states = await self._repo.states([(doc.channel_id, r) for r in reply_ids])

@@ -91,7 +91,9 @@ def create_app(
                 EndpointHealthRepository(clients.db),
                 pipeline.parked_bytes_by_group,
                 max_bytes_per_channel=settings.max_parked_bytes_per_channel,
-                lease_s=settings.backlog_lease_s,
+                # The ingress sees a lease through its channel cache: one
+                # shorter than twice the cache's lifetime could come and go unseen.
+                lease_s=max(settings.backlog_lease_s, 2 * happ.channel_cache_ttl_s + 2),
             )
             await pipeline.start()
             backlog.start()

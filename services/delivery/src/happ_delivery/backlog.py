@@ -50,12 +50,12 @@ class BacklogGuard(Periodic):
         *,
         max_bytes_per_channel: int,
         lease_s: float,
-        interval_s: float = 1.0,
     ) -> None:
-        # A round that fails (the database away) is made by the next: meanwhile
-        # a lease may run out and the webhook accept a little more, which the
-        # budget absorbs.
-        super().__init__("backlog-guard", self.check, interval_s)
+        # Four rounds a lease: it is renewed with at least a quarter of it left.
+        # A write that fails (the database away) is made by the next round;
+        # meanwhile a lease may run out and the webhook accept a little more,
+        # which the budget absorbs.
+        super().__init__("backlog-guard", self.check, lease_s / 4)
         self._repo = repo
         self._parked = parked_by_channel
         self._max = max_bytes_per_channel
@@ -85,6 +85,11 @@ class BacklogGuard(Periodic):
                 )
                 self._held[channel_id] = 0.0
             if self._held[channel_id] - now < self._lease.total_seconds() / 2:
-                await self._repo.mark_backlogged(channel_id, datetime.now(UTC) + self._lease)
+                try:
+                    await self._repo.mark_backlogged(channel_id, datetime.now(UTC) + self._lease)
+                except Exception as exc:
+                    # The next round tries again; the other channels go on.
+                    log.warning("channel %s: backlog lease not written: %s", channel_id, exc)
+                    continue
                 self._held[channel_id] = now + self._lease.total_seconds()
         BACKLOGGED.set(len(self._held))

@@ -193,12 +193,6 @@ class DeliveryService:
             # Turned off automatically too: a failing endpoint gets no more requests.
             TYPING.labels(outcome="dropped_disconnected").inc()
             return
-        if channel.outgoing_rate_per_second and not self._rates.free_now(
-            channel.id, self._rate(channel)
-        ):
-            # A capped channel's turns are for replies; a late "typing…" is noise.
-            TYPING.labels(outcome="dropped_paced").inc()
-            return
         timeout_s = min(self._settings.typing_timeout_s, self._settings.timeout_s)
         try:
             # The reply behind it waits for this slot too: a channel whose
@@ -212,6 +206,14 @@ class DeliveryService:
                     return
                 if not unchanged:
                     TYPING.labels(outcome="dropped_disconnected").inc()
+                    return
+                # Taken once the slot is held, so a typing event dropped for
+                # want of a slot costs the replies no turn.
+                if channel.outgoing_rate_per_second and not self._rates.free_now(
+                    channel.id, self._rate(channel)
+                ):
+                    # A capped channel's turns are for replies; a late "typing…" is noise.
+                    TYPING.labels(outcome="dropped_paced").inc()
                     return
                 sent = await send_attempt(
                     self._session,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -33,8 +33,9 @@ class DeliverySettings(BaseSettings):
     # One channel's share of it: over this, its webhook answers 429 until its
     # waiting replies are back under half of it (happ_delivery.backlog).
     max_parked_bytes_per_channel: int = Field(default=32 * 1024 * 1024, ge=1024)
-    # How long one mark lasts; renewed while the channel stays over.
-    backlog_lease_s: float = Field(default=5.0, gt=0, le=300)
+    # How long one mark lasts, renewed until then; the app makes it at least
+    # twice the channel cache's lifetime plus 2 s, or the ingress could miss it.
+    backlog_lease_s: float = Field(default=5.0, ge=1, le=300)
     max_connections: int = Field(default=512, ge=1)
     # One tenant's share: a slow or dead endpoint holds at most this many.
     max_connections_per_channel: int = Field(default=32, ge=1)
@@ -42,6 +43,16 @@ class DeliverySettings(BaseSettings):
     # A channel whose endpoint has failed every attempt for this long gets its
     # deliveries turned off (happ_common.endpoint_health); 0: never.
     auto_disable_after_hours: float = Field(default=72.0, ge=0)
+
+    @model_validator(mode="after")
+    def _share_within_budget(self) -> DeliverySettings:
+        if self.max_parked_bytes_per_channel > self.max_parked_bytes:
+            raise ValueError(
+                "HAPP_DELIVERY_MAX_PARKED_BYTES_PER_CHANNEL must not exceed "
+                "HAPP_DELIVERY_MAX_PARKED_BYTES: the budget every channel shares would "
+                "fill before any channel's share"
+            )
+        return self
 
     @field_validator("retry_delays", mode="before")
     @classmethod

@@ -91,16 +91,27 @@ class SendSlots:
         started = time.perf_counter()
         WAITING.inc()
         try:
+            deadline = asyncio.timeout(max_wait_s)
             try:
-                async with parked(), asyncio.timeout(max_wait_s):
-                    await stack.enter_async_context(self._channels.hold(channel_id, channel_limit))
-                    if paced is not None:
-                        await paced()
-                    await stack.enter_async_context(self._hosts.hold(host))
-                    await self._total.acquire()
-                    stack.callback(self._total.release)
+                async with deadline:
+                    async with parked():
+                        await stack.enter_async_context(
+                            self._channels.hold(channel_id, channel_limit)
+                        )
+                        if paced is not None:
+                            await paced()
+                    # The host's and the process's slots are every channel's:
+                    # waiting for them is not this channel's backlog
+                    # (happ_delivery.backlog), or a busy neighbour would get a
+                    # healthy channel's webhook refused.
+                    async with parked(of_group=False):
+                        await stack.enter_async_context(self._hosts.hold(host))
+                        await self._total.acquire()
+                        stack.callback(self._total.release)
             except TimeoutError:
-                raise SlotWaitExpired(channel_id) from None
+                if deadline.expired():
+                    raise SlotWaitExpired(channel_id) from None
+                raise
             if not still_owned():
                 # The partition moved (or the member stops) while this waited:
                 # its next owner sends it; a POST now would be a second one.

@@ -70,6 +70,11 @@ REPLIES_REQUESTS = Counter(
     "GET /webhook/{channel_id}/replies requests by outcome",
     ["outcome"],
 )
+BACKLOG_REFUSALS = Counter(
+    "happ_ingress_backlog_refusals_total",
+    "Webhook requests refused 429 because the channel's replies wait for its endpoint "
+    "(counted in happ_ingress_requests_total as RATE_LIMITED too)",
+)
 CLAIMS_UNMARKED = Counter(
     "happ_ingress_idempotency_claims_unmarked_total",
     "Accepted messages whose idempotency claim could not be marked accepted in time",
@@ -340,6 +345,7 @@ class IngressService:
             return
         left = (until - datetime.now(UTC)).total_seconds()
         if left > 0:
+            BACKLOG_REFUSALS.inc()
             raise RATE_LIMITED(
                 "This channel's replies are waiting for its endpoint (its outgoing pace, a "
                 "Retry-After or failures) faster than it takes them; retry after "
