@@ -69,12 +69,13 @@ async def test_rolling_restart(faults_for: StartFaults) -> None:
     """Two members each of the assistant and delivery; one at a time is SIGTERMed
     and started again (a rolling deploy), under a 1 s LLM and refused attempts."""
     async with faults_for(llm(1.0)) as f:
+        # 36 s of sending, from while the second members join, at what the 1 s
+        # LLM answers (a message per second per conversation): both rounds of
+        # restarts are over about 40 s in, and what they held back is still
+        # being answered then.
+        load, sending = await steady_load(f, conversations=8, per_conversation=36, rate=8)
         await asyncio.gather(f.add_member("assistant"), f.add_member("delivery"))
         await asyncio.gather(f.balanced("assistant"), f.balanced("delivery"))
-        # 36 s of sending; both rounds of restarts are over in about 30 s, and
-        # the 1 s LLM keeps every conversation's queue busy to the end.
-        load, sending = await steady_load(f, conversations=8, per_conversation=45, rate=10)
-        await asyncio.sleep(4)
         for index in (0, 1):
             await asyncio.gather(
                 f.restart(f.member("assistant", index)), f.restart(f.member("delivery", index))
