@@ -565,7 +565,7 @@ async def test_a_restart_mid_stream_loses_nothing_and_answers_nothing_twice(
     assert killed_at < total
     system.stack.start_service("assistant")
     await asyncio.to_thread(system.stack.wait_ready, "assistant")
-    # The group rebalances once the dead member's session expires (~10-18 s here).
+    # The group rebalances once the dead member's session expires (KAFKA_SESSION_TIMEOUT_MS).
     replies = await tap.wait(channel, total, timeout_s=90)
 
     texts: dict[str, set[str]] = defaultdict(set)

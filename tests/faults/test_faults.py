@@ -89,10 +89,11 @@ async def test_rolling_restart(faults_for: StartFaults) -> None:
 
 async def test_sigkill_each_service(faults_for: StartFaults) -> None:
     """The ingress, the assistant and the delivery service SIGKILLed in turn under
-    load, each started again at once: the delivery member dies while the
-    assistant group is still taking back the partitions of its dead member."""
+    load, each started again at once and the next killed 4 s after it is back,
+    so all three die while messages are still being sent."""
     async with faults_for(llm(0.5)) as f:
-        load, sending = await steady_load(f, conversations=8, per_conversation=60, rate=12)
+        # 30 s of sending: the delivery member is killed about 25 s in.
+        load, sending = await steady_load(f, conversations=8, per_conversation=45, rate=12)
         for service in ("ingress", "assistant", "delivery"):
             await asyncio.sleep(4)
             await f.sigkill(f.member(service))
@@ -110,7 +111,9 @@ async def test_infrastructure_down_for_30s(faults_for: StartFaults, outage: str)
     later; or the broker SIGSTOPped for 30 s, then SIGCONTed. No service dies,
     so no POST may be repeated."""
     async with faults_for(llm(0.5)) as f:
-        load, sending = await steady_load(f, conversations=8, per_conversation=40, rate=8)
+        # 32 messages per conversation: sending stalls on 503s while the outage
+        # lasts, so it runs from before the outage until after it.
+        load, sending = await steady_load(f, conversations=8, per_conversation=32, rate=8)
         await asyncio.sleep(5)
         await (f.kill_database(30) if outage == "database" else f.pause_broker(30))
         await sending

@@ -31,6 +31,11 @@ class InfraSettings(BaseSettings):
     # outbound.replies and delivery.retry co-partitioned.
     kafka_partitions: int = Field(default=12, ge=1, le=1024)
     kafka_replication_factor: int = Field(default=1, ge=1, le=16)
+    # How long a consumer that stopped heartbeating (killed, frozen, cut off)
+    # keeps its partitions before the group hands them to the others: the
+    # pause a crash costs its partitions. Brokers refuse less than their
+    # group.min.session.timeout.ms (6 s by default).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     # Topics HAPP creates keep their records this long (existing topics are left alone).
     kafka_retention_hours: float = Field(default=168, gt=0)
     kafka_dead_letter_retention_hours: float = Field(default=720, gt=0)

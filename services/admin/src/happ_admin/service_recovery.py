@@ -160,7 +160,8 @@ class RecoveryService:
         if kept is not None and now < kept[0]:
             return kept[1]
         counts = await self._count(doc)
-        final = doc.state != "running" and counts.queued == 0
+        # The state as of the key: ``doc`` may be the running scan's own object.
+        final = key[1] != "running" and counts.queued == 0
         if len(self._counted) >= _COUNTS_KEPT:
             self._counted = {k: v for k, v in self._counted.items() if v[0] > now}
             if len(self._counted) >= _COUNTS_KEPT:

@@ -77,6 +77,7 @@ def create_app(
                     group_id=settings.group_id,
                     topics=(INBOUND_MESSAGES,),
                     max_in_flight=settings.max_in_flight,
+                    session_timeout_ms=infra.kafka_session_timeout_ms,
                 ),
                 inbound_handler(service),
                 # The next owner of a revoked partition writes to its conversations.

@@ -79,6 +79,7 @@ def create_app(
                     # cut off, the next owner would send it again.
                     revoke_grace_s=settings.timeout_s + 5,
                     always_fetch=(DELIVERY_RETRY,),
+                    session_timeout_ms=infra.kafka_session_timeout_ms,
                 ),
                 delivery_handler(service),
                 key_of=pipeline_key,

@@ -51,11 +51,11 @@ class BacklogGuard(Periodic):
         max_bytes_per_channel: int,
         lease_s: float,
     ) -> None:
-        # Four rounds a lease: it is renewed with at least a quarter of it left.
-        # A write that fails (the database away) is made by the next round;
-        # meanwhile a lease may run out and the webhook accept a little more,
-        # which the budget absorbs.
-        super().__init__("backlog-guard", self.check, lease_s / 4)
+        # A new backlog is caught within a second, and a lease is renewed with
+        # half of it left (``_held``), not every round. A write that fails (the
+        # database away) is made by the next round; meanwhile a lease may run out
+        # and the webhook accept a little more, which the budget absorbs.
+        super().__init__("backlog-guard", self.check, min(1.0, lease_s / 4))
         self._repo = repo
         self._parked = parked_by_channel
         self._max = max_bytes_per_channel

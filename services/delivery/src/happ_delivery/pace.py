@@ -125,6 +125,10 @@ class RateCaps:
     def forget(self) -> None:
         self._next.clear()
 
+    def due(self, channel_id: str) -> bool:
+        """Whether the channel's next instant has come, without taking it."""
+        return self._next.get(channel_id, 0.0) <= time.monotonic()
+
     def free_now(self, channel_id: str, per_second: float) -> bool:
         """Takes the channel's next instant if it has come; for a send that would
         rather be dropped than wait (a typing event)."""

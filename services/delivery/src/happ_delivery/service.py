@@ -193,6 +193,12 @@ class DeliveryService:
             # Turned off automatically too: a failing endpoint gets no more requests.
             TYPING.labels(outcome="dropped_disconnected").inc()
             return
+        if channel.outgoing_rate_per_second and not self._rates.due(channel.id):
+            # A capped channel's turns are for replies; a late "typing…" is noise.
+            # (Its replies waiting for their turn hold the channel's slots: a
+            # typing event would only wait behind them to be dropped.)
+            TYPING.labels(outcome="dropped_paced").inc()
+            return
         timeout_s = min(self._settings.typing_timeout_s, self._settings.timeout_s)
         try:
             # The reply behind it waits for this slot too: a channel whose
