@@ -39,7 +39,7 @@ demo: install ## With `make run` going: receive a signed reply on https://localh
 test: install system-deps ## Run the whole test suite (real broker, database, TLS and a browser)
 	$(UV) run --frozen pytest
 
-test-faults: install ## Only the fault suite (~10 min): kills, restarts, outages under load
+test-faults: install ## Only the fault suite (~8 min): kills, restarts, outages under load
 	$(UV) run --frozen pytest -m faults
 
 openapi-check: install ## With `make run` going: schemathesis --checks all on both OpenAPI documents

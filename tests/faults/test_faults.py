@@ -4,7 +4,7 @@ and the broker stops. After each scenario the system settles and ``judge.py``
 checks that every accepted message was answered exactly once, in conversation
 order, with no repeated POST unless a process was killed, and nothing left held.
 
-Sized for a 2-core machine: the whole suite takes about ten minutes.
+Sized for a 2-core machine: the whole suite takes about eight minutes.
 ``make test-faults`` runs only these; each scenario's report and the services'
 logs are kept in test-artifacts/faults/<scenario>/.
 """
