@@ -382,6 +382,16 @@ async def test_conversations_list_and_messages(system: System) -> None:
     unknown = await system.admin.get(f"/api/channels/{c['id']}/conversations/nobody/messages")
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "CONVERSATION_NOT_FOUND"
+    # Any character routes to the conversation, a newline too (found by schemathesis):
+    # the documented 404, never a bare route-level one.
+    for sender in ("line\nbreak", "a/b\n/c"):
+        for suffix in ("/messages", "/read"):
+            odd_path = f"/api/channels/{c['id']}/conversations/{quote(sender, safe='')}{suffix}"
+            resp = await (
+                system.admin.get(odd_path) if suffix == "/messages" else system.admin.post(odd_path)
+            )
+            assert resp.status_code == 404, (sender, suffix, resp.text)
+            assert resp.json()["error"]["code"] == "CONVERSATION_NOT_FOUND", (sender, suffix)
     bad_cursor = await system.admin.get(
         f"/api/channels/{c['id']}/conversations", params={"cursor": "%%%"}
     )

@@ -10,6 +10,7 @@ from happ_admin.auth import require_member
 from happ_admin.cursors import Cursor
 from happ_admin.deps import Conversations, Delivery
 from happ_admin.errors import ERRORS, RESEND_CONFLICTS
+from happ_admin.path_params import SENDER_ID
 from happ_admin.schemas import ConversationPage, MessagePage, MessageStatusOut
 
 router = APIRouter(
@@ -30,7 +31,7 @@ async def conversations(
 
 
 @router.get(
-    "/channels/{channel_id}/conversations/{sender_id:path}/messages",
+    f"/channels/{{channel_id}}/conversations/{SENDER_ID}/messages",
     summary="Both sides of a conversation, newest first, with each reply's delivery status",
 )
 async def conversation_messages(

@@ -8,11 +8,12 @@ from fastapi.responses import StreamingResponse
 from happ_admin.auth import CurrentPrincipal
 from happ_admin.deps import Auth, Inbox, Live
 from happ_admin.errors import ERRORS, INBOX_CONFLICTS
+from happ_admin.path_params import SENDER_ID
 from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
 
 router = APIRouter(prefix="/api", tags=["inbox"], responses=ERRORS)
 
-CONVERSATION = "/channels/{channel_id}/conversations/{sender_id:path}"
+CONVERSATION = f"/channels/{{channel_id}}/conversations/{SENDER_ID}"
 
 
 @router.get("/inbox", summary="Conversations waiting for a person, held by me, held by others")
