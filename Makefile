@@ -6,7 +6,7 @@ export UV_LINK_MODE := copy
 
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help bootstrap system-deps install run demo test test-faults openapi-check lint format \
+.PHONY: help bootstrap system-deps install run demo test test-faults openapi-check lint format bench \
 	typecheck check clean bench-ingress bench-delivery bench-assistant bench-publish bench-db \
 	bench-wait
 
@@ -57,6 +57,9 @@ typecheck: install ## mypy --strict over every package and the tests
 	$(UV) run --frozen mypy
 
 check: lint typecheck test ## Everything CI would want
+
+bench: install ## Benchmark the whole system end to end: bench/results.json, docs/benchmarks.md, the latency plot (~10 min)
+	$(UV) run --frozen python bench/e2e.py
 
 bench-ingress: install ## Benchmark: webhooks/s (broker ack included) vs a bare FastAPI endpoint
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)

@@ -135,18 +135,27 @@ def wrk_paced(
 
 def metric(port: int, name: str) -> float:
     """Sum of a metric's samples on a service's /metrics."""
+    return sum(metric_samples(port, name).values())
+
+
+def metric_samples(port: int, name: str) -> dict[str, float]:
+    """A metric's samples on a service's /metrics, by their label text
+    (``'{collection="messages",operation="insert"}'``; ``''`` without labels)."""
     import urllib.request  # noqa: PLC0415
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#") and (line[len(name)] in " {")
-    )
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {":
+            series, value = line.rsplit(" ", 1)
+            samples[series[len(name) :]] = float(value)
+    return samples
 
 
-async def add_channel(mongodb_uri: str, outgoing_url: str = "https://localhost/x") -> str:
+async def add_channel(
+    mongodb_uri: str, outgoing_url: str = "https://localhost/x", model: str | None = None
+) -> str:
     """A connected channel written straight to the database, its rate limit out
     of the way; returns its id."""
     now = datetime.now(UTC)
@@ -156,6 +165,7 @@ async def add_channel(mongodb_uri: str, outgoing_url: str = "https://localhost/x
         outgoing_url=outgoing_url,
         hmac_secret=new_channel_secret(),
         rate_limit_per_second=100_000,
+        model=model,
         created_at=now,
         updated_at=now,
     )

@@ -173,9 +173,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument(
+        "--model-delay",
+        action="append",
+        default=[],
+        metavar="MODEL=SECONDS",
+        help="calls naming MODEL wait this long instead (repeatable)",
+    )
     args = parser.parse_args()
+    fake = FakeLlm(delay_s=args.delay, keep_requests=False)
+    for spec in args.model_delay:
+        model, _, seconds = spec.partition("=")
+        fake.models[model] = ModelScript(delay_s=float(seconds))
     web.run_app(
-        FakeLlm(delay_s=args.delay, keep_requests=False).app(),
+        fake.app(),
         host="127.0.0.1",
         port=args.port,
         access_log=None,

@@ -133,6 +133,28 @@ def _counting_app() -> web.Application:
     return app
 
 
+def _recording_app() -> web.Application:
+    """A receiver for the end-to-end benchmark: answers 200 at once and notes
+    when each reply arrived, by the message it answers (``GET /arrivals?from=N``
+    returns ``[[in_reply_to, unix time], ...]`` from the N-th on)."""
+    arrivals: list[tuple[str, float]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        arrivals.append((str(json.loads(body).get("in_reply_to")), now))
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    async def report(request: web.Request) -> web.Response:
+        start = int(request.query.get("from", "0"))
+        return web.json_response(arrivals[start:])
+
+    app = web.Application()
+    app.router.add_get("/arrivals", report)
+    app.router.add_post("/{tail:.*}", receive)
+    return app
+
+
 def _counting_asgi() -> Any:
     """The same counting receiver as a FastAPI app, for uvicorn: the endpoint a
     FastAPI integrator runs, and the receiver GUIDE.md's client numbers used."""
@@ -168,6 +190,9 @@ def main() -> None:
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--server", choices=("aiohttp", "uvicorn"), default="aiohttp")
+    parser.add_argument(
+        "--record", action="store_true", help="note each reply's arrival (GET /arrivals)"
+    )
     args = parser.parse_args()
     if args.server == "uvicorn":
         uvicorn.run(
@@ -181,7 +206,7 @@ def main() -> None:
         )
         return
     web.run_app(
-        _counting_app(),
+        _recording_app() if args.record else _counting_app(),
         host="127.0.0.1",
         port=args.port,
         ssl_context=server_ssl(args.cert, args.key),

@@ -13,6 +13,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+from happ_common.db_writes import WriteCounter
 from happ_common.settings import HappSettings, InfraSettings
 
 CHANNELS = "channels"
@@ -38,7 +39,11 @@ def connect(infra: InfraSettings) -> AsyncMongoClient[Document]:
     # Short server selection: a readiness probe or a request must fail fast
     # while the database is away, not hang for the default 30 s.
     return AsyncMongoClient(
-        infra.mongodb_uri, serverSelectionTimeoutMS=3000, tz_aware=True, connect=False
+        infra.mongodb_uri,
+        serverSelectionTimeoutMS=3000,
+        tz_aware=True,
+        connect=False,
+        event_listeners=[WriteCounter()],
     )
 
 
