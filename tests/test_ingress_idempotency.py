@@ -1,4 +1,4 @@
-"""Idempotency when the claim's bookkeeping goes wrong: the ingress service in this
+"""Idempotency when the record's bookkeeping goes wrong: the ingress service in this
 process, against the session's real database and broker, with the one call under
 test made to fail or stall. (Repeats in the normal case: test_ingress_contract.py.)"""
 
@@ -27,21 +27,21 @@ from happ_ingress.settings import IngressSettings
 from tests.conftest import System, eventually
 
 
-class FlakyClaims(IdempotencyRepository):
-    """The real repository, whose next ``failing_marks`` marks fail as a database
+class FlakyRecords(IdempotencyRepository):
+    """The real repository, whose next ``failing`` records fail as a database
     blip would, after the broker has acknowledged the message."""
 
-    def __init__(self, system: System, failing_marks: int) -> None:
+    def __init__(self, system: System, failing: int) -> None:
         super().__init__(system.db)
-        self.failing_marks = failing_marks
-        self.marks = 0
+        self.failing = failing
+        self.records = 0
 
-    async def mark_accepted(self, channel_id: str, key: str) -> None:
-        self.marks += 1
-        if self.failing_marks:
-            self.failing_marks -= 1
+    async def record(self, channel_id: str, key: str) -> bool:
+        self.records += 1
+        if self.failing:
+            self.failing -= 1
             raise AutoReconnect("connection reset by peer")
-        await super().mark_accepted(channel_id, key)
+        return await super().record(channel_id, key)
 
 
 class CountingPublisher:
@@ -121,7 +121,7 @@ def request(channel_id: str, message_id: str) -> IncomingRequest:
     )
 
 
-def unmarked_claims() -> float:
+def lost_records() -> float:
     return REGISTRY.get_sample_value("happ_ingress_idempotency_claims_unmarked_total") or 0.0
 
 
@@ -131,96 +131,119 @@ async def fresh_message(system: System, path: str) -> tuple[str, str]:
     return channel["id"], "m-" + uuid.uuid4().hex
 
 
-async def claim_of(system: System, channel_id: str, key: str) -> dict[str, Any] | None:
+async def record_of(system: System, channel_id: str, key: str) -> dict[str, Any] | None:
     return await system.db.idempotency.find_one({"_id": f"{channel_id}\n{key}"})
 
 
-async def test_a_failed_accepted_mark_after_the_ack_still_answers_accepted_and_is_completed(
+async def test_a_failed_record_after_the_ack_still_answers_accepted_and_is_completed(
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
-    channel_id, key = await fresh_message(system, "/idem-mark-once")
-    claims = FlakyClaims(system, failing_marks=1)
-    service = ingress(system, claims, publisher, request_log)
+    channel_id, key = await fresh_message(system, "/idem-record-once")
+    records = FlakyRecords(system, failing=1)
+    service = ingress(system, records, publisher, request_log)
 
     first = await service.receive(request(channel_id, key))
     assert first == Accepted(message_id=key, channel_id=channel_id)
 
-    async def marked() -> bool:
-        claim = await claim_of(system, channel_id, key)
-        return claim is not None and claim["accepted"] is True
+    async def recorded() -> bool:
+        return await record_of(system, channel_id, key) is not None
 
-    await eventually(marked, timeout_s=5)
-    assert claims.marks == 2  # the failed mark, then the one made in the background
-    # A repeat, on this replica or another, sees the completed claim.
-    other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
-    assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
+    await eventually(recorded, timeout_s=5)
+    assert records.records == 2  # the failed record, then the one made in the background
+    # A repeat reaching this replica is a duplicate without reaching the broker.
     assert await service.receive(request(channel_id, key)) == Duplicate(message_id=key)
     assert publisher.acked == [key]
+    # One reaching another replica is published again (the assistant answers a
+    # message id once) and answered as the duplicate it is.
+    other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
+    assert publisher.acked == [key, key]
 
 
-async def test_a_claim_that_could_never_be_marked_still_makes_a_repeat_a_duplicate(
+async def test_a_record_that_could_never_be_written_still_makes_a_repeat_here_a_duplicate(
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
-    channel_id, key = await fresh_message(system, "/idem-mark-never")
-    claims = FlakyClaims(system, failing_marks=1_000)
-    # publish_timeout_s sets how long a claim is protected from takeover (twice
-    # that), hence how long the marking is retried: 1 s here.
-    service = ingress(system, claims, publisher, request_log, publish_timeout_s=0.5)
-    unmarked_before = unmarked_claims()
+    channel_id, key = await fresh_message(system, "/idem-record-never")
+    records = FlakyRecords(system, failing=1_000)
+    # The record is retried for 2 x publish_timeout_s: 1 s here.
+    service = ingress(system, records, publisher, request_log, publish_timeout_s=0.5)
+    lost_before = lost_records()
 
     assert await service.receive(request(channel_id, key)) == Accepted(
         message_id=key, channel_id=channel_id
     )
 
     async def given_up() -> bool:
-        return not service.completing_claims
+        return not service.completing_records
 
     await eventually(given_up, timeout_s=5)
-    assert claims.marks >= 3  # retried, within its bound
-    assert unmarked_claims() == unmarked_before + 1
-    gave_up_after = claims.marks
-    claim = await claim_of(system, channel_id, key)
-    assert claim is not None and claim["accepted"] is False
-    # The claim says "pending" for good, but this replica knows it published it.
+    assert records.records >= 3  # retried, within its bound
+    assert lost_records() == lost_before + 1
+    gave_up_after = records.records
+    assert await record_of(system, channel_id, key) is None
+    # No record, but this replica knows it accepted the message.
     assert await service.receive(request(channel_id, key)) == Duplicate(message_id=key)
     assert publisher.acked == [key]
-    assert claims.marks == gave_up_after
+    assert records.records == gave_up_after
 
 
-async def test_a_request_whose_claim_was_taken_over_does_not_release_the_new_owners_claim(
+async def test_a_slow_record_does_not_hold_the_webhook_and_lands_later(
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
-    channel_id, key = await fresh_message(system, "/idem-release")
-    # A claim is stale (may be taken over) after 2 x publish_timeout_s = 1 s; a
-    # repeat finding a claim in progress answers 503 at once.
+    channel_id, key = await fresh_message(system, "/idem-record-slow")
+    # No wait at all for the record: the answer comes as soon as the broker acked.
     service = ingress(
-        system,
-        IdempotencyRepository(system.db),
-        publisher,
-        request_log,
-        publish_timeout_s=0.5,
-        idempotency_wait_s=0,
+        system, IdempotencyRepository(system.db), publisher, request_log, idempotency_wait_s=0
     )
-    first_gate, second_gate = asyncio.Event(), asyncio.Event()
-    publisher.gates = [(first_gate, True), (second_gate, False)]
+    assert await service.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
+    )
+    assert service.completing_records  # still being written
 
-    first = asyncio.create_task(service.receive(request(channel_id, key)))
-    await asyncio.sleep(1.2)  # the first request's claim is now stale...
-    second = asyncio.create_task(service.receive(request(channel_id, key)))
+    async def recorded() -> bool:
+        return await record_of(system, channel_id, key) is not None and not (
+            service.completing_records
+        )
 
-    async def taken_over() -> bool:
-        return len(publisher.gates) == 0  # ...and the second one is publishing
+    await eventually(recorded, timeout_s=5)
+    # Another replica now finds the record.
+    other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
 
-    await eventually(taken_over, timeout_s=5)
-    first_gate.set()  # the first publish fails: its request releases its claim
+
+async def test_a_copy_whose_publish_failed_leaves_no_record_so_its_repeat_is_accepted(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel_id, key = await fresh_message(system, "/idem-publish-failed")
+    service = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    failed = asyncio.Event()
+    failed.set()  # the first publish fails at once
+    publisher.gates = [(failed, True)]
+
     with pytest.raises(HappError) as refused:
-        await first
-    assert refused.value.code == "SERVICE_UNAVAILABLE"
-
-    # The second request still owns the claim: a third must not publish too.
-    with pytest.raises(HappError) as third:
         await service.receive(request(channel_id, key))
-    assert third.value.code == "SERVICE_UNAVAILABLE"
-    second_gate.set()
-    assert await second == Accepted(message_id=key, channel_id=channel_id)
+    assert refused.value.code == "SERVICE_UNAVAILABLE"
+    assert await record_of(system, channel_id, key) is None
+
+    assert await service.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
+    )
     assert publisher.acked == [key]
+
+
+async def test_racing_repeats_on_two_replicas_are_accepted_once(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel_id, key = await fresh_message(system, "/idem-race-replicas")
+    replicas = [
+        ingress(system, IdempotencyRepository(system.db), publisher, request_log) for _ in range(2)
+    ]
+    answers = await asyncio.gather(
+        *(r.receive(request(channel_id, key)) for r in replicas for _ in range(4))
+    )
+    assert answers.count(Accepted(message_id=key, channel_id=channel_id)) == 1
+    assert answers.count(Duplicate(message_id=key)) == 7
+    # Repeats on one replica wait for its first copy; each replica's first copy
+    # reached the broker, and the assistant answers the message id once
+    # (test_ingress_contract.py).
+    assert publisher.acked == [key] * 2

@@ -1,9 +1,10 @@
 """What the webhook does with a request, from raw bytes to the broker's ack.
 
 Order of checks: channel (404, 403), signature (401), rate limit and the
-channel's reply backlog (429), body (422), idempotency (duplicate), publish (503
-unless acknowledged). Every request to an existing channel, accepted or not,
-leaves one request-log entry.
+channel's reply backlog (429), body (422), a repeat accepted here (duplicate),
+publish (503 unless acknowledged), then the idempotency record (accepted or
+duplicate). Every request to an existing channel, accepted or not, leaves one
+request-log entry.
 """
 
 from __future__ import annotations
@@ -75,14 +76,15 @@ BACKLOG_REFUSALS = Counter(
     "Webhook requests refused 429 because the channel's replies wait for its endpoint "
     "(counted in happ_ingress_requests_total as RATE_LIMITED too)",
 )
-CLAIMS_UNMARKED = Counter(
+RECORDS_LOST = Counter(
     "happ_ingress_idempotency_claims_unmarked_total",
-    "Accepted messages whose idempotency claim could not be marked accepted in time",
+    "Accepted messages whose idempotency record could not be written in time (a repeat "
+    "reaching another replica is published again)",
 )
 _FIX_DETAILS = "The message is invalid: fix the fields listed in details."
-# Bounds the memory of published-but-unmarked keys (each a few hundred bytes).
-_UNMARKED_KEPT = 10_000
-_FIRST_MARK_PAUSE_S = 0.1
+# Bounds the memory of the keys this replica accepted (each a few hundred bytes).
+_ACCEPTED_KEPT = 10_000
+_FIRST_RECORD_PAUSE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,13 @@ class IngressService:
         self._publisher = publisher
         self._log = request_log
         self._buckets = TokenBuckets()
-        # A claim younger than this may still be publishing; older, it may be taken over.
-        self._stale_after = settings.publish_timeout_s * 2
-        # Published here, claim not (yet) marked accepted: repeats reaching this
-        # replica are duplicates whatever the claim says.
-        self._published_unmarked: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.completing_claims: set[asyncio.Task[None]] = set()
+        # How long a record that failed is retried in the background.
+        self._record_for_s = settings.publish_timeout_s * 2
+        # Accepted here recently: a repeat reaching this replica is a duplicate
+        # without a publish or a database round trip, whatever its record says.
+        self._accepted_here: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._accepting: dict[tuple[str, str], asyncio.Event] = {}
+        self.completing_records: set[asyncio.Task[None]] = set()
 
     async def receive(self, req: IncomingRequest, wait: Wait | None = None) -> Result:
         """The answer to a webhook request. With ``wait`` (honoured on channels
@@ -191,7 +194,7 @@ class IngressService:
                 self._record(req, started, exc.status_code, exc.code, None)
             raise
         except Exception:
-            # MongoDB away during the channel read or the idempotency claim: the
+            # MongoDB away during the channel read: the
             # caller gets a 503 (endpoints.py) and retries; counted, not logged,
             # since the log lives in that same database.
             outcome = "SERVICE_UNAVAILABLE"
@@ -356,76 +359,79 @@ class IngressService:
     async def _receive_once(
         self, channel: Channel, payload: WebhookPayload, key: str
     ) -> Accepted | Duplicate:
-        if (channel.id, key) in self._published_unmarked:
+        ident = (channel.id, key)
+        # A repeat racing a copy in this replica waits for it rather than publish too.
+        while (earlier := self._accepting.get(ident)) is not None:
+            await earlier.wait()
+        if ident in self._accepted_here:
             return Duplicate(message_id=key)
-        deadline = time.monotonic() + self._settings.idempotency_wait_s
-        while True:
-            claim = await self._idempotency.claim(channel.id, key, self._stale_after)
-            if claim.state == "accepted":
-                return Duplicate(message_id=key)
-            if claim.owner is not None:
-                break
-            if time.monotonic() >= deadline:
-                # The first copy is still being enqueued: the caller retries, and
-                # the retry will be a duplicate or will take over a failed claim.
-                raise service_unavailable(
-                    "A request with this message_id is still being enqueued; retry shortly.", 1
-                )
-            await asyncio.sleep(0.05)
+        done = self._accepting[ident] = asyncio.Event()
         try:
             await self._publish(channel, payload, key)
-        except HappError:
-            await self._idempotency.release(channel.id, key, claim.owner)
-            raise
-        # The broker acknowledged: HAPP owns the message, and the webhook answers
-        # now. The claim is marked accepted in the background, batched with other
-        # messages' marks: until it lands, a repeat reaching this replica is
-        # answered from _published_unmarked, and one reaching another replica finds
-        # the claim in progress and waits for the mark. Should this process die
-        # first, a repeat may take the stale claim over and publish again, and the
-        # assistant, which keys every message by its id, answers it once anyway.
-        self._complete_claim(channel.id, key)
-        return Accepted(message_id=key, channel_id=channel.id)
+            # The broker acknowledged: HAPP owns the message. Its record decides
+            # between repeats racing on other replicas which one answers
+            # "accepted" (repository.py).
+            first = await self._record_accepted(channel.id, key)
+            self._accepted_here[ident] = None
+            while len(self._accepted_here) > _ACCEPTED_KEPT:
+                self._accepted_here.popitem(last=False)
+        finally:
+            del self._accepting[ident]
+            done.set()
+        if first:
+            return Accepted(message_id=key, channel_id=channel.id)
+        return Duplicate(message_id=key)
 
-    def _complete_claim(self, channel_id: str, key: str) -> None:
-        self._published_unmarked[(channel_id, key)] = None
-        while len(self._published_unmarked) > _UNMARKED_KEPT:
-            self._published_unmarked.popitem(last=False)
-        task = asyncio.create_task(self._mark_in_background(channel_id, key))
-        self.completing_claims.add(task)
-        task.add_done_callback(self.completing_claims.discard)
+    async def _record_accepted(self, channel_id: str, key: str) -> bool:
+        """Whether this copy's record was the first. The webhook waits for it only
+        so long (``HAPP_INGRESS_IDEMPOTENCY_WAIT_S``): the message is on the
+        broker whatever happens to its record, so past that, or should the
+        database fail, the answer is ``accepted`` and the record is completed in
+        the background."""
+        attempt = asyncio.ensure_future(self._idempotency.record(channel_id, key))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(attempt), self._settings.idempotency_wait_s
+            )
+        except Exception as exc:
+            task = asyncio.create_task(self._record_accepted_later(channel_id, key, attempt))
+            self.completing_records.add(task)
+            task.add_done_callback(self.completing_records.discard)
+            if not isinstance(exc, TimeoutError):
+                log.warning("record of %s/%s failed, retrying: %s", channel_id, key, exc)
+            return True
 
-    async def _mark_in_background(self, channel_id: str, key: str) -> None:
-        """Retries the mark for as long as the claim is protected from takeover: past
-        that a repeat may take the claim over, and a repeat reaching this replica is
-        answered from ``_published_unmarked`` anyway."""
-        give_up = time.monotonic() + self._stale_after
-        pause = _FIRST_MARK_PAUSE_S
+    async def _record_accepted_later(
+        self, channel_id: str, key: str, attempt: asyncio.Future[bool]
+    ) -> None:
+        """Retries a record for a bounded time; a repeat reaching this replica
+        meanwhile is answered from ``_accepted_here`` anyway, and one reaching
+        another replica is published again, which the assistant recognises."""
+        give_up = time.monotonic() + self._record_for_s
+        pause = _FIRST_RECORD_PAUSE_S
         while True:
             try:
-                await self._idempotency.mark_accepted(channel_id, key)
+                await attempt
             except Exception as exc:
                 if time.monotonic() + pause >= give_up:
-                    CLAIMS_UNMARKED.inc()
+                    RECORDS_LOST.inc()
                     log.error(
-                        "claim %s/%s never marked accepted: a repeat reaching another replica "
-                        "may be published again: %s",
+                        "message %s/%s accepted but never recorded: a repeat reaching another "
+                        "replica will be published again: %s",
                         channel_id,
                         key,
                         exc,
                     )
                     return
-                if pause == _FIRST_MARK_PAUSE_S:
-                    log.warning("claim %s/%s not marked, retrying: %s", channel_id, key, exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
+                attempt = asyncio.ensure_future(self._idempotency.record(channel_id, key))
             else:
-                self._published_unmarked.pop((channel_id, key), None)
                 return
 
     async def stop(self) -> None:
-        """Lets the claims still being marked finish (each within its bound)."""
-        await asyncio.gather(*self.completing_claims, return_exceptions=True)
+        """Lets the records still being written finish (each within its bound)."""
+        await asyncio.gather(*self.completing_records, return_exceptions=True)
         await self._idempotency.drain()
 
     def _check_signature(self, channel: Channel, req: IncomingRequest) -> None:

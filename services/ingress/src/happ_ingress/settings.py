@@ -16,8 +16,10 @@ class IngressSettings(BaseSettings):
     # the hot path), so with N replicas behind a round-robin load balancer each
     # one enforces 1/N of a channel's limit. Keep this equal to the replica count.
     replicas: int = Field(default=1, ge=1, le=1000)
-    # A repeat that finds its first copy still being enqueued waits this long for it.
-    idempotency_wait_s: float = Field(default=5.0, ge=0)
+    # How long an accepted webhook waits for its idempotency record (which tells
+    # racing repeats apart) before answering "accepted" anyway; the record is
+    # then completed in the background.
+    idempotency_wait_s: float = Field(default=1.0, ge=0)
     # Webhook requests that may wait for their reply at once (Prefer: wait); a
     # request beyond it is answered 202 at once. Each costs a few KiB.
     max_waiting: int = Field(default=20_000, ge=0)
