@@ -46,17 +46,20 @@ async def _state(repo: DeliveryRepository, channel: str, reply: str) -> Delivery
     return state
 
 
-async def test_a_reply_is_claimed_once_and_its_next_attempt_by_compare_and_set(
+async def test_a_first_outcome_is_recorded_once_and_a_next_attempt_claimed_by_compare_and_set(
     system: System,
 ) -> None:
     repo = DeliveryRepository(system.db)
     channel = _channel()
-    first = await asyncio.gather(*(repo.claim_first(channel, "rpl_a") for _ in range(3)))
-    assert sorted(first) == [False, False, True]
-    assert (await _state(repo, channel, "rpl_a")).status == "sending"
+    # Two members' outcomes of the same unclaimed first attempt (one cut off
+    # mid-rebalance): the first stored stays.
+    await repo.record(
+        channel, "rpl_a", "retrying", attempt=1, outcome=HTTP_500, partition=1, claimed=False
+    )
+    await repo.record(channel, "rpl_a", "delivered", attempt=1, outcome=OK, claimed=False)
+    assert (await _state(repo, channel, "rpl_a")).status == "retrying"
     assert await repo.state(channel, "rpl_never") is None
 
-    await repo.record(channel, "rpl_a", "retrying", attempt=1, outcome=HTTP_500, partition=1)
     seen = await _state(repo, channel, "rpl_a")
     claims = await asyncio.gather(*(repo.claim_next(channel, "rpl_a", seen, 2) for _ in range(3)))
     assert sorted(claims) == [False, False, True]
@@ -68,7 +71,6 @@ async def test_a_retry_is_listed_for_its_partition_until_its_series_ends(system:
     repo = DeliveryRepository(system.db)
     channel = _channel()
     due = datetime.now(UTC) + timedelta(seconds=5)
-    assert await repo.claim_first(channel, "rpl_r")
     await repo.record(
         channel,
         "rpl_r",
@@ -78,6 +80,7 @@ async def test_a_retry_is_listed_for_its_partition_until_its_series_ends(system:
         sender_id="alice",
         partition=7,
         next_attempt_at=due,
+        claimed=False,
     )
     listed = [p for p in await repo.pending_retries({7}) if p.channel_id == channel]
     assert [(p.reply_id, p.sender_id, p.partition) for p in listed] == [("rpl_r", "alice", 7)]
@@ -120,8 +123,7 @@ async def test_an_entry_left_by_a_crash_after_the_series_ended_holds_nothing_bac
 async def test_two_racing_resend_claims_start_one_series(system: System) -> None:
     repo, states = DeliveryRepository(system.db), DeliveryStates(system.db)
     channel = _channel()
-    assert await repo.claim_first(channel, "rpl_f")
-    await repo.record(channel, "rpl_f", "failed", attempt=1, outcome=HTTP_500)
+    await repo.record(channel, "rpl_f", "failed", attempt=1, outcome=HTTP_500, claimed=False)
     now = datetime.now(UTC)
     claims = await asyncio.gather(
         *(states.claim_for_resend(channel, "rpl_f", ("failed", "delivered"), now) for _ in range(4))
@@ -223,8 +225,8 @@ class _Rig:
         return await _state(self.repo, self.channel_id, reply.reply_id)
 
     async def failed_attempts(self, reply: OutboundReply, attempts: int) -> None:
-        """Record what a previous owner left: ``attempts`` claimed, each failed."""
-        assert await self.repo.claim_first(reply.channel_id, reply.reply_id)
+        """Record what a previous owner left: ``attempts`` made (the later ones
+        claimed), each failed."""
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 seen = await self.state(reply)
@@ -238,6 +240,7 @@ class _Rig:
                 sender_id=reply.to,
                 partition=2,
                 next_attempt_at=datetime.now(UTC),
+                claimed=attempt > 1,
             )
 
 
@@ -288,8 +291,19 @@ async def test_an_attempt_in_flight_at_a_crash_is_repeated_with_the_same_deliver
     rig: _Rig,
 ) -> None:
     reply = rig.reply()
-    # The previous owner claimed attempt 1 and died before recording its outcome.
-    assert await rig.repo.claim_first(reply.channel_id, reply.reply_id)
+    # The previous owner, of the version that claimed first attempts, claimed
+    # attempt 1 and died before recording its outcome. (One of this version
+    # leaves no state: the reply is then sent as never attempted, attempt 1.)
+    await rig.system.db.deliveries.insert_one(
+        {
+            "_id": delivery_id(reply.channel_id, reply.reply_id),
+            "channel_id": reply.channel_id,
+            "reply_id": reply.reply_id,
+            "status": "sending",
+            "attempts": 1,
+            "updated_at": datetime.now(UTC),
+        }
+    )
     await rig.service.deliver_new(reply, 0)
     assert rig.posts() == [(reply.reply_id, "1")]
     assert ((await rig.state(reply)).status, (await rig.state(reply)).attempts) == (

@@ -3,12 +3,16 @@
 A reply's delivery is a small state machine, each step recorded before the
 next one starts (``service.py``):
 
-* ``claim_first`` / ``claim_next`` mark an attempt ``sending`` before its POST.
-  The first claim is an insert, batched with other replies' (``insert_many``);
-  a duplicate key means the reply was met before (a redelivered or republished
-  record), and the caller reads the state instead. Later claims are
-  compare-and-set updates on the (status, attempts) just read, so two records
-  of one reply never both send the same attempt.
+* A reply's first attempt is sent without a claim: no state means it was
+  never attempted, and its outcome is its first state, one insert batched with
+  other replies' (``insert_many``). A crash between its POST and that insert
+  leaves no state, so the next owner sends attempt 1 again, with the same
+  delivery id: what a claim left ``sending`` would have made it do, for one
+  write per reply instead of two.
+* ``claim_next`` / ``claim_missing`` mark a later attempt (a retry, a resend)
+  ``sending`` before its POST: compare-and-set updates on the (status,
+  attempts) just read, so two records of one reply never both send the same
+  attempt.
 * ``record`` writes the attempt's outcome, batched: ``delivered``, ``failed``,
   ``canceled``, or ``retrying`` with the retry's due time, which also lists the
   reply in ``pending_retries`` (by partition) so that the partition's next
@@ -60,7 +64,7 @@ class DeliveryRepository:
         self._reads: Batcher[tuple[str, str], DeliveryState | None] = Batcher(
             "delivery_state", self._read_many
         )
-        self._claims: Batcher[Document, bool] = Batcher("delivery_claim", self._insert_many)
+        self._firsts: Batcher[Document, bool] = Batcher("delivery_first", self._insert_many)
         self._writes: Batcher[_Write, None] = Batcher("delivery_update", self._write_many)
 
     async def state(self, channel_id: str, reply_id: str) -> DeliveryState | None:
@@ -70,20 +74,6 @@ class DeliveryRepository:
     async def _read_many(self, keys: Sequence[tuple[str, str]]) -> list[DeliveryState | None]:
         found = await self._states.many(keys)
         return [found.get(k) for k in keys]
-
-    async def claim_first(self, channel_id: str, reply_id: str) -> bool:
-        """Claim attempt 1 of a reply never attempted; False if it was met before."""
-        now = datetime.now(UTC)
-        return await self._claims.submit(
-            {
-                "_id": delivery_id(channel_id, reply_id),
-                "channel_id": channel_id,
-                "reply_id": reply_id,
-                "status": "sending",
-                "attempts": 1,
-                "updated_at": now,
-            }
-        )
 
     async def _insert_many(self, docs: Sequence[Document]) -> list[bool]:
         inserted = [True] * len(docs)
@@ -179,9 +169,12 @@ class DeliveryRepository:
         partition: int | None = None,
         next_attempt_at: datetime | None = None,
         pauses: int = 0,
+        claimed: bool = True,
     ) -> None:
         """Record the outcome of ``attempt``, whose claim (``sending``) it must
-        follow. ``partition`` and ``sender_id`` go with ``retrying``; an ended
+        follow; ``claimed=False``: of a first attempt sent without a claim, whose
+        outcome is the reply's first state (should another member have recorded
+        one meanwhile, theirs stays). ``partition`` and ``sender_id`` go with ``retrying``; an ended
         series with ``attempt`` > 1 had a retry pending. ``error_code`` without
         an ``outcome``: why the series ended unsent. ``pauses``: how many of the
         attempts so far, this one included, did not count (Retry-After)."""
@@ -217,6 +210,12 @@ class DeliveryRepository:
             pending = UpdateOne({"_id": _id}, {"$set": entry.model_dump()}, upsert=True)
         elif attempt > 1 or status == "canceled":
             pending = DeleteOne({"_id": _id})
+        if not claimed:
+            if isinstance(pending, UpdateOne):
+                # Listed before the state says "retrying", as in _write_many.
+                await self._pending.bulk_write([pending], ordered=False)
+            await self._firsts.submit({"_id": _id, **fields})
+            return
         await self._writes.submit(_Write(_id, attempt, fields, pending))
 
     async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:
@@ -224,5 +223,5 @@ class DeliveryRepository:
 
     async def drain(self) -> None:
         await self._reads.drain()
-        await self._claims.drain()
+        await self._firsts.drain()
         await self._writes.drain()

@@ -1,14 +1,16 @@
 """Delivering a reply: a small state machine per reply, each step recorded
 before the next one starts (svix's worker is the shape):
 
-1. **claim** the attempt: the reply's state goes to ``sending`` (attempt n),
-   inserted for a first attempt, compare-and-set for the others. A record met
-   again (redelivered after a crash or a rebalance, or republished by the
-   assistant) finds the state and resumes from it instead: ended → nothing to
-   do; ``retrying`` with this attempt's outcome recorded → make sure the next
-   retry is on the log; ``sending`` → the attempt was in flight at a crash, so
-   it is sent again, with the same ``X-HAPP-Delivery-Id``. That is the only
-   way a POST repeats.
+1. **claim** the attempt: a retry's or a resend's state goes to ``sending``
+   (attempt n) by compare-and-set. A reply's first attempt claims nothing: no
+   state means never attempted, and its outcome is its first state
+   (``repository.py``). A record met again (redelivered after a crash or a
+   rebalance, or republished by the assistant) finds the state and resumes from
+   it instead: ended → nothing to do; ``retrying`` with this attempt's outcome
+   recorded → make sure the next retry is on the log; ``sending`` → the attempt
+   was in flight at a crash, so it is sent again, with the same
+   ``X-HAPP-Delivery-Id``; no state → a first attempt in flight at a crash (or
+   never made), sent with the same id too. That is the only way a POST repeats.
 2. **send**: one signed POST, after taking a sending slot (``slots.py``).
 3. **record** the outcome, retried until it is stored: never by sending again.
 4. **schedule**: a failed attempt with attempts left closes its conversation's
@@ -159,8 +161,13 @@ class DeliveryService:
         except ConversationMoved:
             raise Abandoned(reply.reply_id) from None
         async with self._one_at_a_time(reply):
-            if not reply.resend and await self._repo.claim_first(reply.channel_id, reply.reply_id):
-                await self._send_and_record(reply, 1, partition, pauses=0)
+            if (
+                not reply.resend
+                and await self._repo.state(reply.channel_id, reply.reply_id) is None
+            ):
+                # Never attempted: sent without a claim (repository.py), its
+                # outcome becoming its first state.
+                await self._send_and_record(reply, 1, partition, pauses=0, claimed=False)
                 return
             await self._resume(reply, 1, partition, pauses=0)
 
@@ -376,7 +383,13 @@ class DeliveryService:
         return state.status == "retrying" and state.attempts == attempt - 1
 
     async def _send_and_record(
-        self, reply: OutboundReply, attempt: int, partition: int, *, pauses: int
+        self,
+        reply: OutboundReply,
+        attempt: int,
+        partition: int,
+        *,
+        pauses: int,
+        claimed: bool = True,
     ) -> None:
         """Send the claimed ``attempt`` and record what came of it. Of the
         attempts before it, ``pauses`` were answered with a Retry-After honoured
@@ -394,7 +407,7 @@ class DeliveryService:
                 # the cache (a resend right after a reconnect must go out).
                 channel = await self._channels.get(reply.channel_id, fresh=True)
             if channel is None or channel.status != "connected":
-                await self._record(reply, "canceled", attempt, pauses=pauses)
+                await self._record(reply, "canceled", attempt, pauses=pauses, claimed=claimed)
                 FINAL.labels(state="canceled").inc()
                 log.info("reply canceled: the channel is disconnected or gone")
                 self._open(reply)
@@ -403,7 +416,12 @@ class DeliveryService:
                 # Kept as failed, not canceled: a bulk recovery re-sends failed
                 # replies once the endpoint is fixed and the channel connected.
                 await self._record(
-                    reply, "failed", attempt, error_code=DISABLED_ERROR_CODE, pauses=pauses
+                    reply,
+                    "failed",
+                    attempt,
+                    error_code=DISABLED_ERROR_CODE,
+                    pauses=pauses,
+                    claimed=claimed,
                 )
                 FINAL.labels(state="failed").inc()
                 log.info("reply not sent: the channel's deliveries are turned off")
@@ -427,7 +445,7 @@ class DeliveryService:
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         if outcome.ok:
-            await self._record(reply, "delivered", attempt, outcome, pauses=pauses)
+            await self._record(reply, "delivered", attempt, outcome, pauses=pauses, claimed=claimed)
             FINAL.labels(state="delivered").inc()
             log.info(
                 "reply delivered: attempt %d, HTTP %s in %.0f ms",
@@ -444,7 +462,13 @@ class DeliveryService:
             # next comes once the pause is over.
             due = datetime.now(UTC) + timedelta(seconds=wait)
             await self._schedule(
-                reply, attempt, partition=partition, outcome=outcome, due=due, pauses=pauses + 1
+                reply,
+                attempt,
+                partition=partition,
+                outcome=outcome,
+                due=due,
+                pauses=pauses + 1,
+                claimed=claimed,
             )
             log.info(
                 "reply attempt %d: the endpoint asked to wait %g s (HTTP %s); the channel "
@@ -459,7 +483,13 @@ class DeliveryService:
             delay = self._settings.retry_delays[attempt - pauses - 1]
             due = datetime.now(UTC) + timedelta(seconds=max(delay, wait or 0.0))
             await self._schedule(
-                reply, attempt, partition=partition, outcome=outcome, due=due, pauses=pauses
+                reply,
+                attempt,
+                partition=partition,
+                outcome=outcome,
+                due=due,
+                pauses=pauses,
+                claimed=claimed,
             )
             log.info(
                 "reply attempt %d failed (%s); attempt %d due at %s",
@@ -469,7 +499,7 @@ class DeliveryService:
                 due.isoformat(timespec="seconds"),
             )
         else:
-            await self._record(reply, "failed", attempt, outcome, pauses=pauses)
+            await self._record(reply, "failed", attempt, outcome, pauses=pauses, claimed=claimed)
             FINAL.labels(state="failed").inc()
             log.warning(
                 "reply %s to %s failed after %d attempts: %s",
@@ -539,6 +569,7 @@ class DeliveryService:
         outcome: AttemptOutcome,
         due: datetime,
         pauses: int,
+        claimed: bool,
     ) -> None:
         """Record ``attempt`` as failed with its next one due at ``due``, and put
         that one on the retry topic."""
@@ -554,6 +585,7 @@ class DeliveryService:
             partition=partition,
             next_attempt_at=due,
             pauses=pauses,
+            claimed=claimed,
         )
         await self._publish_retry(reply, attempt + 1, due, pauses)
 
@@ -579,6 +611,7 @@ class DeliveryService:
         next_attempt_at: datetime | None = None,
         error_code: str | None = None,
         pauses: int = 0,
+        claimed: bool = True,
     ) -> None:
         await self._until_done(
             "record",
@@ -593,6 +626,7 @@ class DeliveryService:
                 partition=partition,
                 next_attempt_at=next_attempt_at,
                 pauses=pauses,
+                claimed=claimed,
             ),
         )
 
