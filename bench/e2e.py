@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -68,7 +69,59 @@ STAGE_RATE = float(os.environ.get("BENCH_STAGE_RATE", "200"))
 DRAIN_MESSAGES = int(os.environ.get("BENCH_DRAIN_MESSAGES", "10000"))
 DRAIN_TIMEOUT_S = float(os.environ.get("BENCH_DRAIN_TIMEOUT_S", "240"))
 DRAIN_PROBE_RATE = 100.0
-PHASES = os.environ.get("BENCH_PHASES", "steady,slow,sweep,stage,drain").split(",")
+BREAKDOWN_RATE = float(os.environ.get("BENCH_BREAKDOWN_RATE", "20"))
+PHASES = os.environ.get("BENCH_PHASES", "breakdown,steady,slow,sweep,stage,drain").split(",")
+# Where a reply's time goes, stage by stage: (label, service, histogram, series
+# labels); each row's figure is the histogram's mean over the phase.
+STAGES = [
+    ("webhook (ingress, broker ack included)", "ingress", "happ_ingress_request_seconds", ""),
+    (
+        "inbound.messages: publish to assistant's handling",
+        "assistant",
+        "happ_pipeline_processing_delay_seconds",
+        '{consumer="assistant"}',
+    ),
+    ("assistant: channel", "assistant", "happ_assistant_stage_seconds", '{stage="channel"}'),
+    ("assistant: history", "assistant", "happ_assistant_stage_seconds", '{stage="history"}'),
+    (
+        "assistant: store the message",
+        "assistant",
+        "happ_assistant_stage_seconds",
+        '{stage="store_message"}',
+    ),
+    ("assistant: LLM call", "assistant", "happ_assistant_stage_seconds", '{stage="llm"}'),
+    (
+        "assistant: store the reply",
+        "assistant",
+        "happ_assistant_stage_seconds",
+        '{stage="store_reply"}',
+    ),
+    (
+        "assistant: publish the reply",
+        "assistant",
+        "happ_assistant_stage_seconds",
+        '{stage="publish"}',
+    ),
+    (
+        "assistant: whole handling",
+        "assistant",
+        "happ_pipeline_handle_seconds",
+        '{consumer="assistant"}',
+    ),
+    (
+        "outbound.replies: publish to delivery's handling",
+        "delivery",
+        "happ_pipeline_processing_delay_seconds",
+        '{consumer="delivery"}',
+    ),
+    ("delivery: the POST", "delivery", "happ_delivery_attempt_seconds", ""),
+    (
+        "delivery: whole handling",
+        "delivery",
+        "happ_pipeline_handle_seconds",
+        '{consumer="delivery"}',
+    ),
+]
 SLOW_LLM_S = 1.0
 # A step "keeps up" when its replies all arrived within this long of the last webhook.
 KEEP_UP_S = 2.0
@@ -278,6 +331,8 @@ class Step:
 
 @dataclass
 class Bench:
+    """The running system and what the phases share."""
+
     stack: LocalStack
     procs: Processes
     arrivals: Arrivals
@@ -289,6 +344,18 @@ class Bench:
     @property
     def ingress(self) -> str:
         return f"http://127.0.0.1:{self.stack.config.ports['ingress']}"
+
+    def histograms(self) -> dict[str, tuple[float, float]]:
+        """(sum, count) of each stage's histogram so far."""
+        found: dict[str, tuple[float, float]] = {}
+        for label, service, name, series in STAGES:
+            port = self.stack.config.ports[service]
+            sums, counts = (
+                metric_samples(port, f"{name}_sum"),
+                metric_samples(port, f"{name}_count"),
+            )
+            found[label] = (sums.get(series, 0.0), counts.get(series, 0.0))
+        return found
 
     async def step(
         self,
@@ -486,6 +553,10 @@ async def run(bench: Bench) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector) as session:
         # Warm up: connections, caches, the first fetches of every partition.
         await bench.step(session, fast, 50, 4, "warm")
+        if "breakdown" in PHASES:
+            print(f"breakdown at {BREAKDOWN_RATE:.0f}/s ...", flush=True)
+            results["breakdown"] = await breakdown(bench, session, fast)
+            print(json.dumps(results["breakdown"]), flush=True)
         if "steady" in PHASES:
             print("steady ...", flush=True)
             steady = await bench.step(session, fast, STEADY_RATE, STEADY_S, "steady")
@@ -500,6 +571,24 @@ async def run(bench: Bench) -> dict[str, Any]:
             results["drain"] = await drain(bench, session, fast, probe)
             print(json.dumps(results["drain"]), flush=True)
     return results
+
+
+async def breakdown(bench: Bench, session: aiohttp.ClientSession, fast: str) -> dict[str, Any]:
+    """At a load the machine carries without queueing, where a reply's time goes:
+    each stage's mean from the services' own histograms, next to the measured
+    end-to-end latency."""
+    before = bench.histograms()
+    step = await bench.step(session, fast, BREAKDOWN_RATE, STEADY_S, "breakdown")
+    after = bench.histograms()
+    stages = {}
+    for label, (total, count) in after.items():
+        done = count - before[label][1]
+        stages[label] = round((total - before[label][0]) / done * 1000, 1) if done else None
+    return {
+        **step.summary(),
+        "e2e_mean_ms": round(statistics.fmean(step.e2e_ms), 1),
+        "stage_mean_ms": stages,
+    }
 
 
 async def slow_llm(
@@ -640,6 +729,11 @@ def render(results: dict[str, Any]) -> str:
     )
     stage = results["stage"]
     drain_ = results["drain"]
+    low = results["breakdown"]
+    stage_rows = [
+        f"| {label} | {ms if ms is not None else '-'} |"
+        for label, ms in low["stage_mean_ms"].items()
+    ]
     return "\n".join(
         [
             "## The whole system, end to end (`make bench`)",
@@ -669,6 +763,15 @@ def render(results: dict[str, Any]) -> str:
             f" ({drain_['cpu_ms_per_message']} CPU ms per message) while {drain_['probe_webhooks']:,}"
             f" webhooks arrived at 100/s: p50 {drain_['webhook_p50_ms']} ms, p99"
             f" {drain_['webhook_p99_ms']} ms, slowest {drain_['webhook_max_ms']} ms.",
+            "",
+            f"Where a reply's time goes at {low['offered_per_s']:.0f} messages/s (0 ms LLM, a load"
+            " this machine carries without queueing): each stage's mean from the services' own"
+            f" histograms; end to end, mean {low['e2e_mean_ms']} ms, p50 {low['e2e_p50_ms']} ms,"
+            f" p99 {low['e2e_p99_ms']} ms (webhook p50 {low['webhook_p50_ms']} ms).",
+            "",
+            "| stage | mean ms |",
+            "|---|---|",
+            *stage_rows,
             "",
             "Offered load against latency (the plot: `docs/benchmarks-e2e-latency.png`):",
             "",
@@ -772,7 +875,7 @@ def main() -> None:
     results["headline"] = headline(results)
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
-    if set(PHASES) != {"steady", "slow", "sweep", "stage", "drain"}:
+    if set(PHASES) != {"breakdown", "steady", "slow", "sweep", "stage", "drain"}:
         # A partial run (while profiling one phase) leaves the recorded figures alone.
         print(json.dumps(results, indent=2))
         return

@@ -114,8 +114,10 @@ class LocalStack:
         env["MONGODB_URI"] = self.mongodb_uri
         env["KAFKA_PARTITIONS"] = str(self.config.partitions)
         if self.embedded_kafka:
-            # It answers InitProducerId with an error (see InfraSettings).
+            # It answers InitProducerId with an error, and holds every fetch for
+            # its longest wait (see InfraSettings).
             env.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
+            env.setdefault("KAFKA_FETCH_MAX_WAIT_MS", "20")
         if self.config.kafka_tls is not None:
             env["KAFKA_SECURITY_PROTOCOL"] = "SSL"
             env["KAFKA_SSL_CA_FILE"] = str(self.config.kafka_tls.ca_file)

@@ -78,6 +78,7 @@ def create_app(
                     topics=(INBOUND_MESSAGES,),
                     max_in_flight=settings.max_in_flight,
                     session_timeout_ms=infra.kafka_session_timeout_ms,
+                    consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
                 ),
                 inbound_handler(service),
                 # The next owner of a revoked partition writes to its conversations.

@@ -80,6 +80,7 @@ def create_app(
                     revoke_grace_s=settings.timeout_s + 5,
                     always_fetch=(DELIVERY_RETRY,),
                     session_timeout_ms=infra.kafka_session_timeout_ms,
+                    consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
                 ),
                 delivery_handler(service),
                 key_of=pipeline_key,

@@ -150,11 +150,10 @@ class ReplyWaiters:
             client_id="happ-ingress-replies",
             enable_auto_commit=False,
             group_id=None,
-            # The broker answers a fetch as soon as a record arrives, so this
-            # only paces idle polling: 500 ms kept a waited reply's time (~255 ms
-            # with an instant model) and cost an idle replica ~0.2 % of a core
-            # against ~1.7 % at 50 ms.
-            fetch_max_wait_ms=500,
+            # A Kafka broker answers a fetch as soon as a record arrives, so this
+            # only paces idle polling (the embedded broker waits it out: see
+            # InfraSettings).
+            fetch_max_wait_ms=self._infra.kafka_fetch_max_wait_ms,
         )
         await consumer.start()
         try:
