@@ -70,7 +70,10 @@ DRAIN_MESSAGES = int(os.environ.get("BENCH_DRAIN_MESSAGES", "10000"))
 DRAIN_TIMEOUT_S = float(os.environ.get("BENCH_DRAIN_TIMEOUT_S", "240"))
 DRAIN_PROBE_RATE = 100.0
 BREAKDOWN_RATE = float(os.environ.get("BENCH_BREAKDOWN_RATE", "20"))
-PHASES = os.environ.get("BENCH_PHASES", "breakdown,steady,slow,sweep,stage,drain").split(",")
+REPLICAS_RATE = float(os.environ.get("BENCH_REPLICAS_RATE", "100"))
+PHASES = os.environ.get("BENCH_PHASES", "breakdown,steady,slow,sweep,stage,replicas,drain").split(
+    ","
+)
 # Where a reply's time goes, stage by stage: (label, service, histogram, series
 # labels); each row's figure is the histogram's mean over the phase.
 STAGES = [
@@ -160,8 +163,7 @@ class Processes:
         """Documents written and write commands sent so far, by service, collection
         and operation (``happ_db_writes_total``, ``happ_db_write_commands_total``)."""
         found: Counter[str] = Counter()
-        for name in ("ingress", "assistant", "delivery", "admin"):
-            port = self.stack.config.ports[name]
+        for name, port in self.stack.config.ports.items():
             for kind, series in (
                 ("docs", "happ_db_writes_total"),
                 ("commands", "happ_db_write_commands_total"),
@@ -530,6 +532,13 @@ async def drain(
     }
 
 
+def owns_partitions(port: int) -> bool:
+    try:
+        return metric(port, "happ_pipeline_assigned_partitions") > 0
+    except OSError:  # not listening yet
+        return False
+
+
 def wait_assigned(stack: LocalStack) -> None:
     def assigned(name: str) -> bool:
         return metric(stack.config.ports[name], "happ_pipeline_assigned_partitions") > 0
@@ -566,6 +575,10 @@ async def run(bench: Bench) -> dict[str, Any]:
             await slow_llm(bench, session, slow, results)
         if "sweep" in PHASES:
             await sweep_and_stage(bench, session, fast, results)
+        if "replicas" in PHASES:
+            print("two members of each consumer ...", flush=True)
+            results["replicas"] = await two_replicas(bench, session, fast)
+            print(json.dumps(results["replicas"]), flush=True)
         if "drain" in PHASES:
             print(f"drain of {DRAIN_MESSAGES:,} ...", flush=True)
             results["drain"] = await drain(bench, session, fast, probe)
@@ -588,6 +601,54 @@ async def breakdown(bench: Bench, session: aiohttp.ClientSession, fast: str) -> 
         **step.summary(),
         "e2e_mean_ms": round(statistics.fmean(step.e2e_ms), 1),
         "stage_mean_ms": stages,
+    }
+
+
+async def two_replicas(bench: Bench, session: aiohttp.ClientSession, fast: str) -> dict[str, Any]:
+    """docs/scaling.md's per-replica line, checked: a second member of the
+    assistant and of the delivery service joins, and the same load runs with
+    each consumer's partitions split between two processes. Each member's CPU
+    per message it handled, next to one member's alone (the steady phase)."""
+    stack = bench.stack
+    members: dict[str, Child] = {}
+    for name in ("assistant", "delivery"):
+        port = free_port()
+        members[name] = stack.service_process(name, f"{name}-2", port).start()
+        bench.procs.extra[f"{name}-2"] = members[name]
+        stack.config.ports[f"{name}-2"] = port
+    try:
+        for name in ("assistant", "delivery"):
+            port = stack.config.ports[f"{name}-2"]
+            wait_until(
+                lambda port=port: owns_partitions(port),
+                120,
+                f"the second {name}'s partitions",
+                members[name],
+            )
+        await asyncio.sleep(5)  # the first members finish revoking
+        handled_before = {
+            n: metric(stack.config.ports[n], "happ_pipeline_handle_seconds_count")
+            for n in ("assistant", "assistant-2", "delivery", "delivery-2")
+        }
+        step = await bench.step(session, fast, REPLICAS_RATE, STEADY_S, "replicas")
+        handled = {
+            n: metric(stack.config.ports[n], "happ_pipeline_handle_seconds_count") - before
+            for n, before in handled_before.items()
+        }
+    finally:
+        for name, child in members.items():
+            child.stop()
+            del bench.procs.extra[f"{name}-2"]
+            del stack.config.ports[f"{name}-2"]
+    return {
+        **step.summary(),
+        "members": {
+            n: {
+                "records_handled": int(count),
+                "cpu_ms_per_record": round(step.cpu_s[n] / count * 1000, 3) if count else None,
+            }
+            for n, count in handled.items()
+        },
     }
 
 
@@ -730,6 +791,13 @@ def render(results: dict[str, Any]) -> str:
     stage = results["stage"]
     drain_ = results["drain"]
     low = results["breakdown"]
+    two = results["replicas"]
+    single = steady["cpu_ms_per_message_by_process"]
+    member_rows = [
+        f"| {name} | {m['records_handled']:,} | {m['cpu_ms_per_record']} |"
+        f" {single.get(name.split('-')[0], '-')} |"
+        for name, m in two["members"].items()
+    ]
     stage_rows = [
         f"| {label} | {ms if ms is not None else '-'} |"
         for label, ms in low["stage_mean_ms"].items()
@@ -772,6 +840,16 @@ def render(results: dict[str, Any]) -> str:
             "| stage | mean ms |",
             "|---|---|",
             *stage_rows,
+            "",
+            f"Two members of each consumer (`docs/scaling.md`'s per-replica line): the same"
+            f" {two['offered_per_s']:.0f} messages/s with a second assistant and a second delivery"
+            f" process: replies p50 {two['e2e_p50_ms']} ms, p99 {two['e2e_p99_ms']} ms,"
+            f" {two['replies_per_s']} replies/s, {two['cpu_ms_per_message']} CPU ms per message"
+            f" over every process (kept up: {'yes' if two['kept_up'] else 'no'}).",
+            "",
+            "| member | records handled | CPU ms per record | one member alone (steady) |",
+            "|---|---|---|---|",
+            *member_rows,
             "",
             "Offered load against latency (the plot: `docs/benchmarks-e2e-latency.png`):",
             "",
@@ -875,7 +953,7 @@ def main() -> None:
     results["headline"] = headline(results)
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
-    if set(PHASES) != {"breakdown", "steady", "slow", "sweep", "stage", "drain"}:
+    if set(PHASES) != {"breakdown", "steady", "slow", "sweep", "stage", "replicas", "drain"}:
         # A partial run (while profiling one phase) leaves the recorded figures alone.
         print(json.dumps(results, indent=2))
         return
