@@ -87,10 +87,10 @@ STAGES = [
     ("assistant: channel", "assistant", "happ_assistant_stage_seconds", '{stage="channel"}'),
     ("assistant: history", "assistant", "happ_assistant_stage_seconds", '{stage="history"}'),
     (
-        "assistant: store the message",
+        "assistant: met before? (a read)",
         "assistant",
         "happ_assistant_stage_seconds",
-        '{stage="store_message"}',
+        '{stage="seen"}',
     ),
     ("assistant: LLM call", "assistant", "happ_assistant_stage_seconds", '{stage="llm"}'),
     (

@@ -74,9 +74,9 @@ class ConversationRepository:
     # -- what the service calls ----------------------------------------------------
 
     async def insert_incoming(self, message: StoredMessage) -> bool:
-        """Store a user's message unless it is stored already; ``True`` if this call
-        stored it. Its own batches: the first write of a message, which gates its LLM
-        call, does not queue behind the larger batches of replies."""
+        """Store a user's message, with what came of it, unless it is stored
+        already; ``True`` if this call stored it. Its own batches, apart from the
+        replies' (a failed batch of one does not fail the other)."""
         return outcome(await self._incoming_writes.submit(InsertOne(_document(message))))
 
     async def insert_reply(self, message: StoredMessage) -> bool:
@@ -111,8 +111,11 @@ class ConversationRepository:
         last_text: str | None = None,
         *,
         for_people: bool = False,
+        first_at: datetime | None = None,
     ) -> None:
-        query, update = conversation_touch(channel_id, sender_id, sender_name, at, last_text)
+        query, update = conversation_touch(
+            channel_id, sender_id, sender_name, at, last_text, first_at=first_at
+        )
         if for_people:
             update["$set"]["inbox_at"] = update["$set"]["updated_at"]
         outcome(await self._conversation_writes.submit(UpdateOne(query, update, upsert=True)))

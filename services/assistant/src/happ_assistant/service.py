@@ -226,12 +226,16 @@ class AssistantService:
             REPUBLISHED.inc()
             await self._repo.mark_replied(msg.channel_id, msg.message_id, known[0].message_id)
             return known
-        first_time = True
-        if conversation.get(msg.message_id) is None:
-            with _stage("store_message"):
-                first_time = await self._store_incoming(msg, user, conversation)
-        else:
-            first_time = False
+        # A message is stored once, with what came of it (_record_user), not before
+        # the model is asked and again after: one write instead of two. Whether it
+        # was met before is read instead: the loaded history stops at its newest
+        # messages, and an old message redelivered after its partition moved must
+        # not be answered again. (Two members racing on one message both ask the
+        # model; the inserts keep one answer.)
+        first_time = conversation.get(msg.message_id) is None
+        if first_time:
+            with _stage("seen"):
+                first_time = await self._repo.get(msg.channel_id, msg.message_id) is None
         if not first_time:
             # Seen before: Kafka redelivered it, or its partition moved here.
             stored_user, *found = await asyncio.gather(
@@ -255,6 +259,11 @@ class AssistantService:
 
         state: ConversationState | None = None
         if channel.has_operators:
+            if not conversation.stored:
+                # Who holds it is read and claimed on the conversation's document:
+                # with operators, it must exist before its first message is decided.
+                await self._touch(msg, msg.received_at)
+                conversation.stored = True
             with _stage("state"):
                 doc = await self._repo.state(msg.channel_id, msg.sender_id)
             state = doc.state if doc is not None else None
@@ -289,20 +298,37 @@ class AssistantService:
             channel, msg, user, conversation, decision=decision, first_time=first_time
         )
 
-    async def _store_incoming(
-        self, msg: InboundMessage, user: StoredMessage, conversation: Conversation
-    ) -> bool:
-        if conversation.stored:
-            return await self._repo.insert_incoming(user)
-        # A conversation without its document is read as empty
-        # (repository.recent), so the document comes with its first
-        # message. (Should only the message get stored before a crash,
-        # its redelivery is still the first message: empty history.)
-        first_time, _ = await asyncio.gather(
-            self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
-        )
-        conversation.stored = True
-        return first_time
+    async def _record_user(
+        self,
+        msg: InboundMessage,
+        user: StoredMessage,
+        conversation: Conversation,
+        reply_id: str | None,
+        *,
+        stored: bool,
+        touched: bool,
+    ) -> None:
+        """The user's message with what came of it (its reply, its handling):
+        inserted whole unless it was ``stored`` before, else its stored document
+        updated. A conversation's document comes with its first message
+        (``repository.recent`` reads a conversation without one as empty): unless
+        the caller ``touched`` the conversation beside this, it is touched here."""
+        if reply_id is not None:
+            user.status, user.reply_id = "replied", reply_id
+        if not stored:
+            if conversation.stored or touched:
+                inserted = await self._repo.insert_incoming(user)
+            else:
+                inserted, _ = await asyncio.gather(
+                    self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
+                )
+                conversation.stored = True
+            if inserted:
+                return
+        if reply_id is not None:
+            await self._repo.mark_replied(msg.channel_id, msg.message_id, reply_id, user.handling)
+        elif user.handling is not None:
+            await self._repo.mark_handled(msg.channel_id, msg.message_id, user.handling)
 
     async def _filtered(
         self,
@@ -339,12 +365,22 @@ class AssistantService:
             await self._repo.unread(msg.channel_id, msg.sender_id, msg.text, msg.received_at)
         if outputs:
             await asyncio.gather(*(self._repo.insert_reply(m) for m in outputs))
-            await self._repo.mark_replied(
-                msg.channel_id, msg.message_id, outputs[0].message_id, handling
+            await asyncio.gather(
+                self._record_user(
+                    msg,
+                    user,
+                    conversation,
+                    outputs[0].message_id,
+                    stored=not first_time,
+                    touched=True,
+                ),
+                self._touch(msg, outputs[-1].created_at),
             )
-            await self._touch(msg, outputs[-1].created_at)
+            conversation.stored = True
         else:
-            await self._repo.mark_handled(msg.channel_id, msg.message_id, handling)
+            await self._record_user(
+                msg, user, conversation, None, stored=not first_time, touched=False
+            )
         FILTERED.labels(outcome=handling.outcome).inc()
         conversation.add(user)
         for m in outputs:
@@ -404,11 +440,17 @@ class AssistantService:
         with _stage("store_reply"):
             inserted, *_ = await asyncio.gather(
                 *(self._repo.insert_reply(m) for m in outputs),
-                self._repo.mark_replied(
-                    msg.channel_id, msg.message_id, outputs[0].message_id, user.handling
+                self._record_user(
+                    msg,
+                    user,
+                    conversation,
+                    outputs[0].message_id,
+                    stored=not first_time,
+                    touched=True,
                 ),
                 self._touch(msg, reply.created_at, outputs[-1].text),
             )
+            conversation.stored = True
         self._unstored.pop(reply_id, None)
         if not inserted and reply.text:
             # Another instance stored its answer first (the partition moved while
@@ -474,8 +516,14 @@ class AssistantService:
             raise
 
     async def _touch(self, msg: InboundMessage, at: datetime, text: str | None = None) -> None:
+        # Should this create the conversation, its first message is ``msg``.
         await self._repo.touch_conversation(
-            msg.channel_id, msg.sender_id, msg.sender_name, at, text or msg.text
+            msg.channel_id,
+            msg.sender_id,
+            msg.sender_name,
+            at,
+            text or msg.text,
+            first_at=msg.received_at,
         )
 
     async def _publish(self, out: StoredMessage, metadata: dict[str, Any] | None) -> None:
