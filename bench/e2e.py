@@ -370,6 +370,7 @@ class Bench:
         expected_latency_s: float = 0.0,
     ) -> Step:
         cpu_before, writes_before = self.procs.cpu(), self.procs.db_writes()
+        repeated_before = self.arrivals.repeated
         sent = await offer(
             session,
             f"{self.ingress}/webhook/{channel_id}",
@@ -388,7 +389,9 @@ class Bench:
             sent=sent,
             e2e_ms=e2e,
             arrived=len(arrived),
-            repeated=self.arrivals.repeated,
+            # Replies that arrived more than once during the step (the bare
+            # client's POSTs between steps are not replies).
+            repeated=self.arrivals.repeated - repeated_before,
             elapsed_s=max(last - sent.first, 1e-9),
             cpu_s={n: cpu_after[n] - cpu_before.get(n, cpu_after[n]) for n in cpu_after},
             writes=writes_after - writes_before,

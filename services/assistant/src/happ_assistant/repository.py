@@ -193,15 +193,23 @@ class ConversationRepository:
         )
         return result.matched_count == 1
 
-    async def unread(self, channel_id: str, sender_id: str, text: str, at: datetime) -> None:
-        """One more message for the operators to read."""
+    async def unread(
+        self, channel_id: str, sender_id: str, message_id: str, text: str, at: datetime
+    ) -> None:
+        """One more message for the operators to read: counted once, should its
+        handling be retried (it is stored only after this)."""
         now = datetime.now(UTC)
         await self._conversations.update_one(
-            {"_id": conversation_id(channel_id, sender_id)},
+            {"_id": conversation_id(channel_id, sender_id), "unread_last": {"$ne": message_id}},
             {
                 "$inc": {"unread": 1},
                 "$max": {"last_message_at": at},
-                "$set": {"updated_at": now, "inbox_at": now, "last_text": text[:200]},
+                "$set": {
+                    "updated_at": now,
+                    "inbox_at": now,
+                    "last_text": text[:200],
+                    "unread_last": message_id,
+                },
             },
         )
 

@@ -224,7 +224,14 @@ class AssistantService:
             # published again, as they were. The message's own update may not have
             # been written (a crash between the two), so it is written again.
             REPUBLISHED.inc()
-            await self._repo.mark_replied(msg.channel_id, msg.message_id, known[0].message_id)
+            await self._record_user(
+                msg,
+                user,
+                conversation,
+                known[0].message_id,
+                stored=conversation.get(msg.message_id) is not None,
+                touched=False,
+            )
             return known
         # A message is stored once, with what came of it (_record_user), not before
         # the model is asked and again after: one write instead of two. Whether it
@@ -232,16 +239,16 @@ class AssistantService:
         # messages, and an old message redelivered after its partition moved must
         # not be answered again. (Two members racing on one message both ask the
         # model; the inserts keep one answer.)
-        first_time = conversation.get(msg.message_id) is None
-        if first_time:
-            with _stage("seen"):
-                first_time = await self._repo.get(msg.channel_id, msg.message_id) is None
-        if not first_time:
-            # Seen before: Kafka redelivered it, or its partition moved here.
+        # The message and its outputs, in one batched read: a reply stored without
+        # its message (their writes are apart) still counts as met.
+        with _stage("seen"):
             stored_user, *found = await asyncio.gather(
                 self._repo.get(msg.channel_id, msg.message_id),
                 *(self._repo.get(msg.channel_id, i) for i in ids),
             )
+        first_time = stored_user is None and not any(found)
+        if not first_time:
+            # Seen before: Kafka redelivered it, or its partition moved here.
             outputs = [m for m in found if m is not None]
             decided = stored_user.handling if stored_user is not None else None
             # An outcome that sends something but has nothing stored (its reply's
@@ -249,8 +256,13 @@ class AssistantService:
             if outputs or (decided is not None and decided.outcome in SILENT_OUTCOMES):
                 REPUBLISHED.inc()
                 if outputs:
-                    await self._repo.mark_replied(
-                        msg.channel_id, msg.message_id, outputs[0].message_id
+                    await self._record_user(
+                        msg,
+                        user,
+                        conversation,
+                        outputs[0].message_id,
+                        stored=stored_user is not None,
+                        touched=False,
                     )
                 conversation.add(stored_user or user)
                 for m in outputs:
@@ -362,7 +374,9 @@ class AssistantService:
                     outcome="for_operator", trigger=decision.trigger
                 )
         if decision.outcome in ("for_operator", "handoff") and first_time:
-            await self._repo.unread(msg.channel_id, msg.sender_id, msg.text, msg.received_at)
+            await self._repo.unread(
+                msg.channel_id, msg.sender_id, msg.message_id, msg.text, msg.received_at
+            )
         if outputs:
             await asyncio.gather(*(self._repo.insert_reply(m) for m in outputs))
             await asyncio.gather(

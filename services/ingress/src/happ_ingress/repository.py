@@ -16,6 +16,7 @@ database's per-operation cost being what bounds it (``make bench-db``).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -44,6 +45,7 @@ class IdempotencyRepository:
     async def record(self, channel_id: str, key: str) -> bool:
         """Record that the message with this key is on the broker: True if this is
         its first record, False if a copy was recorded before."""
+        owner = secrets.token_hex(8)
         written = await self._records.submit(
             InsertOne(
                 {
@@ -51,8 +53,14 @@ class IdempotencyRepository:
                     # Read by replicas of the version before this one during a
                     # rolling deploy: to them, a recorded message is accepted.
                     "accepted": True,
+                    "owner": owner,
                     "created_at": datetime.now(UTC),
                 }
             )
         )
-        return outcome(written)
+        if outcome(written):
+            return True
+        # Our own insert, landed by a batch whose answer was lost and then
+        # retried alone, is ours still.
+        doc = await self._coll.find_one({"_id": self._id(channel_id, key)}, {"owner": 1})
+        return doc is not None and doc.get("owner") == owner

@@ -393,10 +393,15 @@ class IngressService:
             return await asyncio.wait_for(
                 asyncio.shield(attempt), self._settings.idempotency_wait_s
             )
-        except Exception as exc:
+        except BaseException as exc:
+            # Timed out, failed, or this request was cancelled (a forced
+            # shutdown): the message is on the broker, so its record is completed
+            # in the background either way.
             task = asyncio.create_task(self._record_accepted_later(channel_id, key, attempt))
             self.completing_records.add(task)
             task.add_done_callback(self.completing_records.discard)
+            if not isinstance(exc, Exception):
+                raise
             if not isinstance(exc, TimeoutError):
                 log.warning("record of %s/%s failed, retrying: %s", channel_id, key, exc)
             return True
