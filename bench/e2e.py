@@ -369,6 +369,7 @@ class Bench:
         *,
         expected_latency_s: float = 0.0,
     ) -> Step:
+        await self.arrivals.poll(session)  # what arrived before this step is not its own
         cpu_before, writes_before = self.procs.cpu(), self.procs.db_writes()
         repeated_before = self.arrivals.repeated
         sent = await offer(
