@@ -126,8 +126,11 @@ STAGES = [
     ),
 ]
 SLOW_LLM_S = 1.0
-# A step "keeps up" when its replies all arrived within this long of the last webhook.
+# A step "keeps up" when its replies all arrived within this long of the last
+# webhook, and its replies' p99 stayed under KEEP_UP_P99_MS (plus the model's
+# time): no queue that only drained after the load stopped.
 KEEP_UP_S = 2.0
+KEEP_UP_P99_MS = 1000.0
 
 MESSAGE_TEXT = "Hello! Could you tell me when my order will arrive? It was placed yesterday."
 
@@ -396,7 +399,10 @@ class Bench:
             elapsed_s=max(last - sent.first, 1e-9),
             cpu_s={n: cpu_after[n] - cpu_before.get(n, cpu_after[n]) for n in cpu_after},
             writes=writes_after - writes_before,
-            kept_up=len(arrived) == len(ids) > 0 and not sent.refused and last - sent.last <= limit,
+            kept_up=len(arrived) == len(ids) > 0
+            and not sent.refused
+            and last - sent.last <= limit
+            and pct(e2e, 99) <= KEEP_UP_P99_MS + expected_latency_s * 1000,
         )
 
 
@@ -750,7 +756,7 @@ GOALS: list[tuple[str, str, str, Callable[[Any], bool]]] = [
     ("e2e_1s_llm_added_p99_ms", "added to a 1 s LLM, p99", "≤ 150 ms", lambda v: v <= 150),
     (
         "e2e_max_rps",
-        "sustained messages/s (replies keep up, no refusals)",
+        "sustained messages/s (no refusals, reply p99 ≤ 1 s)",
         "≥ 1,000",
         lambda v: v >= 1000,
     ),
