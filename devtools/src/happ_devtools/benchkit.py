@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
-from happ_common.channels import Channel
+from happ_common.channels import AssistantSettings, Channel
 from happ_common.ids import new_channel_id, new_channel_secret
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
@@ -157,7 +157,7 @@ async def add_channel(
     mongodb_uri: str, outgoing_url: str = "https://localhost/x", model: str | None = None
 ) -> str:
     """A connected channel written straight to the database, its rate limit out
-    of the way; returns its id."""
+    of the way, its assistant asking ``model`` (the default if None); returns its id."""
     now = datetime.now(UTC)
     channel = Channel(
         id=new_channel_id(),
@@ -165,7 +165,7 @@ async def add_channel(
         outgoing_url=outgoing_url,
         hmac_secret=new_channel_secret(),
         rate_limit_per_second=100_000,
-        model=model,
+        assistant=AssistantSettings(model=model),
         created_at=now,
         updated_at=now,
     )
