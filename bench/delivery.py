@@ -22,10 +22,10 @@ from pymongo import AsyncMongoClient
 
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
-from happ_devtools.benchkit import add_channel, cpu_seconds, record, wrk
+from happ_devtools.benchkit import add_channel, cpu_seconds, receiver_process, record, wrk
 from happ_devtools.certs import DevTls, dev_tls
 from happ_devtools.local_stack import LocalStack, StackConfig
-from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
+from happ_devtools.procs import free_port, port_open, wait_until
 from happ_devtools.receiver import main as _receiver_main  # noqa: F401 - the module it runs
 
 REPLIES = int(os.environ.get("BENCH_REPLIES", "10000"))
@@ -153,22 +153,13 @@ def run_round(
     server: str, stack: LocalStack, tls: DevTls, ctx: ssl.SSLContext, data: Path
 ) -> Round:
     rport = free_port()
-    receiver = Child(
+    receiver = receiver_process(
         f"receiver ({server})",
-        [
-            PYTHON,
-            "-m",
-            "happ_devtools.receiver",
-            "--server",
-            server,
-            "--port",
-            str(rport),
-            "--cert",
-            str(tls.cert_file),
-            "--key",
-            str(tls.key_file),
-        ],
-        log_path=data / "logs" / f"receiver-{server}.log",
+        rport,
+        tls,
+        data / "logs" / f"receiver-{server}.log",
+        "--server",
+        server,
     )
     url = f"https://localhost:{rport}/bench"
     body = (

@@ -48,7 +48,15 @@ import uvloop
 from pymongo import MongoClient
 
 from happ_common.events import OutboundReply
-from happ_devtools.benchkit import DOCS, add_channel, cpu_seconds, metric, metric_samples, record
+from happ_devtools.benchkit import (
+    DOCS,
+    add_channel,
+    cpu_seconds,
+    metric,
+    metric_samples,
+    receiver_process,
+    record,
+)
 from happ_devtools.certs import DevTls, dev_tls
 from happ_devtools.local_stack import LocalStack, StackConfig
 from happ_devtools.procs import PYTHON, Child, free_port, port_open, wait_until
@@ -925,22 +933,7 @@ def main() -> None:
         ],
         log_path=logs / "fake-llm.log",
     )
-    receiver = Child(
-        "receiver",
-        [
-            PYTHON,
-            "-m",
-            "happ_devtools.receiver",
-            "--record",
-            "--port",
-            str(rport),
-            "--cert",
-            str(tls.cert_file),
-            "--key",
-            str(tls.key_file),
-        ],
-        log_path=logs / "receiver.log",
-    )
+    receiver = receiver_process("receiver", rport, tls, logs / "receiver.log", "--record")
     llm_url = f"http://127.0.0.1:{llm_port}/v1"
     env = {
         "HAPP_ADMIN_TOKEN": "bench",

@@ -19,6 +19,8 @@ from pymongo import AsyncMongoClient
 
 from happ_common.channels import AssistantSettings, Channel
 from happ_common.ids import new_channel_id, new_channel_secret
+from happ_devtools.certs import DevTls
+from happ_devtools.procs import PYTHON, Child
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
 
@@ -204,3 +206,12 @@ def record(section: str, markdown: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOCS.write_text(text)
+
+
+def receiver_process(name: str, port: int, tls: DevTls, log_path: Path, *options: str) -> Child:
+    """The benchmark receiver (``happ_devtools.receiver``) on ``port`` with the
+    development certificate, not started; ``options``: ``--server uvicorn``,
+    ``--record``."""
+    command = [PYTHON, "-m", "happ_devtools.receiver", *options, "--port", str(port)]
+    command += ["--cert", str(tls.cert_file), "--key", str(tls.key_file)]
+    return Child(name, command, log_path=log_path)
