@@ -95,10 +95,10 @@ STAGES = [
     ("assistant: channel", "assistant", "happ_assistant_stage_seconds", '{stage="channel"}'),
     ("assistant: history", "assistant", "happ_assistant_stage_seconds", '{stage="history"}'),
     (
-        "assistant: met before? (a read)",
+        "assistant: store the message",
         "assistant",
         "happ_assistant_stage_seconds",
-        '{stage="seen"}',
+        '{stage="store_message"}',
     ),
     ("assistant: LLM call", "assistant", "happ_assistant_stage_seconds", '{stage="llm"}'),
     (

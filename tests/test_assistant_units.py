@@ -475,7 +475,7 @@ class MemoryRepository:
             update={"status": "replied", "reply_id": reply_id}
         )
 
-    async def touch_conversation(self, *args: Any, **kw: Any) -> None:
+    async def touch_conversation(self, *args: Any) -> None:
         return None
 
     async def get(self, channel_id: str, message_id: str) -> StoredMessage | None:

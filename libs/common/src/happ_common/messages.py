@@ -159,11 +159,8 @@ def conversation_touch(
     sender_name: str | None,
     at: datetime,
     last_text: str | None = None,
-    *,
-    first_at: datetime | None = None,
 ) -> tuple[Document, Document]:
-    """Filter and update (an upsert) recording activity at ``at`` in a conversation;
-    ``first_at``: when its first message came, should this create it (``at`` if None).
+    """Filter and update (an upsert) recording activity at ``at`` in a conversation.
 
     Separate from ``MessageRepository.touch_conversation`` so callers that batch
     many writes into one ``bulk_write`` build the very same document.
@@ -171,7 +168,7 @@ def conversation_touch(
     update: Document = {
         "$max": {"last_message_at": at},
         "$setOnInsert": {
-            "first_message_at": first_at or at,
+            "first_message_at": at,
             "channel_id": channel_id,
             "sender_id": sender_id,
         },

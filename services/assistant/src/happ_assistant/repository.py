@@ -74,9 +74,9 @@ class ConversationRepository:
     # -- what the service calls ----------------------------------------------------
 
     async def insert_incoming(self, message: StoredMessage) -> bool:
-        """Store a user's message, with what came of it, unless it is stored
-        already; ``True`` if this call stored it. Its own batches, apart from the
-        replies' (a failed batch of one does not fail the other)."""
+        """Store a user's message unless it is stored already; ``True`` if this call
+        stored it. Its own batches: the first write of a message, which gates its LLM
+        call, does not queue behind the larger batches of replies."""
         return outcome(await self._incoming_writes.submit(InsertOne(_document(message))))
 
     async def insert_reply(self, message: StoredMessage) -> bool:
@@ -111,11 +111,8 @@ class ConversationRepository:
         last_text: str | None = None,
         *,
         for_people: bool = False,
-        first_at: datetime | None = None,
     ) -> None:
-        query, update = conversation_touch(
-            channel_id, sender_id, sender_name, at, last_text, first_at=first_at
-        )
+        query, update = conversation_touch(channel_id, sender_id, sender_name, at, last_text)
         if for_people:
             update["$set"]["inbox_at"] = update["$set"]["updated_at"]
         outcome(await self._conversation_writes.submit(UpdateOne(query, update, upsert=True)))
@@ -197,7 +194,7 @@ class ConversationRepository:
         self, channel_id: str, sender_id: str, message_id: str, text: str, at: datetime
     ) -> None:
         """One more message for the operators to read: counted once, should its
-        handling be retried (it is stored only after this)."""
+        handling be retried."""
         now = datetime.now(UTC)
         await self._conversations.update_one(
             {"_id": conversation_id(channel_id, sender_id), "unread_last": {"$ne": message_id}},

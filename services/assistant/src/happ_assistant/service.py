@@ -224,31 +224,20 @@ class AssistantService:
             # published again, as they were. The message's own update may not have
             # been written (a crash between the two), so it is written again.
             REPUBLISHED.inc()
-            await self._record_user(
-                msg,
-                user,
-                conversation,
-                known[0].message_id,
-                stored=conversation.get(msg.message_id) is not None,
-                touched=False,
-            )
+            await self._repo.mark_replied(msg.channel_id, msg.message_id, known[0].message_id)
             return known
-        # A message is stored once, with what came of it (_record_user), not before
-        # the model is asked and again after: one write instead of two. Whether it
-        # was met before is read instead: the loaded history stops at its newest
-        # messages, and an old message redelivered after its partition moved must
-        # not be answered again. (Two members racing on one message both ask the
-        # model; the inserts keep one answer.)
-        # The message and its outputs, in one batched read: a reply stored without
-        # its message (their writes are apart) still counts as met.
-        with _stage("seen"):
+        first_time = True
+        if conversation.get(msg.message_id) is None:
+            with _stage("store_message"):
+                first_time = await self._store_incoming(msg, user, conversation)
+        else:
+            first_time = False
+        if not first_time:
+            # Seen before: Kafka redelivered it, or its partition moved here.
             stored_user, *found = await asyncio.gather(
                 self._repo.get(msg.channel_id, msg.message_id),
                 *(self._repo.get(msg.channel_id, i) for i in ids),
             )
-        first_time = stored_user is None and not any(found)
-        if not first_time:
-            # Seen before: Kafka redelivered it, or its partition moved here.
             outputs = [m for m in found if m is not None]
             decided = stored_user.handling if stored_user is not None else None
             # An outcome that sends something but has nothing stored (its reply's
@@ -256,13 +245,8 @@ class AssistantService:
             if outputs or (decided is not None and decided.outcome in SILENT_OUTCOMES):
                 REPUBLISHED.inc()
                 if outputs:
-                    await self._record_user(
-                        msg,
-                        user,
-                        conversation,
-                        outputs[0].message_id,
-                        stored=stored_user is not None,
-                        touched=False,
+                    await self._repo.mark_replied(
+                        msg.channel_id, msg.message_id, outputs[0].message_id
                     )
                 conversation.add(stored_user or user)
                 for m in outputs:
@@ -271,11 +255,6 @@ class AssistantService:
 
         state: ConversationState | None = None
         if channel.has_operators:
-            if not conversation.stored:
-                # Who holds it is read and claimed on the conversation's document:
-                # with operators, it must exist before its first message is decided.
-                await self._touch(msg, msg.received_at)
-                conversation.stored = True
             with _stage("state"):
                 doc = await self._repo.state(msg.channel_id, msg.sender_id)
             state = doc.state if doc is not None else None
@@ -310,37 +289,20 @@ class AssistantService:
             channel, msg, user, conversation, decision=decision, first_time=first_time
         )
 
-    async def _record_user(
-        self,
-        msg: InboundMessage,
-        user: StoredMessage,
-        conversation: Conversation,
-        reply_id: str | None,
-        *,
-        stored: bool,
-        touched: bool,
-    ) -> None:
-        """The user's message with what came of it (its reply, its handling):
-        inserted whole unless it was ``stored`` before, else its stored document
-        updated. A conversation's document comes with its first message
-        (``repository.recent`` reads a conversation without one as empty): unless
-        the caller ``touched`` the conversation beside this, it is touched here."""
-        if reply_id is not None:
-            user.status, user.reply_id = "replied", reply_id
-        if not stored:
-            if conversation.stored or touched:
-                inserted = await self._repo.insert_incoming(user)
-            else:
-                inserted, _ = await asyncio.gather(
-                    self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
-                )
-                conversation.stored = True
-            if inserted:
-                return
-        if reply_id is not None:
-            await self._repo.mark_replied(msg.channel_id, msg.message_id, reply_id, user.handling)
-        elif user.handling is not None:
-            await self._repo.mark_handled(msg.channel_id, msg.message_id, user.handling)
+    async def _store_incoming(
+        self, msg: InboundMessage, user: StoredMessage, conversation: Conversation
+    ) -> bool:
+        if conversation.stored:
+            return await self._repo.insert_incoming(user)
+        # A conversation without its document is read as empty
+        # (repository.recent), so the document comes with its first
+        # message. (Should only the message get stored before a crash,
+        # its redelivery is still the first message: empty history.)
+        first_time, _ = await asyncio.gather(
+            self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
+        )
+        conversation.stored = True
+        return first_time
 
     async def _filtered(
         self,
@@ -379,22 +341,12 @@ class AssistantService:
             )
         if outputs:
             await asyncio.gather(*(self._repo.insert_reply(m) for m in outputs))
-            await asyncio.gather(
-                self._record_user(
-                    msg,
-                    user,
-                    conversation,
-                    outputs[0].message_id,
-                    stored=not first_time,
-                    touched=True,
-                ),
-                self._touch(msg, outputs[-1].created_at),
+            await self._repo.mark_replied(
+                msg.channel_id, msg.message_id, outputs[0].message_id, handling
             )
-            conversation.stored = True
+            await self._touch(msg, outputs[-1].created_at)
         else:
-            await self._record_user(
-                msg, user, conversation, None, stored=not first_time, touched=False
-            )
+            await self._repo.mark_handled(msg.channel_id, msg.message_id, handling)
         FILTERED.labels(outcome=handling.outcome).inc()
         conversation.add(user)
         for m in outputs:
@@ -454,17 +406,11 @@ class AssistantService:
         with _stage("store_reply"):
             inserted, *_ = await asyncio.gather(
                 *(self._repo.insert_reply(m) for m in outputs),
-                self._record_user(
-                    msg,
-                    user,
-                    conversation,
-                    outputs[0].message_id,
-                    stored=not first_time,
-                    touched=True,
+                self._repo.mark_replied(
+                    msg.channel_id, msg.message_id, outputs[0].message_id, user.handling
                 ),
                 self._touch(msg, reply.created_at, outputs[-1].text),
             )
-            conversation.stored = True
         self._unstored.pop(reply_id, None)
         if not inserted and reply.text:
             # Another instance stored its answer first (the partition moved while
@@ -530,14 +476,8 @@ class AssistantService:
             raise
 
     async def _touch(self, msg: InboundMessage, at: datetime, text: str | None = None) -> None:
-        # Should this create the conversation, its first message is ``msg``.
         await self._repo.touch_conversation(
-            msg.channel_id,
-            msg.sender_id,
-            msg.sender_name,
-            at,
-            text or msg.text,
-            first_at=msg.received_at,
+            msg.channel_id, msg.sender_id, msg.sender_name, at, text or msg.text
         )
 
     async def _publish(self, out: StoredMessage, metadata: dict[str, Any] | None) -> None:
