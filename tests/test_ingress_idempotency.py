@@ -8,6 +8,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,14 +21,14 @@ from happ_common.errors import HappError
 from happ_common.kafka import DirectPublisher, PublishFailed
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import InfraSettings
-from happ_ingress.repository import IdempotencyRepository
+from happ_ingress.repository import AcceptedRecords, record_id
 from happ_ingress.schemas import Accepted, Duplicate
 from happ_ingress.service import IncomingRequest, IngressService
 from happ_ingress.settings import IngressSettings
 from tests.conftest import System, eventually
 
 
-class FlakyRecords(IdempotencyRepository):
+class FlakyRecords(AcceptedRecords):
     """The real repository, whose next ``failing`` records fail as a database
     blip would, after the broker has acknowledged the message."""
 
@@ -35,13 +36,17 @@ class FlakyRecords(IdempotencyRepository):
         super().__init__(system.db)
         self.failing = failing
         self.records = 0
+        # Set: the records after the failing ones wait for it.
+        self.held: asyncio.Event | None = None
 
-    async def record(self, channel_id: str, key: str) -> bool:
+    async def record(self, channel_id: str, key: str, entry: dict[str, Any], owner: str) -> bool:
         self.records += 1
         if self.failing:
             self.failing -= 1
             raise AutoReconnect("connection reset by peer")
-        return await super().record(channel_id, key)
+        if self.held is not None:
+            await self.held.wait()
+        return await super().record(channel_id, key, entry, owner)
 
 
 class CountingPublisher:
@@ -100,7 +105,7 @@ async def request_log(system: System) -> AsyncIterator[RequestLogWriter]:
 
 def ingress(
     system: System,
-    claims: IdempotencyRepository,
+    claims: AcceptedRecords,
     publisher: CountingPublisher,
     request_log: RequestLogWriter,
     **settings: Any,
@@ -131,8 +136,13 @@ async def fresh_message(system: System, path: str) -> tuple[str, str]:
     return channel["id"], "m-" + uuid.uuid4().hex
 
 
+def incoming(channel_id: str) -> dict[str, str]:
+    # The reply's delivery attempt is logged on the channel too (outgoing).
+    return {"channel_id": channel_id, "direction": "incoming"}
+
+
 async def record_of(system: System, channel_id: str, key: str) -> dict[str, Any] | None:
-    return await system.db.idempotency.find_one({"_id": f"{channel_id}\n{key}"})
+    return await system.db.request_log.find_one({"_id": record_id(channel_id, key)})
 
 
 async def test_a_failed_record_after_the_ack_still_answers_accepted_and_is_completed(
@@ -155,7 +165,7 @@ async def test_a_failed_record_after_the_ack_still_answers_accepted_and_is_compl
     assert publisher.acked == [key]
     # One reaching another replica is published again (the assistant answers a
     # message id once) and answered as the duplicate it is.
-    other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    other_replica = ingress(system, AcceptedRecords(system.db), publisher, request_log)
     assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
     assert publisher.acked == [key, key]
 
@@ -193,7 +203,7 @@ async def test_a_slow_record_does_not_hold_the_webhook_and_lands_later(
     channel_id, key = await fresh_message(system, "/idem-record-slow")
     # No wait at all for the record: the answer comes as soon as the broker acked.
     service = ingress(
-        system, IdempotencyRepository(system.db), publisher, request_log, idempotency_wait_s=0
+        system, AcceptedRecords(system.db), publisher, request_log, idempotency_wait_s=0
     )
     assert await service.receive(request(channel_id, key)) == Accepted(
         message_id=key, channel_id=channel_id
@@ -207,7 +217,7 @@ async def test_a_slow_record_does_not_hold_the_webhook_and_lands_later(
 
     await eventually(recorded, timeout_s=5)
     # Another replica now finds the record.
-    other_replica = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    other_replica = ingress(system, AcceptedRecords(system.db), publisher, request_log)
     assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
 
 
@@ -215,7 +225,7 @@ async def test_a_copy_whose_publish_failed_leaves_no_record_so_its_repeat_is_acc
     system: System, publisher: CountingPublisher, request_log: RequestLogWriter
 ) -> None:
     channel_id, key = await fresh_message(system, "/idem-publish-failed")
-    service = ingress(system, IdempotencyRepository(system.db), publisher, request_log)
+    service = ingress(system, AcceptedRecords(system.db), publisher, request_log)
     failed = asyncio.Event()
     failed.set()  # the first publish fails at once
     publisher.gates = [(failed, True)]
@@ -236,7 +246,7 @@ async def test_racing_repeats_on_two_replicas_are_accepted_once(
 ) -> None:
     channel_id, key = await fresh_message(system, "/idem-race-replicas")
     replicas = [
-        ingress(system, IdempotencyRepository(system.db), publisher, request_log) for _ in range(2)
+        ingress(system, AcceptedRecords(system.db), publisher, request_log) for _ in range(2)
     ]
     answers = await asyncio.gather(
         *(r.receive(request(channel_id, key)) for r in replicas for _ in range(4))
@@ -247,3 +257,91 @@ async def test_racing_repeats_on_two_replicas_are_accepted_once(
     # reached the broker, and the assistant answers the message id once
     # (test_ingress_contract.py).
     assert publisher.acked == [key] * 2
+
+
+async def test_an_accepted_message_writes_one_document_its_log_entry_and_record_in_one(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel_id, key = await fresh_message(system, "/idem-one-document")
+    service = ingress(system, AcceptedRecords(system.db), publisher, request_log)
+    assert await service.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
+    )
+    await request_log.flush()
+    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    assert len(entries) == 1  # no second entry from the request-log writer
+    (entry,) = entries
+    assert entry == await record_of(system, channel_id, key)
+    assert entry["direction"] == "incoming" and entry["status_code"] == 200
+    assert entry["message_id"] == key and entry["url"] == f"/webhook/{channel_id}"
+    assert json.loads(entry["request_body"])["text"] == "once"
+    assert entry["error_code"] is None and entry["duration_ms"] >= 0
+
+    # A repeat is a request of its own, with its own entry.
+    other_replica = ingress(system, AcceptedRecords(system.db), publisher, request_log)
+    assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
+    await request_log.flush()
+    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    assert len(entries) == 2
+    assert {e["_id"] for e in entries} > {entry["_id"]}
+
+
+async def test_a_key_accepted_more_than_24_hours_ago_is_a_new_message_the_old_entry_kept(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel_id, key = await fresh_message(system, "/idem-window")
+    service = ingress(system, AcceptedRecords(system.db), publisher, request_log)
+    assert await service.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
+    )
+    old = await record_of(system, channel_id, key)
+    assert old is not None
+    long_ago = old["created_at"] - timedelta(hours=24, minutes=1)
+    await system.db.request_log.update_one({"_id": old["_id"]}, {"$set": {"created_at": long_ago}})
+
+    # Two replicas race on the reused key: one accepts it, the other is its repeat.
+    replicas = [
+        ingress(system, AcceptedRecords(system.db), publisher, request_log) for _ in range(2)
+    ]
+    answers = await asyncio.gather(*(r.receive(request(channel_id, key)) for r in replicas))
+    assert sorted(a.status for a in answers) == ["accepted", "duplicate"]
+    assert publisher.acked == [key] * 3
+    await request_log.flush()
+    new = await record_of(system, channel_id, key)
+    assert new is not None and new["created_at"] > long_ago + timedelta(hours=24)
+    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    # The first request's entry, kept once; the new record; the repeat's entry.
+    assert len(entries) == 3
+    kept = [e for e in entries if e["created_at"] == long_ago]
+    assert len(kept) == 1 and kept[0]["_id"] != new["_id"] and "owner" not in kept[0]
+
+
+async def test_a_record_retried_in_the_background_and_beaten_by_another_replica_keeps_its_entry(
+    system: System, publisher: CountingPublisher, request_log: RequestLogWriter
+) -> None:
+    channel_id, key = await fresh_message(system, "/idem-record-beaten")
+    records = FlakyRecords(system, failing=1)
+    records.held = asyncio.Event()
+    service = ingress(system, records, publisher, request_log)
+    # The record failed after the ack: accepted, and retried in the background...
+    assert await service.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
+    )
+    # ...while a repeat reaching another replica records it first.
+    other_replica = ingress(system, AcceptedRecords(system.db), publisher, request_log)
+    assert await other_replica.receive(request(channel_id, key)) == Accepted(
+        message_id=key, channel_id=channel_id
+    )
+    records.held.set()
+
+    async def settled() -> bool:
+        return not service.completing_records
+
+    await eventually(settled, timeout_s=5)
+    await request_log.flush()
+    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    # Both requests are in the log, once each: the other replica's is the record.
+    assert len(entries) == 2
+    record = await record_of(system, channel_id, key)
+    assert record is not None and record in entries
+    assert publisher.acked == [key, key]  # the assistant answers the id once

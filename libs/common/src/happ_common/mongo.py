@@ -20,7 +20,6 @@ CHANNELS = "channels"
 MESSAGES = "messages"
 CONVERSATIONS = "conversations"
 REQUEST_LOG = "request_log"
-IDEMPOTENCY = "idempotency"
 # Reply delivery state and the retries pending (happ_common.deliveries): only
 # their _id index, so their writes stay cheap.
 DELIVERIES = "deliveries"
@@ -89,7 +88,6 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
         expireAfterSeconds=happ.request_log_retention_days * 86400,
         name="retention",
     )
-    await db[IDEMPOTENCY].create_index("created_at", expireAfterSeconds=86400, name="ttl_24h")
     # One user per username; and a channel's members (GET /api/channels/{id}/members).
     await db[USERS].create_index("username", unique=True, name="username")
     await db[USERS].create_index("channels", name="member_of")

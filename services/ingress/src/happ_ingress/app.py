@@ -18,7 +18,7 @@ from happ_common.settings import HappSettings, InfraSettings
 from happ_ingress.endpoints import WebhookRoutes
 from happ_ingress.openapi import document_webhook
 from happ_ingress.replies import ReplyStore, ReplyWaiters
-from happ_ingress.repository import IdempotencyRepository
+from happ_ingress.repository import AcceptedRecords
 from happ_ingress.service import IngressService
 from happ_ingress.settings import IngressSettings
 
@@ -57,7 +57,7 @@ def create_app(
             service = IngressService(
                 settings,
                 ChannelCache(ChannelRepository(clients.db), happ.channel_cache_ttl_s),
-                IdempotencyRepository(clients.db),
+                AcceptedRecords(clients.db),
                 publisher,
                 clients.request_log,
                 waiters=waiters,

@@ -4,7 +4,8 @@ Order of checks: channel (404, 403), signature (401), rate limit and the
 channel's reply backlog (429), body (422), a repeat accepted here (duplicate),
 publish (503 unless acknowledged), then the idempotency record (accepted or
 duplicate). Every request to an existing channel, accepted or not, leaves one
-request-log entry.
+request-log entry; an accepted message's entry is its idempotency record
+(repository.py), so its webhook writes one document.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,8 +36,9 @@ from happ_common.events import Attachment, InboundMessage
 from happ_common.ids import CHANNEL_ID_RE, conversation_key, new_log_id, new_message_id
 from happ_common.kafka import Publisher, PublishFailed
 from happ_common.log_context import message_context
+from happ_common.mongo import Document
 from happ_common.outgoing import render
-from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut
+from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut, document
 from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
 from happ_ingress.errors import (
@@ -48,7 +51,7 @@ from happ_ingress.errors import (
 )
 from happ_ingress.rate_limit import TokenBuckets
 from happ_ingress.replies import ReplyStore, ReplyWaiters, settled
-from happ_ingress.repository import IdempotencyRepository
+from happ_ingress.repository import AcceptedRecords
 from happ_ingress.schemas import (
     Accepted,
     Duplicate,
@@ -81,10 +84,19 @@ RECORDS_LOST = Counter(
     "Accepted messages whose idempotency record could not be written in time (a repeat "
     "reaching another replica is published again)",
 )
+LOG_UNCOMPLETED = Counter(
+    "happ_ingress_wait_outcomes_unlogged_total",
+    "Accepted webhooks that waited for their reply whose request-log entry kept the "
+    "answer given at the broker's ack (its record was not written in time)",
+)
 _FIX_DETAILS = "The message is invalid: fix the fields listed in details."
 # Bounds the memory of the keys this replica accepted (each a few hundred bytes).
 _ACCEPTED_KEPT = 10_000
 _FIRST_RECORD_PAUSE_S = 0.1
+# Records being retried in the background at once, each holding its entry (up
+# to a 16 KiB body): beyond it a record is tried once, then its entry goes to
+# the request log's byte-bounded buffer.
+_BACKGROUND_RECORDS_MAX = 2_000
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,7 @@ class IngressService:
         self,
         settings: IngressSettings,
         channels: ChannelCache,
-        idempotency: IdempotencyRepository,
+        idempotency: AcceptedRecords,
         publisher: Publisher,
         request_log: RequestLogWriter,
         *,
@@ -161,6 +173,12 @@ class IngressService:
         self._accepted_here: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._accepting: dict[tuple[str, str], asyncio.Event] = {}
         self.completing_records: set[asyncio.Task[None]] = set()
+        # Records still being written in the background, by (channel, key): a wait's
+        # outcome is added to its record once it is there.
+        self._recording: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # The owner token of the records accepted here, for a wait's outcome
+        # to be added to this request's record only; bounded as _accepted_here.
+        self._owners: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def receive(self, req: IncomingRequest, wait: Wait | None = None) -> Result:
         """The answer to a webhook request. With ``wait`` (honoured on channels
@@ -174,7 +192,7 @@ class IngressService:
         response_body: str | None = None
         try:
             channel = await self._channel(req.channel_id)
-            accepted, sender_id = await self._receive(channel, req)
+            accepted, sender_id, recorded = await self._receive(channel, req, started)
             handled = time.perf_counter()
             # Counted by what happened to the message; WAITS counts the waits.
             outcome = accepted.status
@@ -201,7 +219,21 @@ class IngressService:
             raise
         else:
             status = 202 if isinstance(result, Waited) else 200
-            self._record(req, started, status, None, result.message_id, response_body=response_body)
+            if not recorded:
+                self._record(
+                    req, started, status, None, result.message_id, response_body=response_body
+                )
+            elif status != 200 or response_body is not None:
+                # How the wait ended, added to the entry the record already is.
+                self._complete_record(
+                    req.channel_id,
+                    result.message_id,
+                    {
+                        "status_code": status,
+                        "response_body": response_body,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
             if outcome == "duplicate":
                 with message_context(channel_id=req.channel_id, message_id=result.message_id):
                     log.info("duplicate of an accepted message: not enqueued again")
@@ -316,9 +348,10 @@ class IngressService:
         return ReplyInResponse(accepted.message_id, render(reply, int(time.time())))
 
     async def _receive(
-        self, channel: Channel, req: IncomingRequest
-    ) -> tuple[Accepted | Duplicate, str]:
-        """The answer, and the sender (whose conversation a wait watches)."""
+        self, channel: Channel, req: IncomingRequest, started: float
+    ) -> tuple[Accepted | Duplicate, str, bool]:
+        """The answer, the sender (whose conversation a wait watches), and whether
+        the request's log entry is written already (as the accepted record)."""
         self._check_signature(channel, req)
         wait = self._buckets.take(
             channel.id, channel.rate_limit_per_second / self._settings.replicas
@@ -335,8 +368,9 @@ class IngressService:
         message_id = key or new_message_id()
         if key is None:
             await self._publish(channel, payload, message_id)
-            return Accepted(message_id=message_id, channel_id=channel.id), payload.sender_id
-        return await self._receive_once(channel, payload, key), payload.sender_id
+            return Accepted(message_id=message_id, channel_id=channel.id), payload.sender_id, False
+        answer = await self._receive_once(channel, payload, key, req, started)
+        return answer, payload.sender_id, isinstance(answer, Accepted)
 
     @staticmethod
     def _check_backlog(channel: Channel) -> None:
@@ -357,7 +391,12 @@ class IngressService:
             )
 
     async def _receive_once(
-        self, channel: Channel, payload: WebhookPayload, key: str
+        self,
+        channel: Channel,
+        payload: WebhookPayload,
+        key: str,
+        req: IncomingRequest,
+        started: float,
     ) -> Accepted | Duplicate:
         ident = (channel.id, key)
         # A repeat racing a copy in this replica waits for it rather than publish too.
@@ -371,10 +410,13 @@ class IngressService:
             # The broker acknowledged: HAPP owns the message. Its record decides
             # between repeats racing on other replicas which one answers
             # "accepted" (repository.py).
-            first = await self._record_accepted(channel.id, key)
+            entry = self._entry(req, started, 200, None, key)
+            first = await self._record_accepted(channel.id, key, entry)
             self._accepted_here[ident] = None
             while len(self._accepted_here) > _ACCEPTED_KEPT:
                 self._accepted_here.popitem(last=False)
+            while len(self._owners) > _ACCEPTED_KEPT:
+                self._owners.popitem(last=False)
         finally:
             del self._accepting[ident]
             done.set()
@@ -382,13 +424,18 @@ class IngressService:
             return Accepted(message_id=key, channel_id=channel.id)
         return Duplicate(message_id=key)
 
-    async def _record_accepted(self, channel_id: str, key: str) -> bool:
+    async def _record_accepted(self, channel_id: str, key: str, entry: LogEntry) -> bool:
         """Whether this copy's record was the first. The webhook waits for it only
         so long (``HAPP_INGRESS_IDEMPOTENCY_WAIT_S``): the message is on the
         broker whatever happens to its record, so past that, or should the
         database fail, the answer is ``accepted`` and the record is completed in
         the background."""
-        attempt = asyncio.ensure_future(self._idempotency.record(channel_id, key))
+        # One owner for every attempt at this request's record: an insert that
+        # landed but whose answer was lost is recognised as ours on a retry.
+        owner = secrets.token_hex(8)
+        self._owners[(channel_id, key)] = owner
+        doc = document(entry)
+        attempt = asyncio.ensure_future(self._idempotency.record(channel_id, key, doc, owner))
         try:
             return await asyncio.wait_for(
                 asyncio.shield(attempt), self._settings.idempotency_wait_s
@@ -397,9 +444,20 @@ class IngressService:
             # Timed out, failed, or this request was cancelled (a forced
             # shutdown): the message is on the broker, so its record is completed
             # in the background either way.
-            task = asyncio.create_task(self._record_accepted_later(channel_id, key, attempt))
+            # Past the bound, the record is not retried: each task holds its entry.
+            retry = len(self.completing_records) < _BACKGROUND_RECORDS_MAX
+            task = asyncio.create_task(
+                self._record_accepted_later(channel_id, key, entry, owner, attempt, retry=retry)
+            )
             self.completing_records.add(task)
-            task.add_done_callback(self.completing_records.discard)
+            self._recording[(channel_id, key)] = task
+
+            def done(task: asyncio.Task[None]) -> None:
+                self.completing_records.discard(task)
+                if self._recording.get((channel_id, key)) is task:
+                    del self._recording[(channel_id, key)]
+
+            task.add_done_callback(done)
             if not isinstance(exc, Exception):
                 raise
             if not isinstance(exc, TimeoutError):
@@ -407,16 +465,27 @@ class IngressService:
             return True
 
     async def _record_accepted_later(
-        self, channel_id: str, key: str, attempt: asyncio.Future[bool]
+        self,
+        channel_id: str,
+        key: str,
+        entry: LogEntry,
+        owner: str,
+        attempt: asyncio.Future[bool],
+        *,
+        retry: bool,
     ) -> None:
         """Retries a record for a bounded time; a repeat reaching this replica
         meanwhile is answered from ``_accepted_here`` anyway, and one reaching
-        another replica is published again, which the assistant recognises."""
-        give_up = time.monotonic() + self._record_for_s
+        another replica is published again, which the assistant recognises.
+        Should the record not be this request's in the end (another replica's
+        copy was first, or it was given up), the request's entry is written to
+        the request log as any other request's."""
+        give_up = time.monotonic() + (self._record_for_s if retry else 0.0)
         pause = _FIRST_RECORD_PAUSE_S
+        doc = document(entry)
         while True:
             try:
-                await attempt
+                ours = await attempt
             except Exception as exc:
                 if time.monotonic() + pause >= give_up:
                     RECORDS_LOST.inc()
@@ -427,12 +496,37 @@ class IngressService:
                         key,
                         exc,
                     )
+                    self._log.add(entry)
                     return
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
-                attempt = asyncio.ensure_future(self._idempotency.record(channel_id, key))
+                attempt = asyncio.ensure_future(
+                    self._idempotency.record(channel_id, key, doc, owner)
+                )
             else:
+                if not ours:
+                    self._log.add(entry)
                 return
+
+    def _complete_record(self, channel_id: str, key: str, fields: Document) -> None:
+        task = asyncio.create_task(self._completed(channel_id, key, fields))
+        self.completing_records.add(task)
+        task.add_done_callback(self.completing_records.discard)
+
+    async def _completed(self, channel_id: str, key: str, fields: Document) -> None:
+        pending = self._recording.get((channel_id, key))
+        if pending is not None:
+            await asyncio.wait([pending])
+        owner = self._owners.get((channel_id, key))
+        try:
+            found = owner is not None and await self._idempotency.complete(
+                channel_id, key, owner, fields
+            )
+        except Exception as exc:
+            found = False
+            log.warning("request log: how %s/%s ended was not added: %s", channel_id, key, exc)
+        if not found:
+            LOG_UNCOMPLETED.inc()
 
     async def stop(self) -> None:
         """Lets the records still being written finish (each within its bound)."""
@@ -510,20 +604,41 @@ class IngressService:
         method: str = "POST",
     ) -> None:
         self._log.add(
-            LogEntry.model_construct(  # every field is ours: skip validation on the hot path
-                id=new_log_id(),
-                channel_id=req.channel_id,
-                direction="incoming",
-                created_at=datetime.now(UTC),
-                method=method,
-                url=req.path,
-                status_code=status,
-                error_code=error_code,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                request_body=cut(req.body, MAX_REQUEST_BODY) if req.body else None,
+            self._entry(
+                req,
+                started,
+                status,
+                error_code,
+                message_id,
                 response_body=response_body,
-                message_id=message_id,
+                method=method,
             )
+        )
+
+    @staticmethod
+    def _entry(
+        req: IncomingRequest,
+        started: float,
+        status: int,
+        error_code: str | None,
+        message_id: str | None,
+        *,
+        response_body: str | None = None,
+        method: str = "POST",
+    ) -> LogEntry:
+        return LogEntry.model_construct(  # every field is ours: skip validation on the hot path
+            id=new_log_id(),
+            channel_id=req.channel_id,
+            direction="incoming",
+            created_at=datetime.now(UTC),
+            method=method,
+            url=req.path,
+            status_code=status,
+            error_code=error_code,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            request_body=cut(req.body, MAX_REQUEST_BODY) if req.body else None,
+            response_body=response_body,
+            message_id=message_id,
         )
 
 
