@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
+from happ_admin.repository import AdminRepository
 from happ_assistant.history import HistoryCache
 from happ_assistant.llm import OFFLINE_LABEL, LlmCallFailed, OfflineResponder, OpenAIChat
 from happ_assistant.repository import ConversationRepository
@@ -32,7 +33,7 @@ from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.events import InboundMessage, OutboundReply
 from happ_common.ids import conversation_key, new_message_id, reply_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import conversation_id
+from happ_common.messages import Handling, StoredMessage, all_answered, conversation_id
 from happ_common.settings import InfraSettings
 from happ_common.topics import INBOUND_MESSAGES
 from happ_devtools.fake_llm import Body, ModelScript
@@ -299,9 +300,14 @@ async def test_a_redelivered_message_gets_its_stored_reply_without_asking_the_ll
 
     (reply,) = await stored_replies(system, channel)
     assert reply["message_id"] == first.reply_id and reply["metadata"] == metadata
-    user = await system.db.messages.find_one({"channel_id": channel, "message_id": msg.message_id})
+    user = await AdminRepository(system.db).message(channel, msg.message_id)
     assert user is not None
-    assert (user["status"], user["reply_id"]) == ("replied", first.reply_id)
+    assert (user.status, user.reply_id) == ("replied", first.reply_id)
+    assert user.handling == Handling(outcome="answered")
+    # Stored on the reply, written once: the message itself is not updated.
+    raw = await system.db.messages.find_one({"channel_id": channel, "message_id": msg.message_id})
+    assert raw is not None and raw["status"] == "accepted" and raw.get("reply_id") is None
+    assert reply["in_reply_to_handling"] == {"outcome": "answered", "trigger": None}
     assert (
         await metric(system, "happ_assistant_replies_republished_total") >= republished_before + 1
     )
@@ -586,8 +592,14 @@ async def test_a_restart_mid_stream_loses_nothing_and_answers_nothing_twice(
     assert sorted(d["in_reply_to"] for d in stored) == sorted(
         m.message_id for ms in sent.values() for m in ms
     )
-    users = await system.db.messages.find({"channel_id": channel, "role": "user"}).to_list(None)
-    assert len(users) == total and {u["status"] for u in users} == {"replied"}
+    everything = all_answered(
+        [
+            StoredMessage.model_validate(d)
+            for d in await system.db.messages.find({"channel_id": channel}).to_list(None)
+        ]
+    )
+    users = [m for m in everything if m.role == "user"]
+    assert len(users) == total and {u.status for u in users} == {"replied"}
     # Only calls cut off by the kill were made twice.
     assert total <= len(system.llm.requests_for(model)) <= total + conversations
 

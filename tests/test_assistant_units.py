@@ -41,7 +41,7 @@ from happ_common.channels import Channel, ChannelCache
 from happ_common.events import Attachment, InboundMessage
 from happ_common.ids import reply_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import Role, StoredMessage
+from happ_common.messages import Handling, Role, StoredMessage, answered
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _seq = itertools.count()
@@ -467,14 +467,6 @@ class MemoryRepository:
             raise ConnectionError("database unreachable")
         return await self.insert_incoming(message)
 
-    async def mark_replied(
-        self, channel_id: str, message_id: str, reply_id: str, handling: object = None
-    ) -> None:
-        stored = self.docs[(channel_id, message_id)]
-        self.docs[(channel_id, message_id)] = stored.model_copy(
-            update={"status": "replied", "reply_id": reply_id}
-        )
-
     async def touch_conversation(self, *args: Any) -> None:
         return None
 
@@ -534,4 +526,6 @@ async def test_a_retry_after_a_failed_write_sends_the_same_answer_without_a_seco
     assert reply.model_dump()["text"] == "the one answer"
     stored = repo.docs[("cm_t", reply_id_for("cm_t", "m1"))]
     assert stored.text == "the one answer"
-    assert repo.docs[("cm_t", "m1")].status == "replied"
+    assert stored.in_reply_to_handling == Handling(outcome="answered")
+    by_id = {m.message_id: m for m in repo.docs.values()}
+    assert answered(repo.docs[("cm_t", "m1")], by_id).status == "replied"

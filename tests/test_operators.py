@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from happ_admin.repository import AdminRepository
 from happ_devtools.fake_llm import HANDOFF_PHRASE, ModelScript
 from happ_devtools.receiver import signature_ok
 from tests.conftest import System, eventually
@@ -49,16 +50,20 @@ async def say(system: System, channel: dict[str, Any], sender: str, text: str) -
 
 
 async def handling(system: System, channel: dict[str, Any], message_id: str) -> dict[str, Any]:
+    # Read as the admin API reads it: what came of a message is stored on its
+    # reply, notice or event when one went out (happ_common.messages.answered).
+    repo = AdminRepository(system.db)
+
     async def decided() -> bool:
-        doc = await system.db.messages.find_one(
-            {"channel_id": channel["id"], "message_id": message_id}
-        )
-        return bool(doc and (doc.get("handling") or doc.get("status") == "replied"))
+        found = await repo.message(channel["id"], message_id)
+        return found is not None and (found.handling is not None or found.status == "replied")
 
     await eventually(decided)
-    doc = await system.db.messages.find_one({"channel_id": channel["id"], "message_id": message_id})
-    assert doc is not None
-    result: dict[str, Any] = doc.get("handling") or {"outcome": "answered"}
+    found = await repo.message(channel["id"], message_id)
+    assert found is not None
+    result: dict[str, Any] = (
+        found.handling.model_dump() if found.handling else {"outcome": "answered"}
+    )
     return result
 
 

@@ -3,22 +3,28 @@
 The assistant writes them, the admin API reads them. A reply's delivery state
 lives in ``deliveries`` (happ_common.deliveries); the admin API shows it on the
 reply through the delivery fields below. A message is identified by
-``(channel_id, message_id)`` (unique index): writes are upserts keyed on that
-pair, so a redelivered Kafka message rewrites the same document instead of
-adding a second one.
+``(channel_id, message_id)`` (unique index): each is inserted once, a
+redelivered Kafka message finding its documents there.
+
+What came of a user's message that something was sent for is stored on what
+was sent (``in_reply_to_handling``), written once with it, rather than by an
+update of the message (issue #14: an updated document costs the embedded
+database about four inserted ones). ``answered`` puts it back on the message
+for readers; a message with nothing sent (ignored, left for a person) is still
+updated with its handling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING, DESCENDING
-from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.events import Attachment, Author, ConversationEvent, OutboundReply
-from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
+from happ_common.ids import output_ids_for
+from happ_common.mongo import Document
 
 # ``system``: notices HAPP sends on its own (handoff events, off-hours and rate notices).
 Role = Literal["user", "assistant", "operator", "system"]
@@ -83,6 +89,8 @@ class StoredMessage(BaseModel):
     event: ConversationEvent | None = None
     # User messages: what the filters decided (None: answered, or not decided yet).
     handling: Handling | None = None
+    # Replies, notices and handoff events: the handling of the message they answer.
+    in_reply_to_handling: Handling | None = None
     attempts: int = 0
     last_error_code: str | None = None
     last_status_code: int | None = None
@@ -93,59 +101,37 @@ class StoredMessage(BaseModel):
     next_attempt_at: datetime | None = None
 
 
-class MessageRepository:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self._messages = db[MESSAGES]
-        self._conversations = db[CONVERSATIONS]
+def answered(message: StoredMessage, outputs: Mapping[str, StoredMessage]) -> StoredMessage:
+    """A user's message with what came of it, taken from the first of its outputs
+    found in ``outputs`` (by message id: its reply or notice, else its handoff event): the
+    message itself is not updated once something is sent for it. Unchanged when
+    none is there, or when its document already says (written before #14)."""
+    if message.role != "user" or message.reply_id is not None:
+        return message
+    sent = [
+        output
+        for output_id in output_ids_for(message.channel_id, message.message_id)
+        if (output := outputs.get(output_id)) is not None
+        and output.in_reply_to == message.message_id
+    ]
+    if not sent:
+        return message
+    # The handling from the handoff event when there is one: only a handoff
+    # writes it, even where another instance stored the reply first and decided
+    # otherwise (the partition moved while the model was answering).
+    return message.model_copy(
+        update={
+            "status": "replied",
+            "reply_id": sent[0].message_id,
+            "handling": sent[-1].in_reply_to_handling or message.handling,
+        }
+    )
 
-    async def upsert(self, message: StoredMessage) -> None:
-        doc = message.model_dump()
-        doc["updated_at"] = datetime.now(UTC)
-        await self._messages.update_one(
-            {"channel_id": message.channel_id, "message_id": message.message_id},
-            {"$set": doc},
-            upsert=True,
-        )
 
-    async def get(self, channel_id: str, message_id: str) -> StoredMessage | None:
-        doc = await self._messages.find_one({"channel_id": channel_id, "message_id": message_id})
-        return StoredMessage.model_validate(doc) if doc else None
-
-    async def recent(self, channel_id: str, sender_id: str, limit: int) -> list[StoredMessage]:
-        """The last ``limit`` messages of a conversation, oldest first."""
-        if limit <= 0:
-            return []
-        cursor = (
-            self._messages.find({"channel_id": channel_id, "sender_id": sender_id})
-            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-            .limit(limit)
-        )
-        docs = await cursor.to_list(None)
-        return [StoredMessage.model_validate(d) for d in reversed(docs)]
-
-    async def conversation(
-        self, channel_id: str, sender_id: str, *, limit: int = 100
-    ) -> list[StoredMessage]:
-        cursor = (
-            self._messages.find({"channel_id": channel_id, "sender_id": sender_id})
-            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        return [StoredMessage.model_validate(d) async for d in cursor]
-
-    async def set_status(
-        self, channel_id: str, message_id: str, status: MessageStatus, **fields: Any
-    ) -> None:
-        await self._messages.update_one(
-            {"channel_id": channel_id, "message_id": message_id},
-            {"$set": {"status": status, "updated_at": datetime.now(UTC), **fields}},
-        )
-
-    async def touch_conversation(
-        self, channel_id: str, sender_id: str, sender_name: str | None, at: datetime
-    ) -> None:
-        query, update = conversation_touch(channel_id, sender_id, sender_name, at)
-        await self._conversations.update_one(query, update, upsert=True)
+def all_answered(messages: list[StoredMessage]) -> list[StoredMessage]:
+    """``answered`` over a list that holds the outputs too (a loaded history)."""
+    by_id = {m.message_id: m for m in messages}
+    return [answered(m, by_id) if m.role == "user" else m for m in messages]
 
 
 def conversation_id(channel_id: str, sender_id: str) -> str:
@@ -160,11 +146,8 @@ def conversation_touch(
     at: datetime,
     last_text: str | None = None,
 ) -> tuple[Document, Document]:
-    """Filter and update (an upsert) recording activity at ``at`` in a conversation.
-
-    Separate from ``MessageRepository.touch_conversation`` so callers that batch
-    many writes into one ``bulk_write`` build the very same document.
-    """
+    """Filter and update (an upsert) recording activity at ``at`` in a conversation,
+    for callers that batch many writes into one ``bulk_write``."""
     update: Document = {
         "$max": {"last_message_at": at},
         "$setOnInsert": {

@@ -17,7 +17,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_admin.cursors import Keyset
 from happ_common.deliveries import DeliveryState, DeliveryStates, DeliveryStatus
-from happ_common.messages import StoredMessage
+from happ_common.ids import output_ids_for
+from happ_common.messages import StoredMessage, answered
 from happ_common.mongo import CONVERSATIONS, MESSAGES, REQUEST_LOG, Document
 from happ_common.request_log import Direction, LogEntry
 
@@ -166,13 +167,37 @@ class AdminRepository:
             .sort([("created_at", DESCENDING), ("message_id", DESCENDING)])
             .limit(limit)
         )
-        return await self._with_delivery([StoredMessage.model_validate(d) async for d in cursor])
+        found = [StoredMessage.model_validate(d) async for d in cursor]
+        return await self._with_delivery(await self._answered(channel_id, found))
 
     async def message(self, channel_id: str, message_id: str) -> StoredMessage | None:
         doc = await self._messages.find_one({"channel_id": channel_id, "message_id": message_id})
         if doc is None:
             return None
-        return (await self._with_delivery([StoredMessage.model_validate(doc)]))[0]
+        found = await self._answered(channel_id, [StoredMessage.model_validate(doc)])
+        return (await self._with_delivery(found))[0]
+
+    async def _answered(
+        self, channel_id: str, messages: list[StoredMessage]
+    ) -> list[StoredMessage]:
+        """User messages with what came of them, which is stored on their outputs
+        (happ_common.messages.answered): those on the page already, the others
+        read by their derived ids, one query per page."""
+        known = {m.message_id: m for m in messages}
+        wanted = [
+            output_id
+            for m in messages
+            if m.role == "user" and m.reply_id is None
+            for output_id in output_ids_for(channel_id, m.message_id)
+            if output_id not in known
+        ]
+        if wanted:
+            async for d in self._messages.find(
+                {"channel_id": channel_id, "message_id": {"$in": wanted}}
+            ):
+                output = StoredMessage.model_validate(d)
+                known[output.message_id] = output
+        return [answered(m, known) for m in messages]
 
     async def _with_delivery(self, messages: list[StoredMessage]) -> list[StoredMessage]:
         """Replies with their delivery state (kept in ``deliveries``, not on the

@@ -6,13 +6,14 @@ conversations at once; this is what runs for one message:
 1. the channel's assistant settings (in-memory, at most ``HAPP_CHANNEL_CACHE_TTL_S`` old);
 2. the conversation's history, from memory (read from MongoDB once per instance
    and partition assignment, see ``history.py``);
-3. the user's message stored (``$setOnInsert``): if it was stored already, this
-   is a redelivery, and a reply already stored is sent again as it is, without
-   asking the LLM;
+3. the user's message stored (an insert whose duplicate-key error means it was
+   stored already): then this is a redelivery, and a reply already stored is
+   sent again as it is, without asking the LLM;
 4. the LLM, retried with backoff within a time budget, else the channel's
    fallback text with the failure recorded on the reply;
-5. the reply stored (``$setOnInsert`` on its id, derived from the incoming
-   message's), then published to ``outbound.replies``.
+5. the reply stored (an insert on its id, derived from the incoming message's),
+   carrying what came of the message (``in_reply_to_handling``, so the message
+   needs no update), then published to ``outbound.replies``.
 
 Every write is batched with other messages' writes (``repository.py``) and
 awaited before the message counts as done, so its offset is committed only
@@ -67,7 +68,7 @@ from happ_common.events import (
 )
 from happ_common.ids import conversation_key, output_ids_for, typing_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import Handling, LlmTrace, StoredMessage, outbound
+from happ_common.messages import Handling, LlmTrace, StoredMessage, answered, outbound
 from happ_common.topics import OUTBOUND_REPLIES
 
 log = logging.getLogger(__name__)
@@ -221,10 +222,9 @@ class AssistantService:
         known = [m for m in map(conversation.get, ids) if m is not None]
         if known:
             # Handled before (a redelivery; its outputs are in the loaded history):
-            # published again, as they were. The message's own update may not have
-            # been written (a crash between the two), so it is written again.
+            # published again, as they were. What came of the message is stored
+            # on them (happ_common.messages.answered).
             REPUBLISHED.inc()
-            await self._repo.mark_replied(msg.channel_id, msg.message_id, known[0].message_id)
             return known
         first_time = True
         if conversation.get(msg.message_id) is None:
@@ -240,15 +240,13 @@ class AssistantService:
             )
             outputs = [m for m in found if m is not None]
             decided = stored_user.handling if stored_user is not None else None
-            # An outcome that sends something but has nothing stored (its reply's
-            # write failed beside the message's update) is decided again.
+            # Only a silent outcome (mark_handled), or a message stored before
+            # #14, carries its handling without an output: an outcome that sends
+            # something but has nothing stored is decided again.
             if outputs or (decided is not None and decided.outcome in SILENT_OUTCOMES):
                 REPUBLISHED.inc()
-                if outputs:
-                    await self._repo.mark_replied(
-                        msg.channel_id, msg.message_id, outputs[0].message_id
-                    )
-                conversation.add(stored_user or user)
+                by_id = {o.message_id: o for o in outputs}
+                conversation.add(answered(stored_user, by_id) if stored_user else user)
                 for m in outputs:
                     conversation.add(m)
                 return outputs
@@ -340,10 +338,9 @@ class AssistantService:
                 msg.channel_id, msg.sender_id, msg.message_id, msg.text, msg.received_at
             )
         if outputs:
+            for m in outputs:
+                m.in_reply_to_handling = handling
             await asyncio.gather(*(self._repo.insert_reply(m) for m in outputs))
-            await self._repo.mark_replied(
-                msg.channel_id, msg.message_id, outputs[0].message_id, handling
-            )
             await self._touch(msg, outputs[-1].created_at)
         else:
             await self._repo.mark_handled(msg.channel_id, msg.message_id, handling)
@@ -403,12 +400,11 @@ class AssistantService:
                 HANDOFFS.labels(trigger=handoff).inc()
             outputs.append(_handoff_event(channel, msg, event_id))
             user.handling = Handling(outcome="handoff", trigger=handoff)
+        for m in outputs:
+            m.in_reply_to_handling = user.handling
         with _stage("store_reply"):
             inserted, *_ = await asyncio.gather(
                 *(self._repo.insert_reply(m) for m in outputs),
-                self._repo.mark_replied(
-                    msg.channel_id, msg.message_id, outputs[0].message_id, user.handling
-                ),
                 self._touch(msg, reply.created_at, outputs[-1].text),
             )
         self._unstored.pop(reply_id, None)

@@ -32,7 +32,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.events import OutboundReply
-from happ_common.ids import reply_id_for
+from happ_common.ids import output_ids_for
 from happ_common.kafka_connection import client_options
 from happ_common.messages import StoredMessage, outbound
 from happ_common.mongo import MESSAGES, Document
@@ -60,8 +60,7 @@ class ReplyStore:
     async def reply_to(self, channel_id: str, message_id: str) -> OutboundReply | None:
         """The first thing sent for ``message_id`` (its reply or notice, else its
         handoff event), as it was published; None while there is none."""
-        reply_id = reply_id_for(channel_id, message_id)
-        event_id = reply_id_for(channel_id, message_id + "\nhandoff")
+        reply_id, event_id = output_ids_for(channel_id, message_id)
         found = {
             d["message_id"]: StoredMessage.model_validate(d)
             async for d in self._messages.find(
