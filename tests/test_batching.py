@@ -48,6 +48,39 @@ async def test_an_outage_fails_every_caller_without_trying_each_alone() -> None:
     assert calls == 1
 
 
+async def test_with_nothing_in_flight_a_batch_goes_at_once_else_it_gathers() -> None:
+    calls: list[list[str]] = []
+    release, holding = asyncio.Event(), asyncio.Event()
+
+    async def run(items: Sequence[str]) -> list[str]:
+        calls.append(list(items))
+        if items == ["held"]:
+            holding.set()
+            await release.wait()
+        return list(items)
+
+    batcher: Batcher[str, str] = Batcher("test", run, max_wait_s=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Idle: no max_wait, and callers woken together still share the round trip.
+    assert list(await asyncio.gather(batcher.submit("a"), batcher.submit("b"))) == ["a", "b"]
+    assert loop.time() - started < 0.2
+    assert calls == [["a", "b"]]
+
+    held = asyncio.ensure_future(batcher.submit("held"))
+    await holding.wait()
+    # A batch in flight: the next ones gather for up to max_wait.
+    started = loop.time()
+    c = asyncio.ensure_future(batcher.submit("c"))
+    await asyncio.sleep(0.05)
+    d = asyncio.ensure_future(batcher.submit("d"))
+    assert list(await asyncio.gather(c, d)) == ["c", "d"]
+    assert loop.time() - started >= 0.25
+    assert calls[2] == ["c", "d"]
+    release.set()
+    assert await held == "held"
+
+
 async def test_bulk_outcomes_tell_a_duplicate_insert_from_an_upsert_that_lost_a_race(
     system: System,
 ) -> None:

@@ -8,6 +8,13 @@ to a ``Batcher``, which gathers what arrives within a few milliseconds (or up to
 ``max_batch`` items), runs one batch call, and resolves each caller's future with
 its own result. A caller still awaits durability before it lets its offset be
 committed: batching changes the cost, not the guarantee.
+
+The few milliseconds are waited only while a batch of the same kind is in
+flight, when waiting is what fills the next one. With none in flight, what
+arrived goes at the end of the event loop's current turn (which still joins the
+callers woken together): at a low rate a message would otherwise wait
+``max_wait_s`` at each of the five batched stages between its webhook and its
+POST, most of a reply's time when nothing queues (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ class Batcher(Generic[T, R]):
         self._max_batch = max_batch
         self._max_wait = max_wait_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
@@ -71,9 +78,13 @@ class Batcher(Generic[T, R]):
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._max_wait, self._flush, context=contextvars.Context()
-            )
+            loop = asyncio.get_running_loop()
+            if self._running:
+                self._timer = loop.call_later(
+                    self._max_wait, self._flush, context=contextvars.Context()
+                )
+            else:
+                self._timer = loop.call_soon(self._flush, context=contextvars.Context())
         return await future
 
     def _flush(self) -> None:
