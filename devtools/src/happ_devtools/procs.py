@@ -29,10 +29,21 @@ def _die_with_parent() -> None:
         pass
 
 
+# Ports this process has handed out: several are chosen before any is bound (a
+# stack's services, then its broker), and the kernel may give a port again once
+# the socket that found it is closed; two processes were once given the same.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before by this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
