@@ -70,6 +70,23 @@ class System:
     async def send(self, channel_id: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
         return await self.http.post(self.url("ingress", f"/webhook/{channel_id}"), json=body, **kw)
 
+    async def log(self, channel_id: str, **params: Any) -> list[dict[str, Any]]:
+        """The channel's request log as the admin API lists it, newest first,
+        every page (a first attempt's entry is not in ``request_log``: it is
+        kept with the reply's delivery state)."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            resp = await self.admin.get(
+                f"/api/channels/{channel_id}/logs",
+                params={"limit": 200, **params, **({"cursor": cursor} if cursor else {})},
+            )
+            assert resp.status_code == 200, resp.text
+            page = resp.json()
+            items += page["items"]
+            if not (cursor := page["next_cursor"]):
+                return items
+
 
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> DevTls:

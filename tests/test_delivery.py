@@ -73,18 +73,14 @@ async def test_retries_follow_the_schedule_then_the_reply_is_failed(system: Syst
     doc = await _wait_status(system, channel["id"], sent.json()["message_id"], "failed")
     assert doc["attempts"] == 4 and doc["last_error_code"] == "HTTP_500"
 
+    entries: list[dict[str, Any]] = []
+
     async def logged() -> bool:
-        n = await system.db.request_log.count_documents(
-            {"channel_id": channel["id"], "direction": "outgoing"}
-        )
-        return n == 4
+        entries[:] = await system.log(channel["id"], direction="outgoing")
+        return len(entries) == 4
 
     await eventually(logged, timeout_s=5)
-    entries = (
-        await system.db.request_log.find({"channel_id": channel["id"], "direction": "outgoing"})
-        .sort("attempt", 1)
-        .to_list(None)
-    )
+    entries.sort(key=lambda e: e["attempt"])
     assert [e["attempt"] for e in entries] == [1, 2, 3, 4]
     assert {e["error_code"] for e in entries} == {"HTTP_500"}
     assert {e["status_code"] for e in entries} == {500}
@@ -97,12 +93,9 @@ async def _first_attempt_code(system: System, channel: dict[str, Any], text: str
     code: list[str] = []
 
     async def logged() -> bool:
-        entry = await system.db.request_log.find_one(
-            {"channel_id": channel["id"], "direction": "outgoing", "attempt": 1}
-        )
-        if entry:
-            code.append(entry["error_code"])
-        return bool(entry)
+        entries = await system.log(channel["id"], direction="outgoing")
+        code[:] = [e["error_code"] for e in entries if e["attempt"] == 1]
+        return bool(code)
 
     await eventually(logged, timeout_s=20)
     await system.admin.post(f"/api/channels/{channel['id']}/disconnect")  # stop its retries

@@ -100,10 +100,7 @@ async def test_retry_after_pauses_the_channel_without_spending_attempts(system: 
     assert calm_post.at < mine[-1].at
 
     async def counted() -> bool:
-        n = await system.db.request_log.count_documents(
-            {"channel_id": busy["id"], "direction": "outgoing", "status_code": 429}
-        )
-        return n >= 4
+        return len(await system.log(busy["id"], direction="outgoing", status="429")) >= 4
 
     await eventually(counted, timeout_s=10)  # each paused attempt is in the request log
 

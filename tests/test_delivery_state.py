@@ -162,11 +162,11 @@ class _FlakyRecords(DeliveryRepository):
         super().__init__(db)
         self.fail_once = set(fail_once)
 
-    async def record(self, *args: Any, **kw: Any) -> None:
+    async def record(self, *args: Any, **kw: Any) -> bool:
         if args[2] in self.fail_once:
             self.fail_once.discard(args[2])
             raise ConnectionError("database away")
-        await super().record(*args, **kw)
+        return await super().record(*args, **kw)
 
 
 @dataclass

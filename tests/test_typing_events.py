@@ -71,10 +71,7 @@ async def test_typing_comes_before_the_reply_signed_and_logged(system: System) -
     assert signature_ok(typing, channel["hmac_secret"])
 
     async def logged() -> bool:
-        n = await system.db.request_log.count_documents(
-            {"channel_id": channel["id"], "direction": "outgoing"}
-        )
-        return n == 2
+        return len(await system.log(channel["id"], direction="outgoing")) == 2
 
     await eventually(logged, timeout_s=10)
     resp = await system.admin.get(
@@ -124,12 +121,7 @@ async def test_a_failing_typing_post_is_not_retried_and_does_not_hold_the_reply(
     assert got[1].headers["X-HAPP-Attempt"] == "1"
 
     async def logged() -> bool:
-        return (
-            await system.db.request_log.count_documents(
-                {"channel_id": channel["id"], "direction": "outgoing"}
-            )
-            == 2
-        )
+        return len(await system.log(channel["id"], direction="outgoing")) == 2
 
     await eventually(logged, timeout_s=10)
     failed = await system.db.request_log.find_one(

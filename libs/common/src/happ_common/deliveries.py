@@ -8,6 +8,13 @@ process sends, while ``insert_many`` into a collection with only its ``_id``
 ran at ~13,000-29,000 documents/s (``make bench-db``). So a reply's first
 outcome is an insert, and only later attempts and resends are updates.
 
+A reply's first attempt, sent without a claim, is also logged there: its
+request-log entry rides in the state's first insert (``first_attempt``) instead
+of being a document of its own in ``request_log``, one document fewer per reply.
+The admin's request-log reads merge those entries in (``happ_admin.repository``);
+every later attempt, a resend's and a typing event's are ``request_log``
+entries as before.
+
 Replies whose next attempt is scheduled are also listed in ``pending_retries``
 (by partition), so a delivery member that takes a partition over can close
 those conversations' gates before it handles anything. Only failing deliveries
@@ -35,6 +42,29 @@ SERIES_ENDED: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
 def delivery_id(channel_id: str, reply_id: str) -> str:
     """The ``_id`` of a reply's documents in ``deliveries`` and ``pending_retries``."""
     return f"{channel_id}/{reply_id}"
+
+
+# The field of a delivery state holding its first attempt's request-log entry,
+# and the prefix of that entry's id.
+FIRST_ATTEMPT = "first_attempt"
+_FIRST_ATTEMPT_ID = "att1_"
+
+
+def first_attempt_log_id(channel_id: str, reply_id: str, unique: str) -> str:
+    """The id of a first attempt's entry kept in its delivery state: it names
+    the state, so the entry is found by id without an index of its own;
+    ``unique`` tells this attempt's entry from another member's sending of it."""
+    return f"{_FIRST_ATTEMPT_ID}{channel_id}.{reply_id}.{unique}"
+
+
+def delivery_of_log_id(log_id: str) -> str | None:
+    """The ``_id`` of the delivery state a first attempt's entry is kept in;
+    None for an entry of ``request_log``."""
+    if not log_id.startswith(_FIRST_ATTEMPT_ID):
+        return None
+    channel_id, _, rest = log_id.removeprefix(_FIRST_ATTEMPT_ID).partition(".")
+    reply_id, _, unique = rest.partition(".")
+    return delivery_id(channel_id, reply_id) if channel_id and reply_id and unique else None
 
 
 class DeliveryState(BaseModel):

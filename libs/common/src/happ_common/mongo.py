@@ -20,8 +20,8 @@ CHANNELS = "channels"
 MESSAGES = "messages"
 CONVERSATIONS = "conversations"
 REQUEST_LOG = "request_log"
-# Reply delivery state and the retries pending (happ_common.deliveries): only
-# their _id index, so their writes stay cheap.
+# Reply delivery state and the retries pending (happ_common.deliveries): few
+# indexes, so their writes stay cheap.
 DELIVERIES = "deliveries"
 PENDING_RETRIES = "pending_retries"
 # People who sign in to the admin UI (admins and operators) and their channel
@@ -87,6 +87,16 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
         "created_at",
         expireAfterSeconds=happ.request_log_retention_days * 86400,
         name="retention",
+    )
+    # A first attempt's request-log entry is kept in its delivery state
+    # (happ_common.deliveries): the admin lists a channel's log from both.
+    await db[DELIVERIES].create_index(
+        [
+            ("channel_id", ASCENDING),
+            ("first_attempt.created_at", DESCENDING),
+            ("first_attempt.id", DESCENDING),
+        ],
+        name="channel_first_attempts",
     )
     # One user per username; and a channel's members (GET /api/channels/{id}/members).
     await db[USERS].create_index("username", unique=True, name="username")

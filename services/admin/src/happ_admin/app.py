@@ -89,7 +89,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher = EventPublisher(infra, client_id="happ-admin")
         async with shared_clients(infra, happ, publisher) as clients:
-            repo = AdminRepository(clients.db)
+            repo = AdminRepository(clients.db, retention_days=happ.request_log_retention_days)
             sessions = SessionRepository(clients.db)
             await repo.ensure_indexes()
             await sessions.ensure_indexes()

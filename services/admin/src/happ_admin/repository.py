@@ -9,17 +9,24 @@ the way skip/offset pages do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_admin.cursors import Keyset
-from happ_common.deliveries import DeliveryState, DeliveryStates, DeliveryStatus
+from happ_common.deliveries import (
+    FIRST_ATTEMPT,
+    DeliveryState,
+    DeliveryStates,
+    DeliveryStatus,
+    delivery_id,
+    delivery_of_log_id,
+)
 from happ_common.ids import output_ids_for
 from happ_common.messages import StoredMessage, answered
-from happ_common.mongo import CONVERSATIONS, MESSAGES, REQUEST_LOG, Document
+from happ_common.mongo import CONVERSATIONS, DELIVERIES, MESSAGES, REQUEST_LOG, Document
 from happ_common.request_log import Direction, LogEntry
 
 ADMIN_SESSIONS = "admin_sessions"
@@ -32,6 +39,29 @@ def _older_than(time_field: str, key_field: str, before: Keyset | None) -> Docum
     return {"$or": [{time_field: {"$lt": at}}, {time_field: at, key_field: {"$lt": key}}]}
 
 
+def _under(prefix: str, condition: Any) -> Any:
+    """A query condition on an entry's fields, on the same fields kept in a
+    subdocument (``prefix``); operators and values are left as they are."""
+    if isinstance(condition, list):
+        return [_under(prefix, c) for c in condition]
+    if not isinstance(condition, dict):
+        return condition
+    return {
+        (k if k.startswith("$") else f"{prefix}.{k}"): (
+            _under(prefix, v) if k.startswith("$") else v
+        )
+        for k, v in condition.items()
+    }
+
+
+def _first_attempt(doc: Document) -> LogEntry:
+    return LogEntry.model_validate(doc[FIRST_ATTEMPT])
+
+
+def _newest_first(entries: list[LogEntry]) -> list[LogEntry]:
+    return sorted(entries, key=lambda e: (e.created_at, e.id), reverse=True)
+
+
 def _and(*parts: Document) -> Document:
     parts = tuple(p for p in parts if p)
     if not parts:
@@ -40,8 +70,14 @@ def _and(*parts: Document) -> Document:
 
 
 class AdminRepository:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    """``retention_days``: how long request-log entries are shown. A first
+    attempt's entry is kept in its delivery state (happ_common.deliveries),
+    which outlives the request log's retention; past it, it is not shown."""
+
+    def __init__(self, db: AsyncDatabase[Document], *, retention_days: int = 30) -> None:
         self._log = db[REQUEST_LOG]
+        self._delivery_docs = db[DELIVERIES]
+        self._retention = timedelta(days=retention_days)
         self._messages = db[MESSAGES]
         self._conversations = db[CONVERSATIONS]
         self._deliveries = DeliveryStates(db)
@@ -84,17 +120,80 @@ class AdminRepository:
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
             .limit(limit)
         )
-        return [LogEntry.model_validate(d) async for d in cursor]
+        entries = [LogEntry.model_validate(d) async for d in cursor]
+        if direction != "incoming":
+            entries = _newest_first(
+                entries
+                + await self._first_attempts(
+                    channel_id, query=query, status=status, since=since, before=before, limit=limit
+                )
+            )[:limit]
+        return entries
+
+    async def _first_attempts(
+        self,
+        channel_id: str,
+        *,
+        query: Document,
+        status: Document,
+        since: datetime | None,
+        before: Keyset | None,
+        limit: int,
+    ) -> list[LogEntry]:
+        """The page's share of first attempts kept in delivery states: the same
+        conditions on the same fields, one level down."""
+        floor = self._shown_since()
+        window = {**query.get("created_at", {}), "$gte": max(floor, since or floor)}
+        found = _under(FIRST_ATTEMPT, {**query, "created_at": window})
+        found["channel_id"] = channel_id
+        field = f"{FIRST_ATTEMPT}."
+        cursor = (
+            self._delivery_docs.find(
+                _and(
+                    found,
+                    _under(FIRST_ATTEMPT, status),
+                    _older_than(field + "created_at", field + "id", before),
+                ),
+                {FIRST_ATTEMPT: 1},
+            )
+            .sort([(field + "created_at", DESCENDING), (field + "id", DESCENDING)])
+            .limit(limit)
+        )
+        return [_first_attempt(d) async for d in cursor]
+
+    def _shown_since(self) -> datetime:
+        return datetime.now(UTC) - self._retention
 
     async def log(self, log_id: str) -> LogEntry | None:
+        if (state_id := delivery_of_log_id(log_id)) is not None:
+            doc = await self._delivery_docs.find_one(
+                {
+                    "_id": state_id,
+                    f"{FIRST_ATTEMPT}.id": log_id,
+                    f"{FIRST_ATTEMPT}.created_at": {"$gte": self._shown_since()},
+                },
+                {FIRST_ATTEMPT: 1},
+            )
+            return _first_attempt(doc) if doc else None
         doc = await self._log.find_one({"_id": log_id})
         return LogEntry.model_validate(doc) if doc else None
 
     async def attempts(self, channel_id: str, reply_id: str) -> list[LogEntry]:
+        """A reply's attempts, oldest first."""
         cursor = self._log.find(
             {"channel_id": channel_id, "message_id": reply_id, "direction": "outgoing"}
-        ).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-        return [LogEntry.model_validate(d) async for d in cursor]
+        )
+        found = [LogEntry.model_validate(d) async for d in cursor]
+        state = await self._delivery_docs.find_one(
+            {
+                "_id": delivery_id(channel_id, reply_id),
+                f"{FIRST_ATTEMPT}.created_at": {"$gte": self._shown_since()},
+            },
+            {FIRST_ATTEMPT: 1},
+        )
+        if state is not None:
+            found.append(_first_attempt(state))
+        return _newest_first(found)[::-1]
 
     async def accepted_incoming(self, channel_id: str, message_id: str) -> LogEntry | None:
         doc = await self._log.find_one(

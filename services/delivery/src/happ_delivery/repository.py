@@ -32,13 +32,16 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from happ_common.batching import Batcher
 from happ_common.deliveries import (
+    FIRST_ATTEMPT,
     DeliveryState,
     DeliveryStates,
     DeliveryStatus,
     PendingRetry,
     delivery_id,
+    first_attempt_log_id,
 )
 from happ_common.mongo import DELIVERIES, DUPLICATE_KEY, PENDING_RETRIES, Document
+from happ_common.request_log import LogEntry, document
 from happ_common.webhook_client import AttemptOutcome
 
 log = logging.getLogger(__name__)
@@ -170,14 +173,19 @@ class DeliveryRepository:
         next_attempt_at: datetime | None = None,
         pauses: int = 0,
         claimed: bool = True,
-    ) -> None:
+        attempt_log: LogEntry | None = None,
+    ) -> bool:
         """Record the outcome of ``attempt``, whose claim (``sending``) it must
         follow; ``claimed=False``: of a first attempt sent without a claim, whose
         outcome is the reply's first state (should another member have recorded
-        one meanwhile, theirs stays). ``partition`` and ``sender_id`` go with ``retrying``; an ended
-        series with ``attempt`` > 1 had a retry pending. ``error_code`` without
-        an ``outcome``: why the series ended unsent. ``pauses``: how many of the
-        attempts so far, this one included, did not count (Retry-After)."""
+        one meanwhile, theirs stays), with ``attempt_log``, the attempt's
+        request-log entry. ``partition`` and ``sender_id`` go with ``retrying``;
+        an ended series with ``attempt`` > 1 had a retry pending. ``error_code``
+        without an ``outcome``: why the series ended unsent. ``pauses``: how many
+        of the attempts so far, this one included, did not count (Retry-After).
+
+        True if ``attempt_log`` is kept with the state; False if the caller is to
+        log it (there is none, or another member's state won)."""
         now = datetime.now(UTC)
         _id = delivery_id(channel_id, reply_id)
         fields: Document = {
@@ -214,9 +222,22 @@ class DeliveryRepository:
             if isinstance(pending, UpdateOne):
                 # Listed before the state says "retrying", as in _write_many.
                 await self._pending.bulk_write([pending], ordered=False)
-            await self._firsts.submit({"_id": _id, **fields})
-            return
+            first: Document = {"_id": _id, **fields}
+            if attempt_log is not None:
+                logged = document(attempt_log)
+                del logged["_id"]
+                logged["id"] = first_attempt_log_id(channel_id, reply_id, attempt_log.id)
+                first[FIRST_ATTEMPT] = logged
+            if await self._firsts.submit(first):
+                return attempt_log is not None
+            if attempt_log is None:
+                return False
+            # Taken: by another member's state, or by this very insert, which
+            # landed before an error had it retried.
+            ours = {"_id": _id, f"{FIRST_ATTEMPT}.id": first[FIRST_ATTEMPT]["id"]}
+            return await self._deliveries.find_one(ours, {"_id": 1}) is not None
         await self._writes.submit(_Write(_id, attempt, fields, pending))
+        return False
 
     async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:
         return await self._states.pending_retries(partitions)

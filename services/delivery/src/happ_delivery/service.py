@@ -44,7 +44,7 @@ from happ_common.ids import conversation_key, output_ids_for
 from happ_common.kafka import Publisher
 from happ_common.outgoing import send_attempt
 from happ_common.pipeline import Abandoned, parked
-from happ_common.request_log import RequestLogWriter
+from happ_common.request_log import LogEntry, RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
@@ -441,11 +441,17 @@ class DeliveryService:
         # From here on the POST happened: nothing below may raise into the
         # pipeline's retry (it would send again); each step retries itself.
         outcome = sent.outcome
-        self._log.add(sent.log_entry)
+        # A first attempt's entry is kept with its first state (one document
+        # instead of two, happ_common.deliveries); any other goes to the log.
+        logged = None if claimed else sent.log_entry
+        if logged is None:
+            self._log.add(sent.log_entry)
         ATTEMPTS.labels(outcome="ok" if outcome.ok else (outcome.error_code or "error")).inc()
         ATTEMPT_TIME.observe(outcome.duration_ms / 1000)
         if outcome.ok:
-            await self._record(reply, "delivered", attempt, outcome, pauses=pauses, claimed=claimed)
+            await self._record(
+                reply, "delivered", attempt, outcome, pauses=pauses, claimed=claimed, logged=logged
+            )
             FINAL.labels(state="delivered").inc()
             log.info(
                 "reply delivered: attempt %d, HTTP %s in %.0f ms",
@@ -469,6 +475,7 @@ class DeliveryService:
                 due=due,
                 pauses=pauses + 1,
                 claimed=claimed,
+                logged=logged,
             )
             log.info(
                 "reply attempt %d: the endpoint asked to wait %g s (HTTP %s); the channel "
@@ -490,6 +497,7 @@ class DeliveryService:
                 due=due,
                 pauses=pauses,
                 claimed=claimed,
+                logged=logged,
             )
             log.info(
                 "reply attempt %d failed (%s); attempt %d due at %s",
@@ -499,7 +507,9 @@ class DeliveryService:
                 due.isoformat(timespec="seconds"),
             )
         else:
-            await self._record(reply, "failed", attempt, outcome, pauses=pauses, claimed=claimed)
+            await self._record(
+                reply, "failed", attempt, outcome, pauses=pauses, claimed=claimed, logged=logged
+            )
             FINAL.labels(state="failed").inc()
             log.warning(
                 "reply %s to %s failed after %d attempts: %s",
@@ -570,6 +580,7 @@ class DeliveryService:
         due: datetime,
         pauses: int,
         claimed: bool,
+        logged: LogEntry | None,
     ) -> None:
         """Record ``attempt`` as failed with its next one due at ``due``, and put
         that one on the retry topic."""
@@ -586,6 +597,7 @@ class DeliveryService:
             next_attempt_at=due,
             pauses=pauses,
             claimed=claimed,
+            logged=logged,
         )
         await self._publish_retry(reply, attempt + 1, due, pauses)
 
@@ -612,23 +624,36 @@ class DeliveryService:
         error_code: str | None = None,
         pauses: int = 0,
         claimed: bool = True,
+        logged: LogEntry | None = None,
     ) -> None:
-        await self._until_done(
-            "record",
-            lambda: self._repo.record(
-                reply.channel_id,
-                reply.reply_id,
-                status,
-                attempt=attempt,
-                outcome=outcome,
-                error_code=error_code,
-                sender_id=reply.to,
-                partition=partition,
-                next_attempt_at=next_attempt_at,
-                pauses=pauses,
-                claimed=claimed,
-            ),
-        )
+        """``logged``: the request-log entry of a first attempt sent without a
+        claim, kept with the state it records, or logged if another's state won."""
+        try:
+            kept = await self._until_done(
+                "record",
+                lambda: self._repo.record(
+                    reply.channel_id,
+                    reply.reply_id,
+                    status,
+                    attempt=attempt,
+                    outcome=outcome,
+                    error_code=error_code,
+                    sender_id=reply.to,
+                    partition=partition,
+                    next_attempt_at=next_attempt_at,
+                    pauses=pauses,
+                    claimed=claimed,
+                    attempt_log=logged,
+                ),
+            )
+        except asyncio.CancelledError:
+            # Cut off (a revocation, shutdown) with the POST made: logged here
+            # rather than not at all, should the state's insert not have landed.
+            if logged is not None:
+                self._log.add(logged)
+            raise
+        if logged is not None and not kept:
+            self._log.add(logged)
 
     async def _publish_retry(
         self, reply: OutboundReply, attempt: int, due: datetime, pauses: int
