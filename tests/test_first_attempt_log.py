@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from happ_admin.repository import AdminRepository
+from happ_common.channels import ChannelRepository
 from happ_common.deliveries import delivery_id, delivery_of_log_id
 from happ_common.ids import new_log_id
 from happ_common.request_log import LogEntry
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.repository import DeliveryRepository
+from happ_delivery.retention import FirstAttemptRetention
 from tests.conftest import System, eventually
 
 OK = AttemptOutcome(True, 200, None, None, 3.0, "ok")
@@ -115,11 +117,11 @@ async def test_a_first_attempt_whose_state_another_member_stored_is_the_callers_
     await repo.drain()
 
 
-async def test_a_first_attempt_is_shown_as_long_as_the_request_log_keeps_entries(
+async def test_a_first_attempt_is_shown_and_kept_as_long_as_the_request_log_keeps_entries(
     system: System,
 ) -> None:
     repo = DeliveryRepository(system.db)
-    channel_id = "cm_" + uuid.uuid4().hex[:12]
+    channel_id = (await system.create_channel("/first-attempt-retention"))["id"]
     old_reply, new_reply = "rpl_" + uuid.uuid4().hex, "rpl_" + uuid.uuid4().hex
     long_ago = datetime.now(UTC) - timedelta(days=2)
     for reply_id, at in ((old_reply, long_ago), (new_reply, None)):
@@ -153,3 +155,11 @@ async def test_a_first_attempt_is_shown_as_long_as_the_request_log_keeps_entries
     assert (
         len(await AdminRepository(system.db, retention_days=3).attempts(channel_id, old_reply)) == 1
     )
+
+    # Then the delivery members remove it from the state, which stays.
+    sweep = FirstAttemptRetention(ChannelRepository(system.db), repo, retention_days=1)
+    assert await sweep.sweep() == 1
+    states = {d["reply_id"]: d async for d in system.db.deliveries.find({"channel_id": channel_id})}
+    assert "first_attempt" not in states[old_reply] and states[old_reply]["status"] == "delivered"
+    assert "first_attempt" in states[new_reply]
+    assert await sweep.sweep() == 0

@@ -312,6 +312,10 @@ class ChannelRepository:
     async def insert(self, channel: Channel) -> None:
         await self._coll.insert_one(channel.to_document())
 
+    async def ids(self) -> list[str]:
+        """Every channel's id (channels are never deleted, only disconnected)."""
+        return [d["_id"] async for d in self._coll.find({}, {"_id": 1})]
+
     async def list(
         self, *, after: str | None, limit: int, only: frozenset[str] | None = None
     ) -> list[Channel]:

@@ -48,6 +48,8 @@ def delivery_id(channel_id: str, reply_id: str) -> str:
 # and the prefix of that entry's id.
 FIRST_ATTEMPT = "first_attempt"
 _FIRST_ATTEMPT_ID = "att1_"
+# A state read leaves the entry's bodies (up to ~20 KB) on the server.
+_STATE_ONLY = {FIRST_ATTEMPT: 0}
 
 
 def first_attempt_log_id(channel_id: str, reply_id: str, unique: str) -> str:
@@ -106,7 +108,9 @@ class DeliveryStates:
         self._pending = db[PENDING_RETRIES]
 
     async def get(self, channel_id: str, reply_id: str) -> DeliveryState | None:
-        doc = await self._deliveries.find_one({"_id": delivery_id(channel_id, reply_id)})
+        doc = await self._deliveries.find_one(
+            {"_id": delivery_id(channel_id, reply_id)}, _STATE_ONLY
+        )
         return DeliveryState.model_validate(doc) if doc else None
 
     async def many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeliveryState]:
@@ -115,7 +119,7 @@ class DeliveryStates:
         if not keys:
             return {}
         ids = {delivery_id(c, r): (c, r) for c, r in keys}
-        cursor = self._deliveries.find({"_id": {"$in": list(ids)}})
+        cursor = self._deliveries.find({"_id": {"$in": list(ids)}}, _STATE_ONLY)
         return {ids[d["_id"]]: DeliveryState.model_validate(d) async for d in cursor}
 
     async def claim_for_resend(
@@ -129,7 +133,7 @@ class DeliveryStates:
         so two resends racing start one series. (A ``$in`` on the status inside the
         filter would make the embedded database scan the collection.)"""
         _id = delivery_id(channel_id, reply_id)
-        doc = await self._deliveries.find_one({"_id": _id})
+        doc = await self._deliveries.find_one({"_id": _id}, _STATE_ONLY)
         if doc is None or doc.get("status") not in from_states:
             return None
         previous = DeliveryState.model_validate(doc)

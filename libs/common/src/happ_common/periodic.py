@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 
 
 class Periodic:
-    def __init__(self, name: str, round_: Callable[[], Awaitable[None]], interval_s: float) -> None:
+    def __init__(
+        self, name: str, round_: Callable[[], Awaitable[object]], interval_s: float
+    ) -> None:
         self.name = name
         self._round = round_
         self._interval_s = interval_s

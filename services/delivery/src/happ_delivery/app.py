@@ -28,6 +28,7 @@ from happ_delivery.backlog import BacklogGuard
 from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
+from happ_delivery.retention import FirstAttemptRetention
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
 
@@ -97,14 +98,21 @@ def create_app(
                 # shorter than twice the cache's lifetime could come and go unseen.
                 lease_s=max(settings.backlog_lease_s, 2 * happ.channel_cache_ttl_s + 2),
             )
+            retention = FirstAttemptRetention(
+                ChannelRepository(clients.db),
+                repository,
+                retention_days=happ.request_log_retention_days,
+            )
             await pipeline.start()
             backlog.start()
+            retention.start()
             app.state.alive = lambda: pipeline.healthy() and publisher.healthy()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
                 yield
             finally:
+                await retention.stop()
                 await backlog.stop()
                 await pipeline.stop()
                 await repository.drain()

@@ -627,31 +627,26 @@ class DeliveryService:
         logged: LogEntry | None = None,
     ) -> None:
         """``logged``: the request-log entry of a first attempt sent without a
-        claim, kept with the state it records, or logged if another's state won."""
-        try:
-            kept = await self._until_done(
-                "record",
-                lambda: self._repo.record(
-                    reply.channel_id,
-                    reply.reply_id,
-                    status,
-                    attempt=attempt,
-                    outcome=outcome,
-                    error_code=error_code,
-                    sender_id=reply.to,
-                    partition=partition,
-                    next_attempt_at=next_attempt_at,
-                    pauses=pauses,
-                    claimed=claimed,
-                    attempt_log=logged,
-                ),
-            )
-        except asyncio.CancelledError:
-            # Cut off (a revocation, shutdown) with the POST made: logged here
-            # rather than not at all, should the state's insert not have landed.
-            if logged is not None:
-                self._log.add(logged)
-            raise
+        claim, kept with the state it records, or logged if another's state won.
+        Cut off meanwhile (a revocation, shutdown), the state's insert still goes
+        with its batch (the repository is drained at shutdown), entry and all."""
+        kept = await self._until_done(
+            "record",
+            lambda: self._repo.record(
+                reply.channel_id,
+                reply.reply_id,
+                status,
+                attempt=attempt,
+                outcome=outcome,
+                error_code=error_code,
+                sender_id=reply.to,
+                partition=partition,
+                next_attempt_at=next_attempt_at,
+                pauses=pauses,
+                claimed=claimed,
+                attempt_log=logged,
+            ),
+        )
         if logged is not None and not kept:
             self._log.add(logged)
 
