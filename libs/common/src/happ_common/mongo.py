@@ -13,6 +13,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+from happ_common.db_latency import DB_LATENCY
 from happ_common.db_writes import WriteCounter
 from happ_common.settings import HappSettings, InfraSettings
 
@@ -42,7 +43,7 @@ def connect(infra: InfraSettings) -> AsyncMongoClient[Document]:
         serverSelectionTimeoutMS=3000,
         tz_aware=True,
         connect=False,
-        event_listeners=[WriteCounter()],
+        event_listeners=[WriteCounter(), DB_LATENCY],
     )
 
 

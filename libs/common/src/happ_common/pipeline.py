@@ -66,6 +66,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pymongo.errors import PyMongoError
 
 from happ_common import tracing
+from happ_common.in_flight_limit import InFlightLimit
 from happ_common.kafka import PublishFailed
 from happ_common.log_context import message_scope
 
@@ -149,6 +150,12 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = Gauge(
     "happ_pipeline_in_flight", "Active records held by a consumer (queued or running)", ["consumer"]
+)
+IN_FLIGHT_LIMIT = Gauge(
+    "happ_pipeline_in_flight_limit",
+    "Active records a consumer may hold now: max_in_flight, lowered while the database is"
+    " slow (happ_common.in_flight_limit)",
+    ["consumer"],
 )
 PARKED_BYTES = Gauge(
     "happ_pipeline_parked_bytes",
@@ -258,6 +265,11 @@ class PipelineConfig:
     # its parked replies wait at), so pausing them could wait forever.
     always_fetch: tuple[str, ...] = ()
     consumer_options: dict[str, Any] = field(default_factory=dict)
+    # Hold fewer than max_in_flight records while the database's round trips
+    # (this reading, in ms) are above the target (happ_common.in_flight_limit);
+    # None or a target of 0: always max_in_flight.
+    db_latency_ms: Callable[[], float | None] | None = field(default=None, repr=False)
+    db_latency_target_ms: float = 0.0
 
 
 # The key whose record the current task is handling (see ``parked``).
@@ -443,8 +455,13 @@ class KeyedPipeline:
         consumer = self._consumer
         assert consumer is not None
         cfg = self.config
+        limit = InFlightLimit(
+            cfg.max_in_flight, latency_ms=cfg.db_latency_ms, target_ms=cfg.db_latency_target_ms
+        )
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            room = cfg.max_in_flight - self._in_flight
+            room = limit.update(self._in_flight, loop.time()) - self._in_flight
+            IN_FLIGHT_LIMIT.labels(**self._labels).set(limit.current)
             over_active = room <= 0
             over_parked = self._parked_bytes >= cfg.max_parked_bytes
             # Keep polling even when full: it keeps us in the group.

@@ -17,6 +17,7 @@ from happ_assistant.settings import AssistantServiceSettings
 from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
+from happ_common.db_latency import DB_LATENCY
 from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
@@ -79,6 +80,8 @@ def create_app(
                     max_in_flight=settings.max_in_flight,
                     session_timeout_ms=infra.kafka_session_timeout_ms,
                     consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
+                    db_latency_ms=DB_LATENCY.recent_ms,
+                    db_latency_target_ms=settings.db_latency_target_ms,
                 ),
                 inbound_handler(service),
                 # The next owner of a revoked partition writes to its conversations.
