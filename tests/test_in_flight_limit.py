@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from happ_common import db_latency
 from happ_common.db_latency import DbLatency
 from happ_common.in_flight_limit import FLOOR, InFlightLimit
 
@@ -64,7 +65,7 @@ def test_the_reading_follows_recent_round_trips_and_goes_stale(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr("happ_common.db_latency.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr(db_latency, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     latency = DbLatency()
     assert latency.recent_ms() is None
     latency.succeeded(_event(10_000))
@@ -75,3 +76,7 @@ def test_the_reading_follows_recent_round_trips_and_goes_stale(
     assert reading is not None and 190 < reading <= 200
     clock[0] += 10
     assert latency.recent_ms() is None  # nothing lately: no say about now
+    latency.succeeded(_event(4_000))
+    assert latency.recent_ms() == pytest.approx(4.0)  # and the next one starts afresh
+    latency.succeeded(_event(4_000))
+    assert latency.recent_ms() == pytest.approx(4.0)  # and the next one starts afresh

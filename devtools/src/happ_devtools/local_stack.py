@@ -58,6 +58,7 @@ class LocalStack:
         self.kafka_bootstrap = self.base_env.get("KAFKA_BOOTSTRAP_SERVERS", "")
         self.mongodb_uri = self.base_env.get("MONGODB_URI", "")
         self.embedded_kafka = False
+        self.embedded_database = not self.mongodb_uri
 
     @property
     def logs(self) -> Path:
@@ -118,6 +119,10 @@ class LocalStack:
             # its longest wait (see InfraSettings).
             env.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
             env.setdefault("KAFKA_FETCH_MAX_WAIT_MS", "20")
+        if self.embedded_database:
+            # A pure-Python server on one core: its round trips are long well
+            # before a production MongoDB's would be (docs/benchmarks.md).
+            env.setdefault("HAPP_ASSISTANT_DB_LATENCY_TARGET_MS", "20")
         if self.config.kafka_tls is not None:
             env["KAFKA_SECURITY_PROTOCOL"] = "SSL"
             env["KAFKA_SSL_CA_FILE"] = str(self.config.kafka_tls.ca_file)

@@ -34,10 +34,14 @@ class DbLatency(monitoring.CommandListener):
 
     def _add(self, micros: int) -> None:
         ms = micros / 1000
-        self._ewma_ms = (
-            ms if self._ewma_ms is None else self._ewma_ms + _ALPHA * (ms - self._ewma_ms)
-        )
-        self._at = time.monotonic()
+        now = time.monotonic()
+        # After a silence (an outage, an idle spell) the average starts afresh:
+        # what came before says nothing about the database now.
+        if self._ewma_ms is None or now - self._at > _STALE_S:
+            self._ewma_ms = ms
+        else:
+            self._ewma_ms += _ALPHA * (ms - self._ewma_ms)
+        self._at = now
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         pass

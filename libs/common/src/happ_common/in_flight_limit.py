@@ -1,15 +1,18 @@
-"""How many records a consumer holds at once, lowered while the database is slow.
+"""How many keys a consumer works on at once, lowered while the database is slow.
 
 A consumer may hold thousands of records: with a slow model most of them wait
 on the network, and that is cheap. But while a backlog drains, each of them
 becomes database work at once, and the database's queue grows long: the
 webhook's own writes then wait behind it, and the integrator waits for the
-webhook (docs/benchmarks.md measures both). So the consumer holds fewer records
-while its commands' round trips (``happ_common.db_latency``) are above a target,
-and more again, up to its configured ``max_in_flight``, while they are below it
-and the records it may hold are in use: decrease by a factor, increase by a
-step, checked twice a second. Signals from elsewhere (a model's or an endpoint's
-latency) are deliberately not used: a slow tenant must not shrink everyone's share.
+webhook (docs/benchmarks.md measures both). So the consumer works on fewer keys
+(conversations) while its commands' round trips (``happ_common.db_latency``)
+are above a target, and on more again, up to its ``max_in_flight``, while they
+are below it and the keys it may work on are in use: decrease by a factor,
+increase by a step, checked twice a second. Records queued behind a key do not
+count (``max_in_flight`` still bounds them): at a low limit, a conversation with
+many messages waiting does not take the others' places. Signals from elsewhere
+(a model's or an endpoint's latency) are deliberately not used: a slow tenant
+must not shrink everyone's share.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ class InFlightLimit:
         self._target_ms = target_ms
         self._next_check = 0.0
 
-    def update(self, in_flight: int, now: float) -> int:
-        """The limit to apply now, given the records held (``now``: monotonic)."""
+    def update(self, in_use: int, now: float) -> int:
+        """The limit to apply now, given how much of it is in use (``now``: monotonic)."""
         if self._latency_ms is None or self._target_ms <= 0 or now < self._next_check:
             return self.current
         self._next_check = now + _INTERVAL_S
@@ -48,6 +51,6 @@ class InFlightLimit:
             return self.current
         if latency > self._target_ms:
             self.current = max(self.floor, int(self.current * _DECREASE))
-        elif in_flight >= self.current * 0.8:
+        elif in_use >= self.current * 0.8:
             self.current = min(self.ceiling, self.current + max(8, self.current // 8))
         return self.current

@@ -265,9 +265,9 @@ class PipelineConfig:
     # its parked replies wait at), so pausing them could wait forever.
     always_fetch: tuple[str, ...] = ()
     consumer_options: dict[str, Any] = field(default_factory=dict)
-    # Hold fewer than max_in_flight records while the database's round trips
-    # (this reading, in ms) are above the target (happ_common.in_flight_limit);
-    # None or a target of 0: always max_in_flight.
+    # Work on fewer than max_in_flight keys at once while the database's round
+    # trips (this reading, in ms) are above the target
+    # (happ_common.in_flight_limit); None or a target of 0: no such limit.
     db_latency_ms: Callable[[], float | None] | None = field(default=None, repr=False)
     db_latency_target_ms: float = 0.0
 
@@ -460,7 +460,14 @@ class KeyedPipeline:
         )
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            room = limit.update(self._in_flight, loop.time()) - self._in_flight
+            # The limit bounds the keys being worked on (handlers running), not
+            # the records queued behind them: at a low limit a conversation with
+            # many messages waiting must not take the places of the others.
+            active = len(self._keys) - self._parked_keys
+            room = min(
+                cfg.max_in_flight - self._in_flight,
+                limit.update(active, loop.time()) - active,
+            )
             IN_FLIGHT_LIMIT.labels(**self._labels).set(limit.current)
             over_active = room <= 0
             over_parked = self._parked_bytes >= cfg.max_parked_bytes

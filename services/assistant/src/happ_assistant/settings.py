@@ -50,10 +50,12 @@ class AssistantServiceSettings(BaseSettings):
     # keep only ~200 conversations (LLM calls) busy; 4,096 keep ~800. Records are
     # small (a few KB; ~80 KB at the ingress's limits).
     max_in_flight: int = Field(default=4096, ge=1)
-    # ...fewer, down to 64, while this process's database commands take longer
-    # than this on average: the webhook's own writes then do not queue behind a
-    # draining backlog's (happ_common.in_flight_limit). 0: always max_in_flight.
-    db_latency_target_ms: float = Field(default=20.0, ge=0)
+    # ...and works on fewer conversations, down to 64, while this process's
+    # database commands take longer than this on average: the webhook's own
+    # writes then do not queue behind a draining backlog's
+    # (happ_common.in_flight_limit). 100 ms is a production MongoDB in trouble;
+    # the local stack's embedded database gets 20. 0: no such limit.
+    db_latency_target_ms: float = Field(default=100.0, ge=0)
     # Recent history of this many conversations is kept in memory (least recently
     # used dropped first); each holds at most what its prompt can use (the channel's
     # max_history, within context_chars).
