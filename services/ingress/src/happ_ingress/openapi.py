@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from happ_common.errors import ErrorKind, error_responses
 from happ_common.ids import CHANNEL_ID_RE
-from happ_common.outgoing import OutgoingBody
+from happ_common.outgoing_body import OutgoingBody
 from happ_common.signing import OUTGOING_HEADER_DOCS
 from happ_ingress.errors import REPLIES_ERRORS, WEBHOOK_ERRORS
 from happ_ingress.schemas import (

@@ -18,7 +18,7 @@ from pydantic_core import to_json
 
 from happ_common.errors import ErrorDetail
 from happ_common.events import AttachmentType
-from happ_common.outgoing import OutgoingBody
+from happ_common.outgoing_body import OutgoingBody
 from happ_common.urls import HTTP_URL_PATTERN
 
 MAX_METADATA_BYTES = 16 * 1024

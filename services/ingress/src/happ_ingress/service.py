@@ -37,7 +37,7 @@ from happ_common.ids import CHANNEL_ID_RE, conversation_key, new_log_id, new_mes
 from happ_common.kafka import Publisher, PublishFailed
 from happ_common.log_context import message_context
 from happ_common.mongo import Document
-from happ_common.outgoing import render
+from happ_common.outgoing_body import render
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut, document
 from happ_common.signing import verify_happ_signature
 from happ_common.topics import INBOUND_MESSAGES
