@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -31,9 +31,15 @@ from happ_assistant.service import AssistantService
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.events import InboundMessage, OutboundReply
-from happ_common.ids import conversation_key, new_message_id, reply_id_for
+from happ_common.ids import accepted_log_id, conversation_key, new_message_id, reply_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import Handling, StoredMessage, all_answered, conversation_id
+from happ_common.messages import (
+    Handling,
+    StoredMessage,
+    all_answered,
+    conversation_id,
+    user_message_document,
+)
 from happ_common.settings import InfraSettings
 from happ_common.topics import INBOUND_MESSAGES
 from happ_devtools.fake_llm import Body, ModelScript
@@ -363,6 +369,56 @@ async def test_an_old_message_redelivered_after_its_partition_moved_is_not_answe
     assert (reply.reply_id, reply.text) == (reply_id, "the stored answer")
     assert system.llm.requests_for(model) == []
     assert len(await stored_replies(system, channel)) == 1
+
+
+async def test_messages_the_ingress_stored_ahead_join_the_history_only_in_their_turn(
+    system: System, tap: ReplyTap
+) -> None:
+    # Sent with ids, messages are stored by the ingress as it accepts them. A
+    # conversation whose history this instance has not loaded yet (a previous
+    # owner answered its first turns) is loaded at its next message, when the
+    # messages behind it may be in the database already: they must not show,
+    # nor crowd the turns before them out of the history read.
+    channel, model = await channel_with_model(system, max_history=2)
+    sender = unique("ahead")
+    start = datetime.now(UTC)
+    for i in range(2):
+        earlier = inbound(channel, sender, f"ahead earlier {i}")
+        answer = StoredMessage(
+            channel_id=channel,
+            message_id=reply_id_for(channel, earlier.message_id),
+            sender_id=sender,
+            role="assistant",
+            text=f"Echo: ahead earlier {i}",
+            created_at=start + timedelta(milliseconds=10 * i + 5),
+            status="pending",
+            in_reply_to=earlier.message_id,
+            in_reply_to_handling=Handling(outcome="answered"),
+        )
+        earlier.received_at = start + timedelta(milliseconds=10 * i)
+        await system.db.messages.insert_many([user_message_document(earlier), answer.model_dump()])
+    await system.db.conversations.insert_one(
+        {"_id": conversation_id(channel, sender), "channel_id": channel, "sender_id": sender}
+    )
+    # More waiting than the history read asks for (max_history 2, plus 2).
+    ahead = [inbound(channel, sender, f"ahead message {i}") for i in range(6)]
+    for m in ahead:  # as the ingress stores each after the broker's ack
+        doc = user_message_document(m)
+        log_id = accepted_log_id(channel, m.message_id)
+        doc["request"] = {"id": log_id, "created_at": datetime.now(UTC)}
+        await system.db.messages.insert_one(doc)
+    await produce(system, ahead)
+    await tap.wait(channel, len(ahead), timeout_s=30)
+
+    requests = system.llm.requests_for(model)
+    assert len(requests) == len(ahead)
+    for i, request in enumerate(requests):
+        before = f"ahead message {i - 1}" if i else "ahead earlier 1"
+        expected = [("user", before), ("assistant", f"Echo: {before}")]
+        assert turns(request)[1:] == [*expected, ("user", f"ahead message {i}")]
+    # Stored once each, by the "ingress": the assistant found them there.
+    users = await system.db.messages.count_documents({"channel_id": channel, "role": "user"})
+    assert users == 2 + len(ahead)
 
 
 async def test_a_message_stored_before_a_crash_is_answered_exactly_once(

@@ -51,6 +51,10 @@ def msg(
     role: Role, text: str, *, at: int | None = None, in_reply_to: str | None = None, **kw: Any
 ) -> StoredMessage:
     n = next(_seq)
+    if role == "user":
+        # As a history load reads it: answered (a message not handled yet is not
+        # part of its conversation's history: happ_common.messages.handled).
+        kw.setdefault("handling", Handling(outcome="answered"))
     return StoredMessage(
         channel_id="cm_test",
         message_id=kw.pop("message_id", f"{role[0]}{n}"),
@@ -163,6 +167,21 @@ def test_a_conversation_never_holds_more_than_the_largest_history() -> None:
     assert len(conv) == MAX_HISTORY + SLACK
     assert conv.covers(MAX_HISTORY)
     assert conv.history_before("x", MAX_HISTORY)[-1].text == f"m{MAX_HISTORY + 49}"
+
+
+def test_a_load_leaves_out_messages_stored_ahead_and_not_handled_yet() -> None:
+    cache = HistoryCache(10, max_chars=1_000_000)
+    a = msg("user", "a")
+    r = msg("assistant", "r", in_reply_to=a.message_id)
+    # Stored by the ingress as it accepted them, waiting behind the one being handled.
+    ahead = [msg("user", f"next {i}", handling=None) for i in range(2)]
+    conv = cache.loaded([a, r, *ahead], asked=22)
+    assert conv.history_before(ahead[0].message_id, 20) == [a, r]
+    assert all(conv.get(m.message_id) is None for m in ahead)
+    assert conv.covers(200)  # fewer handled than asked: that is all of it
+    # As many handled as asked were read (past the waiting ones): there may be more.
+    partial = cache.loaded([a, r, *ahead], asked=2)
+    assert partial.depth == 2 and not partial.covers(1)
 
 
 def test_a_partial_load_covers_only_what_it_read() -> None:
@@ -458,14 +477,17 @@ class MemoryRepository:
         self.docs: dict[tuple[str, str], StoredMessage] = {}
         self.fail_reply_writes = 0
 
-    async def insert_incoming(self, message: StoredMessage) -> bool:
-        return self.docs.setdefault((message.channel_id, message.message_id), message) is message
+    async def insert_incoming(self, doc: dict[str, Any]) -> bool:
+        return await self._insert(StoredMessage.model_validate(doc))
 
     async def insert_reply(self, message: StoredMessage) -> bool:
         if self.fail_reply_writes:
             self.fail_reply_writes -= 1
             raise ConnectionError("database unreachable")
-        return await self.insert_incoming(message)
+        return await self._insert(message)
+
+    async def _insert(self, message: StoredMessage) -> bool:
+        return self.docs.setdefault((message.channel_id, message.message_id), message) is message
 
     async def touch_conversation(self, *args: Any) -> None:
         return None

@@ -9,13 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from happ_admin.repository import AdminRepository
-from happ_common.channels import ChannelRepository
 from happ_common.deliveries import delivery_id, delivery_of_log_id
 from happ_common.ids import new_log_id
 from happ_common.request_log import LogEntry
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.repository import DeliveryRepository
-from happ_delivery.retention import FirstAttemptRetention
+from happ_delivery.retention import first_attempt_retention
 from tests.conftest import System, eventually
 
 OK = AttemptOutcome(True, 200, None, None, 3.0, "ok")
@@ -157,7 +156,7 @@ async def test_a_first_attempt_is_shown_and_kept_as_long_as_the_request_log_keep
     )
 
     # Then the delivery members remove it from the state, which stays.
-    sweep = FirstAttemptRetention(ChannelRepository(system.db), repo, retention_days=1)
+    sweep = first_attempt_retention(system.db, retention_days=1)
     assert await sweep.sweep() == 1
     states = {d["reply_id"]: d async for d in system.db.deliveries.find({"channel_id": channel_id})}
     assert "first_attempt" not in states[old_reply] and states[old_reply]["status"] == "delivered"

@@ -18,10 +18,12 @@ from pymongo.errors import AutoReconnect
 
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.errors import HappError
+from happ_common.ids import accepted_log_id
 from happ_common.kafka import DirectPublisher, PublishFailed
 from happ_common.request_log import RequestLogWriter
 from happ_common.settings import InfraSettings
-from happ_ingress.repository import AcceptedRecords, record_id
+from happ_ingress import service as ingress_service
+from happ_ingress.repository import AcceptedRecords
 from happ_ingress.schemas import Accepted, Duplicate
 from happ_ingress.service import IncomingRequest, IngressService
 from happ_ingress.settings import IngressSettings
@@ -39,14 +41,14 @@ class FlakyRecords(AcceptedRecords):
         # Set: the records after the failing ones wait for it.
         self.held: asyncio.Event | None = None
 
-    async def record(self, channel_id: str, key: str, entry: dict[str, Any], owner: str) -> bool:
+    async def record(self, message: dict[str, Any], entry: dict[str, Any]) -> bool:
         self.records += 1
         if self.failing:
             self.failing -= 1
             raise AutoReconnect("connection reset by peer")
         if self.held is not None:
             await self.held.wait()
-        return await super().record(channel_id, key, entry, owner)
+        return await super().record(message, entry)
 
 
 class CountingPublisher:
@@ -136,13 +138,20 @@ async def fresh_message(system: System, path: str) -> tuple[str, str]:
     return channel["id"], "m-" + uuid.uuid4().hex
 
 
-def incoming(channel_id: str) -> dict[str, str]:
-    # The reply's delivery attempt is logged on the channel too (outgoing).
-    return {"channel_id": channel_id, "direction": "incoming"}
+async def incoming(system: System, request_log: RequestLogWriter, channel_id: str) -> list[Any]:
+    """The channel's incoming entries as the admin lists them (an accepted
+    webhook's is kept on the user's message it brought); the reply's delivery
+    attempt is logged on the channel too (outgoing)."""
+    await request_log.flush()
+    return await system.log(channel_id, direction="incoming")
 
 
 async def record_of(system: System, channel_id: str, key: str) -> dict[str, Any] | None:
-    return await system.db.request_log.find_one({"_id": record_id(channel_id, key)})
+    """The accepted record: the user's message, with the request's entry on it
+    (the assistant may store the message first, from the event, without it)."""
+    return await system.db.messages.find_one(
+        {"channel_id": channel_id, "message_id": key, "request": {"$exists": True}}
+    )
 
 
 async def test_a_failed_record_after_the_ack_still_answers_accepted_and_is_completed(
@@ -267,11 +276,14 @@ async def test_an_accepted_message_writes_one_document_its_log_entry_and_record_
     assert await service.receive(request(channel_id, key)) == Accepted(
         message_id=key, channel_id=channel_id
     )
-    await request_log.flush()
-    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    entries = await incoming(system, request_log, channel_id)
     assert len(entries) == 1  # no second entry from the request-log writer
     (entry,) = entries
-    assert entry == await record_of(system, channel_id, key)
+    record = await record_of(system, channel_id, key)
+    assert record is not None and record["request"]["id"] == entry["id"]
+    assert entry["id"] == accepted_log_id(channel_id, key)
+    assert record["role"] == "user" and record["text"] == "once" and record["message_id"] == key
+    assert await system.db.request_log.count_documents({"channel_id": channel_id}) == 0
     assert entry["direction"] == "incoming" and entry["status_code"] == 200
     assert entry["message_id"] == key and entry["url"] == f"/webhook/{channel_id}"
     assert json.loads(entry["request_body"])["text"] == "once"
@@ -280,10 +292,9 @@ async def test_an_accepted_message_writes_one_document_its_log_entry_and_record_
     # A repeat is a request of its own, with its own entry.
     other_replica = ingress(system, AcceptedRecords(system.db), publisher, request_log)
     assert await other_replica.receive(request(channel_id, key)) == Duplicate(message_id=key)
-    await request_log.flush()
-    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    entries = await incoming(system, request_log, channel_id)
     assert len(entries) == 2
-    assert {e["_id"] for e in entries} > {entry["_id"]}
+    assert {e["id"] for e in entries} > {entry["id"]}
 
 
 async def test_a_key_accepted_more_than_24_hours_ago_is_a_new_message_the_old_entry_kept(
@@ -296,8 +307,10 @@ async def test_a_key_accepted_more_than_24_hours_ago_is_a_new_message_the_old_en
     )
     old = await record_of(system, channel_id, key)
     assert old is not None
-    long_ago = old["created_at"] - timedelta(hours=24, minutes=1)
-    await system.db.request_log.update_one({"_id": old["_id"]}, {"$set": {"created_at": long_ago}})
+    long_ago = old["request"]["created_at"] - timedelta(hours=24, minutes=1)
+    await system.db.messages.update_one(
+        {"_id": old["_id"]}, {"$set": {"request.created_at": long_ago}}
+    )
 
     # Two replicas race on the reused key: one accepts it, the other is its repeat.
     replicas = [
@@ -306,14 +319,20 @@ async def test_a_key_accepted_more_than_24_hours_ago_is_a_new_message_the_old_en
     answers = await asyncio.gather(*(r.receive(request(channel_id, key)) for r in replicas))
     assert sorted(a.status for a in answers) == ["accepted", "duplicate"]
     assert publisher.acked == [key] * 3
-    await request_log.flush()
     new = await record_of(system, channel_id, key)
-    assert new is not None and new["created_at"] > long_ago + timedelta(hours=24)
-    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    assert new is not None and new["request"]["created_at"] > long_ago + timedelta(hours=24)
+    assert new["accepted_by"] != old["accepted_by"]
+    # Still one message: the assistant sends the earlier one's reply again.
+    assert await system.db.messages.count_documents({"_id": old["_id"]}) == 1
+    entries = await incoming(system, request_log, channel_id)
     # The first request's entry, kept once; the new record; the repeat's entry.
     assert len(entries) == 3
-    kept = [e for e in entries if e["created_at"] == long_ago]
-    assert len(kept) == 1 and kept[0]["_id"] != new["_id"] and "owner" not in kept[0]
+    kept = await system.db.request_log.find(
+        {"channel_id": channel_id, "created_at": long_ago}
+    ).to_list(None)
+    assert len(kept) == 1 and kept[0]["_id"] != new["request"]["id"]
+    assert "accepted_by" not in kept[0]
+    assert kept[0]["_id"] in {e["id"] for e in entries}
 
 
 async def test_a_record_retried_in_the_background_and_beaten_by_another_replica_keeps_its_entry(
@@ -338,10 +357,38 @@ async def test_a_record_retried_in_the_background_and_beaten_by_another_replica_
         return not service.completing_records
 
     await eventually(settled, timeout_s=5)
-    await request_log.flush()
-    entries = await system.db.request_log.find(incoming(channel_id)).to_list(None)
+    entries = await incoming(system, request_log, channel_id)
     # Both requests are in the log, once each: the other replica's is the record.
     assert len(entries) == 2
     record = await record_of(system, channel_id, key)
-    assert record is not None and record in entries
+    assert record is not None and record["request"]["id"] in {e["id"] for e in entries}
     assert publisher.acked == [key, key]  # the assistant answers the id once
+
+
+async def test_records_beyond_the_background_byte_bound_are_tried_once_and_logged(
+    system: System,
+    publisher: CountingPublisher,
+    request_log: RequestLogWriter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Room for one small record in the background, not for this one's 8 KB text.
+    monkeypatch.setattr(ingress_service, "_BACKGROUND_RECORDS_BYTES", 10_000)
+    channel_id, key = await fresh_message(system, "/idem-record-bytes")
+    records = FlakyRecords(system, failing=1_000)
+    service = ingress(system, records, publisher, request_log)
+    lost_before = lost_records()
+    body = json.dumps({"sender_id": "big", "text": "x" * 8_000, "message_id": key})
+    req = IncomingRequest(
+        channel_id, f"/webhook/{channel_id}", body.encode(), "application/json", None, None
+    )
+    assert await service.receive(req) == Accepted(message_id=key, channel_id=channel_id)
+
+    async def given_up() -> bool:
+        return not service.completing_records
+
+    await eventually(given_up, timeout_s=5)
+    assert records.records == 1  # tried once, not retried
+    assert lost_records() == lost_before + 1
+    # Its entry went to the request log instead.
+    entries = await incoming(system, request_log, channel_id)
+    assert [e["message_id"] for e in entries] == [key]

@@ -90,9 +90,8 @@ async def test_response_mode_answers_with_the_reply_and_never_posts(system: Syst
 
     # The request log shows the reply left in the response.
     async def logged() -> bool:
-        entry = await system.db.request_log.find_one(
-            {"channel_id": created["id"], "message_id": message_id, "direction": "incoming"}
-        )
+        found = await system.log(created["id"], direction="incoming", message_id=message_id)
+        entry = found[0] if found else None
         return (
             entry is not None
             and entry["status_code"] == 200

@@ -202,6 +202,7 @@ def examples() -> dict[str, BaseModel]:
             text="Hello!",
             metadata={"source": "website"},
             received_at=at,
+            accepted_by="9c4e1f0a7b3d5e2c",
         ),
         "conversationCommand": ConversationCommand(
             type="operator_reply",

@@ -66,6 +66,13 @@ class InboundMessage(BaseModel):
     metadata: dict[str, Any] | None = None
     attachments: list[Attachment] = Field(default_factory=list)
     received_at: datetime
+    accepted_by: str | None = Field(
+        default=None,
+        description="The accepting webhook request's token (a message sent with an id). "
+        "The ingress stores the message as its accepted record after the broker's ack; "
+        "should the assistant store it first, from this event, it stores the token with "
+        "it, and the ingress still recognises the message as its own copy's.",
+    )
 
 
 CommandType = Literal["operator_reply", "take", "hand_back", "close"]

@@ -15,6 +15,7 @@ import uuid
 CHANNEL_ID_RE = re.compile(r"^cm_[a-z0-9]{12,64}$")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _REPLY_NAMESPACE = uuid.UUID("5b0e4d56-86a4-4c4a-9c1f-2f1d9b1b6a11")
+_ACCEPTED_LOG = "acc_"
 
 
 def new_channel_id() -> str:
@@ -27,6 +28,28 @@ def new_message_id() -> str:
 
 def new_log_id() -> str:
     return "log_" + secrets.token_hex(16)
+
+
+def accepted_log_id(channel_id: str, message_id: str) -> str:
+    """The request-log id of the webhook that brought a user's message, kept on
+    the message (happ_common.messages): it names the message, so the entry is
+    found by id through the messages' unique index."""
+    encoded = base64.urlsafe_b64encode(message_id.encode()).decode("ascii").rstrip("=")
+    return f"{_ACCEPTED_LOG}{channel_id}.{encoded}"
+
+
+def message_of_accepted_log_id(log_id: str) -> tuple[str, str] | None:
+    """``(channel_id, message_id)`` of an ``accepted_log_id``; None for another id."""
+    if not log_id.startswith(_ACCEPTED_LOG):
+        return None
+    channel_id, _, encoded = log_id.removeprefix(_ACCEPTED_LOG).partition(".")
+    if not CHANNEL_ID_RE.match(channel_id) or not encoded:
+        return None
+    try:
+        message_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return channel_id, message_id
 
 
 def reply_id_for(channel_id: str, message_id: str) -> str:

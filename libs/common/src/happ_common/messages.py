@@ -12,6 +12,14 @@ update of the message (issue #14: an updated document costs the embedded
 database about four inserted ones). ``answered`` puts it back on the message
 for readers; a message with nothing sent (ignored, left for a person) is still
 updated with its handling.
+
+A user's message sent with an id (``message_id`` or ``Idempotency-Key``) is
+stored by the ingress once the broker has it: the document is also the
+webhook's idempotency record and keeps the request's log entry
+(``ACCEPTED_REQUEST``), one document for the three (issue #14: documents per
+message). The assistant stores it from the event when it is not there yet (a
+message sent without an id, or a record late or lost); both write the same
+document (``user_message_document``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from happ_common.events import Attachment, Author, ConversationEvent, OutboundReply
+from happ_common.events import (
+    Attachment,
+    Author,
+    ConversationEvent,
+    InboundMessage,
+    OutboundReply,
+)
 from happ_common.ids import output_ids_for
 from happ_common.mongo import Document
 
@@ -99,6 +113,54 @@ class StoredMessage(BaseModel):
     delivered_at: datetime | None = None
     last_attempt_at: datetime | None = None
     next_attempt_at: datetime | None = None
+
+
+# On a user's message stored by the ingress: the accepting request's log entry,
+# and its token (``InboundMessage.accepted_by``).
+ACCEPTED_REQUEST = "request"
+ACCEPTED_BY = "accepted_by"
+# Message reads leave the kept request (its body up to 16 KiB) on the server.
+WITHOUT_REQUEST: Document = {ACCEPTED_REQUEST: 0, ACCEPTED_BY: 0}
+
+
+def user_message(event: InboundMessage) -> StoredMessage:
+    return StoredMessage(
+        channel_id=event.channel_id,
+        message_id=event.message_id,
+        sender_id=event.sender_id,
+        sender_name=event.sender_name,
+        role="user",
+        text=event.text,
+        attachments=event.attachments,
+        metadata=event.metadata,
+        created_at=event.received_at,
+        status="accepted",
+    )
+
+
+def message_document(message: StoredMessage) -> Document:
+    """A message as inserted into ``messages``."""
+    doc = message.model_dump()
+    doc["updated_at"] = datetime.now(UTC)
+    return doc
+
+
+def user_message_document(event: InboundMessage) -> Document:
+    """A user's message as stored by whichever of the ingress and the assistant
+    stores it first (the unique ``(channel_id, message_id)`` settles which). Its
+    ``_id`` is left to the driver: an ObjectId, whose order breaks ties between
+    messages stored within the same millisecond (history reads sort on it)."""
+    doc = message_document(user_message(event))
+    if event.accepted_by is not None:
+        doc[ACCEPTED_BY] = event.accepted_by
+    return doc
+
+
+def handled(message: StoredMessage) -> bool:
+    """Whether the assistant is done with a message (given ``answered``): a user's
+    message stored by the ingress and not handled yet is not part of its
+    conversation's history until its turn comes."""
+    return message.role != "user" or message.reply_id is not None or message.handling is not None
 
 
 def answered(message: StoredMessage, outputs: Mapping[str, StoredMessage]) -> StoredMessage:

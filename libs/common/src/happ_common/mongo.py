@@ -64,6 +64,19 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
         [("channel_id", ASCENDING), ("sender_id", ASCENDING), ("created_at", ASCENDING)],
         name="conversation",
     )
+    # The accepted webhook's log entry is kept on the user's message it brought
+    # (happ_common.messages): the admin lists a channel's log from it too, and
+    # the ingress's retention sweep finds the old ones by it. Not partial: neither
+    # MongoDB nor the embedded database infers ``request: {$exists: true}`` from a
+    # condition on ``request.created_at``, so a partial index would go unused.
+    await messages.create_index(
+        [
+            ("channel_id", ASCENDING),
+            ("request.created_at", DESCENDING),
+            ("request.id", DESCENDING),
+        ],
+        name="channel_accepted_requests",
+    )
     # Delivery state moved to its own collections (happ_common.deliveries); a
     # database from before that still has this index on messages, where every
     # reply insert would keep paying for it.

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_admin.cursors import Keyset
@@ -24,8 +25,8 @@ from happ_common.deliveries import (
     delivery_id,
     delivery_of_log_id,
 )
-from happ_common.ids import output_ids_for
-from happ_common.messages import StoredMessage, answered
+from happ_common.ids import message_of_accepted_log_id, output_ids_for
+from happ_common.messages import ACCEPTED_REQUEST, WITHOUT_REQUEST, StoredMessage, answered
 from happ_common.mongo import CONVERSATIONS, DELIVERIES, MESSAGES, REQUEST_LOG, Document
 from happ_common.request_log import Direction, LogEntry
 
@@ -70,9 +71,12 @@ def _and(*parts: Document) -> Document:
 
 
 class AdminRepository:
-    """``retention_days``: how long request-log entries are shown. A first
-    attempt's entry is kept in its delivery state (happ_common.deliveries),
-    which outlives the request log's retention; past it, it is not shown."""
+    """``retention_days``: how long request-log entries are shown. Two kinds of
+    entry are kept inside documents that outlive the request log's retention: a
+    reply's first attempt in its delivery state (happ_common.deliveries), an
+    accepted webhook on the user's message it brought (happ_common.messages).
+    Past it they are not shown, until the sweep removes them
+    (happ_common.kept_log_retention)."""
 
     def __init__(self, db: AsyncDatabase[Document], *, retention_days: int = 30) -> None:
         self._log = db[REQUEST_LOG]
@@ -121,45 +125,54 @@ class AdminRepository:
             .limit(limit)
         )
         entries = [LogEntry.model_validate(d) async for d in cursor]
-        if direction != "incoming":
-            entries = _newest_first(
-                entries
-                + await self._first_attempts(
-                    channel_id, query=query, status=status, since=since, before=before, limit=limit
-                )
-            )[:limit]
-        return entries
+        # Entries kept inside other documents: a reply's first attempt in its
+        # delivery state, an accepted webhook on the message it brought.
+        kept = [
+            (coll, field)
+            for coll, field, kind in (
+                (self._delivery_docs, FIRST_ATTEMPT, "outgoing"),
+                (self._messages, ACCEPTED_REQUEST, "incoming"),
+            )
+            if direction in (None, kind)
+        ]
+        for coll, field in kept:
+            entries += await self._kept(
+                coll, field, channel_id, query=query, status=status, before=before, limit=limit
+            )
+        return _newest_first(entries)[:limit] if kept else entries
 
-    async def _first_attempts(
+    async def _kept(
         self,
+        coll: AsyncCollection[Document],
+        field: str,
         channel_id: str,
         *,
         query: Document,
         status: Document,
-        since: datetime | None,
         before: Keyset | None,
         limit: int,
     ) -> list[LogEntry]:
-        """The page's share of first attempts kept in delivery states: the same
-        conditions on the same fields, one level down."""
+        """The page's share of the entries kept in ``field`` of ``coll``'s
+        documents: the same conditions on the same fields, one level down."""
         floor = self._shown_since()
-        window = {**query.get("created_at", {}), "$gte": max(floor, since or floor)}
-        found = _under(FIRST_ATTEMPT, {**query, "created_at": window})
+        since = query.get("created_at", {}).get("$gte", floor)
+        window = {**query.get("created_at", {}), "$gte": max(floor, since)}
+        found = _under(field, {**query, "created_at": window})
         found["channel_id"] = channel_id
-        field = f"{FIRST_ATTEMPT}."
+        prefix = f"{field}."
         cursor = (
-            self._delivery_docs.find(
+            coll.find(
                 _and(
                     found,
-                    _under(FIRST_ATTEMPT, status),
-                    _older_than(field + "created_at", field + "id", before),
+                    _under(field, status),
+                    _older_than(prefix + "created_at", prefix + "id", before),
                 ),
-                {FIRST_ATTEMPT: 1},
+                {field: 1},
             )
-            .sort([(field + "created_at", DESCENDING), (field + "id", DESCENDING)])
+            .sort([(prefix + "created_at", DESCENDING), (prefix + "id", DESCENDING)])
             .limit(limit)
         )
-        return [_first_attempt(d) async for d in cursor]
+        return [LogEntry.model_validate(d[field]) async for d in cursor]
 
     def _shown_since(self) -> datetime:
         return datetime.now(UTC) - self._retention
@@ -176,7 +189,21 @@ class AdminRepository:
             )
             return _first_attempt(doc) if doc else None
         doc = await self._log.find_one({"_id": log_id})
-        return LogEntry.model_validate(doc) if doc else None
+        if doc is not None:
+            return LogEntry.model_validate(doc)
+        if (message := message_of_accepted_log_id(log_id)) is None:
+            return None
+        # An accepted webhook's entry, kept on the user's message it brought.
+        doc = await self._messages.find_one(
+            {
+                "channel_id": message[0],
+                "message_id": message[1],
+                f"{ACCEPTED_REQUEST}.id": log_id,
+                f"{ACCEPTED_REQUEST}.created_at": {"$gte": self._shown_since()},
+            },
+            {ACCEPTED_REQUEST: 1},
+        )
+        return LogEntry.model_validate(doc[ACCEPTED_REQUEST]) if doc else None
 
     async def attempts(self, channel_id: str, reply_id: str) -> list[LogEntry]:
         """A reply's attempts, oldest first."""
@@ -261,7 +288,8 @@ class AdminRepository:
                 _and(
                     {"channel_id": channel_id, "sender_id": sender_id},
                     _older_than("created_at", "message_id", before),
-                )
+                ),
+                WITHOUT_REQUEST,
             )
             .sort([("created_at", DESCENDING), ("message_id", DESCENDING)])
             .limit(limit)
@@ -270,7 +298,9 @@ class AdminRepository:
         return await self._with_delivery(await self._answered(channel_id, found))
 
     async def message(self, channel_id: str, message_id: str) -> StoredMessage | None:
-        doc = await self._messages.find_one({"channel_id": channel_id, "message_id": message_id})
+        doc = await self._messages.find_one(
+            {"channel_id": channel_id, "message_id": message_id}, WITHOUT_REQUEST
+        )
         if doc is None:
             return None
         found = await self._answered(channel_id, [StoredMessage.model_validate(doc)])

@@ -24,7 +24,7 @@ from pymongo.errors import DuplicateKeyError
 
 from happ_admin.cursors import Keyset
 from happ_common.deliveries import DeliveryState, DeliveryStates
-from happ_common.messages import StoredMessage, conversation_id
+from happ_common.messages import WITHOUT_REQUEST, StoredMessage, conversation_id
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 RECOVERIES = "recoveries"
@@ -189,7 +189,7 @@ class RecoveryRepository:
                 ]
             }
         cursor = (
-            self._messages.find(query)
+            self._messages.find(query, WITHOUT_REQUEST)
             .sort([("created_at", ASCENDING), ("message_id", ASCENDING)])
             .limit(limit)
         )

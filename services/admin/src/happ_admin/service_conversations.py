@@ -114,8 +114,9 @@ class ConversationService:
         )
 
     async def _only_in_log(self, channel_id: str, message_id: str) -> MessageStatusOut:
-        # Between the webhook's 200 and the assistant storing it, a message
-        # exists only on the broker and in the ingress's request log.
+        # A message sent without an id exists only on the broker and in the
+        # ingress's request log until the assistant stores it (one sent with an
+        # id is stored by the ingress as it accepts it).
         entry = await self._repo.accepted_incoming(channel_id, message_id)
         if entry is None:
             raise message_not_found(message_id)

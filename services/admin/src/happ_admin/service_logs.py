@@ -102,7 +102,9 @@ class LogService:
         return LogPage(items=[LogEntryOut.of(e) for e in entries], next_cursor=next_cursor)
 
     async def get(self, log_id: str) -> LogEntryOut:
-        entry = await self._repo.log(log_id) if len(log_id) <= 200 else None
+        # Ids are short, but an accepted webhook's names its message (up to 128
+        # characters, 512 bytes, in base64: happ_common.ids.accepted_log_id).
+        entry = await self._repo.log(log_id) if len(log_id) <= 1_000 else None
         if entry is None:
             raise LOG_NOT_FOUND(f"No request-log entry {log_id!r} exists.")
         return LogEntryOut.of(entry)

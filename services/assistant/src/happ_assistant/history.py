@@ -2,8 +2,11 @@
 
 A conversation's messages share one Kafka key, hence one partition, and the
 consumer group gives a partition to one instance: while the assignment holds,
-this instance is the conversation's only writer. History read once from MongoDB
-and extended with what this instance writes is therefore exact, and the hot
+this instance is the only one handling the conversation's messages. The
+ingress stores user messages as it accepts them, but a history read leaves out
+those not handled yet (happ_common.messages.handled): they join it in their
+turn, here. History read once from MongoDB and extended with what this instance
+handles is therefore exact, and the hot
 path reads no history from the database (the embedded database does ~300
 operations/s, GUIDE.md). When a partition is revoked its conversations are
 dropped, since the next owner writes to them from then on.
@@ -25,7 +28,7 @@ from prometheus_client import Gauge
 
 from happ_assistant.filters import RateWindow
 from happ_assistant.prompt import history_chars
-from happ_common.messages import StoredMessage
+from happ_common.messages import StoredMessage, handled
 
 ConversationKey = tuple[str, str]  # (channel_id, sender_id)
 Partition = tuple[str, int]  # (topic, partition): aiokafka's TopicPartition is one
@@ -48,9 +51,10 @@ CACHED_BYTES = Gauge(
 # with tracemalloc on CPython 3.11 (tests/test_assistant_units.py checks the
 # estimate against it): ~3 KB for a message read from MongoDB (~1.5 KB for one
 # built in memory: fewer fields set), ~1.5 KB more for an LLM trace, ~0.4 KB per
-# attachment besides its strings.
+# attachment besides its strings, ~0.8 KB for a user message's handling.
 _MESSAGE_OVERHEAD = 3_000
 _TRACE_OVERHEAD = 1_500
+_HANDLING_OVERHEAD = 800
 _ATTACHMENT_OVERHEAD = 400
 _CONVERSATION_OVERHEAD = 1_000
 
@@ -58,6 +62,8 @@ _CONVERSATION_OVERHEAD = 1_000
 def message_bytes(m: StoredMessage) -> int:
     """An estimate of the memory ``m`` holds, on the high side."""
     size = _MESSAGE_OVERHEAD + sys.getsizeof(m.text)
+    if m.handling is not None:
+        size += _HANDLING_OVERHEAD
     if m.llm is not None:
         size += _TRACE_OVERHEAD + (sys.getsizeof(m.llm.error) if m.llm.error else 0)
     for a in m.attachments:
@@ -233,11 +239,17 @@ class HistoryCache:
     def epoch(self, partition: Partition) -> int:
         return self._epochs.get(partition, 0)
 
-    def loaded(self, stored: list[StoredMessage] | None, *, asked: int) -> Conversation:
+    def loaded(
+        self, stored: list[StoredMessage] | None, *, asked: int, whole: bool | None = None
+    ) -> Conversation:
         """A conversation from what the database returned for ``asked`` newest messages
-        (``None``: it has no document, hence no messages yet)."""
-        messages = conversation_order(stored or [])
-        complete = stored is None or len(stored) < asked
+        (``None``: it has no document, hence no messages yet); ``whole``: whether
+        that is all of it (by default: fewer than asked)."""
+        # The ingress stores a message as it accepts it: the newest may be waiting
+        # their turn behind the one being handled, and join the history in it
+        # (repository.recent reads past them).
+        messages = conversation_order([m for m in stored or [] if handled(m)])
+        complete = stored is None or (len(messages) < asked if whole is None else whole)
         return Conversation(
             messages,
             depth=None if complete else len(messages),

@@ -9,7 +9,9 @@ offset is committed only after its documents are durable.
 
 Writes are idempotent: a message document is created only if none has its
 ``(channel_id, message_id)`` (unique index), so a message redelivered by Kafka
-finds its documents there and is told so (the inserts return ``False``). That
+finds its documents there (the service reads them first; an insert that finds
+one returns ``False``). A user's message is usually there already, stored by
+the ingress as its accepted record (happ_common.messages). That
 is a plain insert whose duplicate-key error means "already there", not an
 upsert with ``$setOnInsert``: the guarantee is the same, and in one bulk the
 embedded database inserts ~5,000 message documents/s but upserts ~1,400/s (its
@@ -37,15 +39,20 @@ from happ_common.conversation_state import (
     waiting_fields,
 )
 from happ_common.messages import (
+    WITHOUT_REQUEST,
     Handling,
     StoredMessage,
     all_answered,
     conversation_id,
     conversation_touch,
+    handled,
+    message_document,
 )
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 HistoryQuery = tuple[str, str, int]  # channel_id, sender_id, newest messages wanted
+# The messages read, oldest first, and whether they are the whole conversation.
+Loaded = tuple[list[StoredMessage], bool]
 
 
 class ConversationRepository:
@@ -70,7 +77,7 @@ class ConversationRepository:
         self._message_reads: Batcher[tuple[str, str], StoredMessage | None] = Batcher(
             "assistant_message_reads", self._read_messages, max_batch=most, max_wait_s=wait
         )
-        self._history_reads: Batcher[HistoryQuery, list[StoredMessage] | None] = Batcher(
+        self._history_reads: Batcher[HistoryQuery, Loaded | None] = Batcher(
             "assistant_history_reads", self._read_histories, max_batch=most, max_wait_s=wait
         )
         self._state_reads: Batcher[str, ConversationDoc | None] = Batcher(
@@ -79,16 +86,17 @@ class ConversationRepository:
 
     # -- what the service calls ----------------------------------------------------
 
-    async def insert_incoming(self, message: StoredMessage) -> bool:
-        """Store a user's message unless it is stored already; ``True`` if this call
-        stored it. Its own batches: the first write of a message, which gates its LLM
-        call, does not queue behind the larger batches of replies."""
-        return outcome(await self._incoming_writes.submit(InsertOne(_document(message))))
+    async def insert_incoming(self, doc: Document) -> bool:
+        """Store a user's message (``happ_common.messages.user_message_document``)
+        unless it is stored already; ``True`` if this call stored it. Its own
+        batches: the first write of a message, which gates its LLM call, does not
+        queue behind the larger batches of replies."""
+        return outcome(await self._incoming_writes.submit(InsertOne(doc)))
 
     async def insert_reply(self, message: StoredMessage) -> bool:
         """Store a reply unless one with its id is stored already; ``True`` if this call
         stored it."""
-        return outcome(await self._reply_writes.submit(InsertOne(_document(message))))
+        return outcome(await self._reply_writes.submit(InsertOne(message_document(message))))
 
     async def touch_conversation(
         self,
@@ -198,11 +206,11 @@ class ConversationRepository:
             },
         )
 
-    async def recent(
-        self, channel_id: str, sender_id: str, limit: int
-    ) -> list[StoredMessage] | None:
-        """The newest ``limit`` messages of a conversation, oldest first; ``None`` when
-        the conversation has no document yet (so it has no messages either)."""
+    async def recent(self, channel_id: str, sender_id: str, limit: int) -> Loaded | None:
+        """The newest ``limit`` handled messages of a conversation, oldest first, with
+        any not handled yet among them, and whether that is all of it (``_newest``);
+        ``None`` when the conversation has no document yet (so it has no messages
+        either)."""
         return await self._history_reads.submit((channel_id, sender_id, limit))
 
     async def drain(self) -> None:
@@ -233,9 +241,9 @@ class ConversationRepository:
         found: dict[tuple[str, str], StoredMessage] = {}
         for docs in await asyncio.gather(
             *(
-                self._messages.find({"channel_id": c, "message_id": {"$in": sorted(ids)}}).to_list(
-                    None
-                )
+                self._messages.find(
+                    {"channel_id": c, "message_id": {"$in": sorted(ids)}}, WITHOUT_REQUEST
+                ).to_list(None)
                 for c, ids in by_channel.items()
             )
         ):
@@ -249,9 +257,7 @@ class ConversationRepository:
         found = {d["_id"]: ConversationDoc.model_validate(d) for d in docs}
         return [found.get(i) for i in ids]
 
-    async def _read_histories(
-        self, queries: Sequence[HistoryQuery]
-    ) -> list[list[StoredMessage] | None]:
+    async def _read_histories(self, queries: Sequence[HistoryQuery]) -> list[Loaded | None]:
         # Most conversations an instance meets are new: one read of the
         # conversations collection finds those with a document, and only they cost
         # a (bounded, indexed) read of their newest messages.
@@ -265,21 +271,36 @@ class ConversationRepository:
         histories = dict(zip(wanted, loaded, strict=True))
         return [histories.get(q) for q in queries]
 
-    async def _newest(self, channel_id: str, sender_id: str, limit: int) -> list[StoredMessage]:
+    async def _newest(self, channel_id: str, sender_id: str, limit: int) -> Loaded:
+        """The newest ``limit`` handled messages, with those not handled yet among
+        them (user messages the ingress stored ahead, waiting their turn), and
+        whether that is the whole conversation: the waiting ones are read past,
+        so they cannot crowd the history out of the window."""
         if limit <= 0:
-            return []
-        docs = (
-            await self._messages.find({"channel_id": channel_id, "sender_id": sender_id})
-            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-            .limit(limit)
-            .to_list(None)
-        )
-        # What came of each user message is on its outputs (happ_common.messages):
-        # the rate window is seeded from it.
-        return all_answered([StoredMessage.model_validate(d) for d in reversed(docs)])
+            return [], True
+        want = limit
+        while True:
+            docs = (
+                await self._messages.find(
+                    {"channel_id": channel_id, "sender_id": sender_id}, WITHOUT_REQUEST
+                )
+                .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                .limit(want)
+                .to_list(None)
+            )
+            # What came of each user message is on its outputs (happ_common.messages):
+            # the rate window is seeded from it.
+            messages = all_answered([StoredMessage.model_validate(d) for d in reversed(docs)])
+            if len(docs) < want:
+                return messages, True
+            waiting = sum(not handled(m) for m in messages)
+            if want - waiting >= limit or want >= limit + _MAX_WAITING:
+                return messages, False
+            # Doubling: a backlog of waiting messages costs a few reads, not one per
+            # ``limit`` of them.
+            want = min(max(limit + waiting, 2 * want), limit + _MAX_WAITING)
 
 
-def _document(message: StoredMessage) -> Document:
-    doc = message.model_dump()
-    doc["updated_at"] = datetime.now(UTC)
-    return doc
+# Past this many waiting messages a load stops reading: the conversation is held
+# with fewer older turns than asked, and read again until it has them.
+_MAX_WAITING = 1_000

@@ -6,9 +6,10 @@ conversations at once; this is what runs for one message:
 1. the channel's assistant settings (in-memory, at most ``HAPP_CHANNEL_CACHE_TTL_S`` old);
 2. the conversation's history, from memory (read from MongoDB once per instance
    and partition assignment, see ``history.py``);
-3. the user's message stored (an insert whose duplicate-key error means it was
-   stored already): then this is a redelivery, and a reply already stored is
-   sent again as it is, without asking the LLM;
+3. what is stored of the message read: a reply already stored means a
+   redelivery, and it is sent again as it is, without asking the LLM; the
+   message itself is usually there, stored by the ingress as its accepted
+   record, else it is stored now (happ_common.messages);
 4. the LLM, retried with backoff within a time budget, else the channel's
    fallback text with the failure recorded on the reply;
 5. the reply stored (an insert on its id, derived from the incoming message's),
@@ -26,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -68,7 +69,15 @@ from happ_common.events import (
 )
 from happ_common.ids import conversation_key, output_ids_for, typing_id_for
 from happ_common.kafka import EventPublisher
-from happ_common.messages import Handling, LlmTrace, StoredMessage, answered, outbound
+from happ_common.messages import (
+    Handling,
+    LlmTrace,
+    StoredMessage,
+    answered,
+    outbound,
+    user_message,
+    user_message_document,
+)
 from happ_common.topics import OUTBOUND_REPLIES
 
 log = logging.getLogger(__name__)
@@ -208,7 +217,10 @@ class AssistantService:
         with _stage("history"):
             stored = await self._repo.recent(key[0], key[1], asked)
         HISTORY_LOADS.inc()
-        conversation = self._history.loaded(stored, asked=asked)
+        if stored is None:
+            conversation = self._history.loaded(None, asked=asked)
+        else:
+            conversation = self._history.loaded(stored[0], asked=asked, whole=stored[1])
         self._history.put(key, partition, epoch, conversation)
         return conversation
 
@@ -218,7 +230,7 @@ class AssistantService:
         """What goes out for ``msg``, in order: nothing, a reply, a notice, a handoff
         event, or a reply and a handoff event. Stored before it is returned."""
         ids = _output_ids(msg)
-        user = _user_message(msg)
+        user = user_message(msg)
         known = [m for m in map(conversation.get, ids) if m is not None]
         if known:
             # Handled before (a redelivery; its outputs are in the loaded history):
@@ -226,30 +238,28 @@ class AssistantService:
             # on them (happ_common.messages.answered).
             REPUBLISHED.inc()
             return known
-        first_time = True
-        if conversation.get(msg.message_id) is None:
-            with _stage("store_message"):
-                first_time = await self._store_incoming(msg, user, conversation)
-        else:
-            first_time = False
-        if not first_time:
-            # Seen before: Kafka redelivered it, or its partition moved here.
+        # What is stored of the message already: the ingress stores a message sent
+        # with an id as its accepted record, and a redelivery finds its outputs.
+        with _stage("store_message"):
             stored_user, *found = await asyncio.gather(
                 self._repo.get(msg.channel_id, msg.message_id),
                 *(self._repo.get(msg.channel_id, i) for i in ids),
             )
-            outputs = [m for m in found if m is not None]
-            decided = stored_user.handling if stored_user is not None else None
-            # Only a silent outcome (mark_handled), or a message stored before
-            # #14, carries its handling without an output: an outcome that sends
-            # something but has nothing stored is decided again.
-            if outputs or (decided is not None and decided.outcome in SILENT_OUTCOMES):
-                REPUBLISHED.inc()
-                by_id = {o.message_id: o for o in outputs}
-                conversation.add(answered(stored_user, by_id) if stored_user else user)
-                for m in outputs:
-                    conversation.add(m)
-                return outputs
+        outputs = [m for m in found if m is not None]
+        decided = stored_user.handling if stored_user is not None else None
+        # Only a silent outcome (mark_handled), or a message stored before
+        # #14, carries its handling without an output: an outcome that sends
+        # something but has nothing stored is decided again.
+        if outputs or (decided is not None and decided.outcome in SILENT_OUTCOMES):
+            # Handled before: Kafka redelivered it, or its partition moved here.
+            REPUBLISHED.inc()
+            by_id = {o.message_id: o for o in outputs}
+            conversation.add(answered(stored_user, by_id) if stored_user else user)
+            for m in outputs:
+                conversation.add(m)
+            return outputs
+        with _stage("store_message"):
+            await self._store_incoming(msg, stored_user, conversation)
 
         state: ConversationState | None = None
         if channel.has_operators:
@@ -263,13 +273,13 @@ class AssistantService:
             if again in ANSWER_TRIGGERS:
                 # Its answer handed it over before its handling was cut short.
                 return await self._answer_or_hand_off(
-                    channel, msg, user, conversation, first_time=first_time, recorded=again
+                    channel, msg, user, conversation, recorded=again
                 )
             if again is not None:
                 # This message handed it over before its handling was cut short.
                 decision = Decision("handoff", again, handoff=again)
                 return await self._filtered(
-                    channel, msg, user, conversation, decision=decision, first_time=first_time
+                    channel, msg, user, conversation, decision=decision, handed_over=True
                 )
         decision = decide(
             channel,
@@ -280,27 +290,28 @@ class AssistantService:
             rate=conversation.rate,
         )
         if decision.assistant_answers:
-            return await self._answer_or_hand_off(
-                channel, msg, user, conversation, first_time=first_time
-            )
-        return await self._filtered(
-            channel, msg, user, conversation, decision=decision, first_time=first_time
-        )
+            return await self._answer_or_hand_off(channel, msg, user, conversation)
+        return await self._filtered(channel, msg, user, conversation, decision=decision)
 
     async def _store_incoming(
-        self, msg: InboundMessage, user: StoredMessage, conversation: Conversation
-    ) -> bool:
-        if conversation.stored:
-            return await self._repo.insert_incoming(user)
-        # A conversation without its document is read as empty
-        # (repository.recent), so the document comes with its first
-        # message. (Should only the message get stored before a crash,
-        # its redelivery is still the first message: empty history.)
-        first_time, _ = await asyncio.gather(
-            self._repo.insert_incoming(user), self._touch(msg, msg.received_at)
-        )
+        self, msg: InboundMessage, stored: StoredMessage | None, conversation: Conversation
+    ) -> None:
+        """Stores the message unless it is there already (the ingress stores a
+        message sent with an id as it accepts it), and the conversation's
+        document with its first message."""
+        writes: list[Awaitable[object]] = []
+        if stored is None:
+            # Should the ingress's record land meanwhile, this insert finds it
+            # there: the same message either way.
+            writes.append(self._repo.insert_incoming(user_message_document(msg)))
+        if not conversation.stored:
+            # A conversation without its document is read as empty
+            # (repository.recent), so the document comes with its first
+            # message. (Should only the message get stored before a crash,
+            # its redelivery is still the first message: empty history.)
+            writes.append(self._touch(msg, msg.received_at))
+        await asyncio.gather(*writes)
         conversation.stored = True
-        return first_time
 
     async def _filtered(
         self,
@@ -310,10 +321,11 @@ class AssistantService:
         conversation: Conversation,
         *,
         decision: Decision,
-        first_time: bool,
+        handed_over: bool = False,
     ) -> list[StoredMessage]:
         """A message the assistant does not answer: ignored, rate limited, answered
-        with a notice, or left for (or handed to) the operators."""
+        with a notice, or left for (or handed to) the operators (``handed_over``:
+        already, by this message, before a crash cut its handling short)."""
         reply_id, event_id = _output_ids(msg)
         handling = Handling(outcome=decision.outcome, trigger=decision.trigger)
         user.handling = handling
@@ -325,7 +337,7 @@ class AssistantService:
                 msg.channel_id, msg.sender_id, decision.handoff, msg.message_id
             )
             if moved:
-                if first_time:
+                if not handed_over:
                     HANDOFFS.labels(trigger=decision.handoff).inc()
                 outputs.append(_handoff_event(channel, msg, event_id))
             else:
@@ -333,7 +345,8 @@ class AssistantService:
                 handling = user.handling = Handling(
                     outcome="for_operator", trigger=decision.trigger
                 )
-        if decision.outcome in ("for_operator", "handoff") and first_time:
+        if decision.outcome in ("for_operator", "handoff"):
+            # Counted once however often the message is handled (repository.unread).
             await self._repo.unread(
                 msg.channel_id, msg.sender_id, msg.message_id, msg.text, msg.received_at
             )
@@ -357,7 +370,6 @@ class AssistantService:
         user: StoredMessage,
         conversation: Conversation,
         *,
-        first_time: bool,
         recorded: HandoffTrigger | None = None,
     ) -> list[StoredMessage]:
         """The model's answer, committed only while the conversation is the
@@ -390,13 +402,11 @@ class AssistantService:
                 # the person answers it, the AI reply is dropped.
                 self._unstored.pop(reply_id, None)
                 decision = Decision("for_operator", "conversation:operator")
-                return await self._filtered(
-                    channel, msg, user, conversation, decision=decision, first_time=first_time
-                )
+                return await self._filtered(channel, msg, user, conversation, decision=decision)
         outputs = [reply] if reply.text or handoff is None else []
         user.handling = Handling(outcome="answered")
         if handoff is not None:
-            if first_time and recorded is None:
+            if recorded is None:
                 HANDOFFS.labels(trigger=handoff).inc()
             outputs.append(_handoff_event(channel, msg, event_id))
             user.handling = Handling(outcome="handoff", trigger=handoff)
@@ -641,19 +651,4 @@ def _command_message(channel: Channel, cmd: ConversationCommand) -> StoredMessag
         status="pending",
         author=cmd.operator,
         event=event,
-    )
-
-
-def _user_message(msg: InboundMessage) -> StoredMessage:
-    return StoredMessage(
-        channel_id=msg.channel_id,
-        message_id=msg.message_id,
-        sender_id=msg.sender_id,
-        sender_name=msg.sender_name,
-        role="user",
-        text=msg.text,
-        attachments=msg.attachments,
-        metadata=msg.metadata,
-        created_at=msg.received_at,
-        status="accepted",
     )

@@ -28,7 +28,7 @@ from happ_delivery.backlog import BacklogGuard
 from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
-from happ_delivery.retention import FirstAttemptRetention
+from happ_delivery.retention import first_attempt_retention
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
 
@@ -98,10 +98,8 @@ def create_app(
                 # shorter than twice the cache's lifetime could come and go unseen.
                 lease_s=max(settings.backlog_lease_s, 2 * happ.channel_cache_ttl_s + 2),
             )
-            retention = FirstAttemptRetention(
-                ChannelRepository(clients.db),
-                repository,
-                retention_days=happ.request_log_retention_days,
+            retention = first_attempt_retention(
+                clients.db, retention_days=happ.request_log_retention_days
             )
             await pipeline.start()
             backlog.start()

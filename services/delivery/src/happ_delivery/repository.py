@@ -239,15 +239,6 @@ class DeliveryRepository:
         await self._writes.submit(_Write(_id, attempt, fields, pending))
         return False
 
-    async def forget_first_attempts(self, channel_id: str, before: datetime) -> int:
-        """Remove the channel's first attempts' request-log entries logged
-        before ``before`` from their states (happ_delivery.retention)."""
-        result = await self._deliveries.update_many(
-            {"channel_id": channel_id, f"{FIRST_ATTEMPT}.created_at": {"$lt": before}},
-            {"$unset": {FIRST_ATTEMPT: ""}},
-        )
-        return result.modified_count
-
     async def pending_retries(self, partitions: set[int]) -> list[PendingRetry]:
         return await self._states.pending_retries(partitions)
 

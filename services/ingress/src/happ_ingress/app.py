@@ -19,6 +19,7 @@ from happ_ingress.endpoints import WebhookRoutes
 from happ_ingress.openapi import document_webhook
 from happ_ingress.replies import ReplyStore, ReplyWaiters
 from happ_ingress.repository import AcceptedRecords
+from happ_ingress.retention import accepted_request_retention
 from happ_ingress.service import IngressService
 from happ_ingress.settings import IngressSettings
 
@@ -63,12 +64,17 @@ def create_app(
                 waiters=waiters,
                 replies=store,
             )
+            retention = accepted_request_retention(
+                clients.db, retention_days=happ.request_log_retention_days
+            )
+            retention.start()
             app.state.service = service
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
             try:
                 yield
             finally:
+                await retention.stop()
                 if waiters is not None:
                     await waiters.stop()
                 await service.stop()

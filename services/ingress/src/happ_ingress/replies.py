@@ -34,7 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from happ_common.events import OutboundReply
 from happ_common.ids import output_ids_for
 from happ_common.kafka_connection import client_options
-from happ_common.messages import StoredMessage, outbound
+from happ_common.messages import WITHOUT_REQUEST, StoredMessage, outbound
 from happ_common.mongo import MESSAGES, Document
 from happ_common.settings import InfraSettings
 from happ_common.topics import OUTBOUND_REPLIES
@@ -65,7 +65,8 @@ class ReplyStore:
             d["message_id"]: StoredMessage.model_validate(d)
             async for d in self._messages.find(
                 # Equality on channel_id, then $in on message_id: the unique index.
-                {"channel_id": channel_id, "message_id": {"$in": [message_id, reply_id, event_id]}}
+                {"channel_id": channel_id, "message_id": {"$in": [message_id, reply_id, event_id]}},
+                WITHOUT_REQUEST,
             )
         }
         user = found.get(message_id)
@@ -93,7 +94,7 @@ class ReplyStore:
         }
         if after is not None:
             cursor_doc = await self._messages.find_one(
-                {"channel_id": channel_id, "message_id": after}
+                {"channel_id": channel_id, "message_id": after}, {"created_at": 1, "_id": 1}
             )
             if cursor_doc is None:
                 return None

@@ -36,6 +36,7 @@ from happ_common.events import Attachment, InboundMessage
 from happ_common.ids import CHANNEL_ID_RE, conversation_key, new_log_id, new_message_id
 from happ_common.kafka import Publisher, PublishFailed
 from happ_common.log_context import message_context
+from happ_common.messages import user_message_document
 from happ_common.mongo import Document
 from happ_common.outgoing_body import render
 from happ_common.request_log import MAX_REQUEST_BODY, LogEntry, RequestLogWriter, cut, document
@@ -93,10 +94,17 @@ _FIX_DETAILS = "The message is invalid: fix the fields listed in details."
 # Bounds the memory of the keys this replica accepted (each a few hundred bytes).
 _ACCEPTED_KEPT = 10_000
 _FIRST_RECORD_PAUSE_S = 0.1
-# Records being retried in the background at once, each holding its entry (up
-# to a 16 KiB body): beyond it a record is tried once, then its entry goes to
-# the request log's byte-bounded buffer.
+# Records being retried in the background at once, and their estimated bytes:
+# each holds its entry (up to a 16 KiB body) and the message it stores (the same
+# text, metadata and attachments, parsed). Beyond either bound a record is tried
+# once, then its entry goes to the request log's byte-bounded buffer.
 _BACKGROUND_RECORDS_MAX = 2_000
+_BACKGROUND_RECORDS_BYTES = 64 * 1024 * 1024
+# A record's bytes besides its body, and the weight of the request's body, held
+# twice: in the entry (cut at 16 KiB) and parsed in the message (text, metadata,
+# attachments: a few times their JSON).
+_RECORD_OVERHEAD = 3_000
+_RECORD_BODY_WEIGHT = 5
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,7 @@ class IngressService:
         self._accepted_here: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._accepting: dict[tuple[str, str], asyncio.Event] = {}
         self.completing_records: set[asyncio.Task[None]] = set()
+        self._background_bytes = 0
         # Records still being written in the background, by (channel, key): a wait's
         # outcome is added to its record once it is there.
         self._recording: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -406,12 +415,23 @@ class IngressService:
             return Duplicate(message_id=key)
         done = self._accepting[ident] = asyncio.Event()
         try:
-            await self._publish(channel, payload, key)
+            # One token for every attempt at this request's record: an insert that
+            # landed but whose answer was lost is recognised as ours on a retry,
+            # and so is the message should the assistant store it first.
+            owner = secrets.token_hex(8)
+            event = await self._publish(channel, payload, key, accepted_by=owner)
             # The broker acknowledged: HAPP owns the message. Its record decides
             # between repeats racing on other replicas which one answers
             # "accepted" (repository.py).
             entry = self._entry(req, started, 200, None, key)
-            first = await self._record_accepted(channel.id, key, entry)
+            first = await self._record_accepted(
+                channel.id,
+                key,
+                entry,
+                owner,
+                user_message_document(event),
+                body_bytes=len(req.body),
+            )
             self._accepted_here[ident] = None
             while len(self._accepted_here) > _ACCEPTED_KEPT:
                 self._accepted_here.popitem(last=False)
@@ -424,18 +444,23 @@ class IngressService:
             return Accepted(message_id=key, channel_id=channel.id)
         return Duplicate(message_id=key)
 
-    async def _record_accepted(self, channel_id: str, key: str, entry: LogEntry) -> bool:
+    async def _record_accepted(
+        self,
+        channel_id: str,
+        key: str,
+        entry: LogEntry,
+        owner: str,
+        message: Document,
+        *,
+        body_bytes: int,
+    ) -> bool:
         """Whether this copy's record was the first. The webhook waits for it only
         so long (``HAPP_INGRESS_IDEMPOTENCY_WAIT_S``): the message is on the
         broker whatever happens to its record, so past that, or should the
         database fail, the answer is ``accepted`` and the record is completed in
         the background."""
-        # One owner for every attempt at this request's record: an insert that
-        # landed but whose answer was lost is recognised as ours on a retry.
-        owner = secrets.token_hex(8)
         self._owners[(channel_id, key)] = owner
-        doc = document(entry)
-        attempt = asyncio.ensure_future(self._idempotency.record(channel_id, key, doc, owner))
+        attempt = asyncio.ensure_future(self._idempotency.record(message, document(entry)))
         try:
             return await asyncio.wait_for(
                 asyncio.shield(attempt), self._settings.idempotency_wait_s
@@ -444,15 +469,22 @@ class IngressService:
             # Timed out, failed, or this request was cancelled (a forced
             # shutdown): the message is on the broker, so its record is completed
             # in the background either way.
-            # Past the bound, the record is not retried: each task holds its entry.
-            retry = len(self.completing_records) < _BACKGROUND_RECORDS_MAX
+            # Past the bounds, the record is not retried: each task holds its entry
+            # and its message.
+            size = _RECORD_OVERHEAD + _RECORD_BODY_WEIGHT * body_bytes
+            retry = (
+                len(self.completing_records) < _BACKGROUND_RECORDS_MAX
+                and self._background_bytes + size <= _BACKGROUND_RECORDS_BYTES
+            )
+            self._background_bytes += size
             task = asyncio.create_task(
-                self._record_accepted_later(channel_id, key, entry, owner, attempt, retry=retry)
+                self._record_accepted_later(channel_id, key, entry, message, attempt, retry=retry)
             )
             self.completing_records.add(task)
             self._recording[(channel_id, key)] = task
 
             def done(task: asyncio.Task[None]) -> None:
+                self._background_bytes -= size
                 self.completing_records.discard(task)
                 if self._recording.get((channel_id, key)) is task:
                     del self._recording[(channel_id, key)]
@@ -469,7 +501,7 @@ class IngressService:
         channel_id: str,
         key: str,
         entry: LogEntry,
-        owner: str,
+        message: Document,
         attempt: asyncio.Future[bool],
         *,
         retry: bool,
@@ -500,9 +532,7 @@ class IngressService:
                     return
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
-                attempt = asyncio.ensure_future(
-                    self._idempotency.record(channel_id, key, doc, owner)
-                )
+                attempt = asyncio.ensure_future(self._idempotency.record(message, doc))
             else:
                 if not ours:
                     self._log.add(entry)
@@ -565,7 +595,14 @@ class IngressService:
             raise invalid_payload(_FIX_DETAILS, problems)
         return payload
 
-    async def _publish(self, channel: Channel, payload: WebhookPayload, message_id: str) -> None:
+    async def _publish(
+        self,
+        channel: Channel,
+        payload: WebhookPayload,
+        message_id: str,
+        *,
+        accepted_by: str | None = None,
+    ) -> InboundMessage:
         event = InboundMessage(
             channel_id=channel.id,
             message_id=message_id,
@@ -575,6 +612,7 @@ class IngressService:
             metadata=payload.metadata,
             attachments=[Attachment.model_validate(a.model_dump()) for a in payload.attachments],
             received_at=datetime.now(UTC),
+            accepted_by=accepted_by,
         )
         with message_context(
             channel_id=channel.id, conversation_id=payload.sender_id, message_id=message_id
@@ -591,6 +629,7 @@ class IngressService:
                     5,
                 ) from exc
             log.info("message accepted")
+        return event
 
     def _record(
         self,
