@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from pymongo.asynchronous.collection import AsyncCollection
 
 from happ_common.channels import ChannelRepository
-from happ_common.mongo import Document
+from happ_common.mongo import KEPT_SINCE, Document
 from happ_common.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,11 @@ class KeptLogRetention(Periodic):
         removed = 0
         for channel_id in await self._channels.ids():
             result = await self._collection.update_many(
-                {"channel_id": channel_id, f"{self._field}.created_at": {"$lt": before}},
+                {
+                    "channel_id": channel_id,
+                    # Bounded below too: the partial index's range (mongo.py).
+                    f"{self._field}.created_at": {"$gte": KEPT_SINCE, "$lt": before},
+                },
                 {"$unset": {self._field: ""}},
             )
             removed += result.modified_count

@@ -7,6 +7,7 @@ idempotent, so every service may call ``ensure_indexes``.
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
@@ -30,6 +31,10 @@ PENDING_RETRIES = "pending_retries"
 USERS = "users"
 
 Document = dict[str, Any]
+
+# The lower bound of the partial index on kept request-log entries, which every
+# query of them repeats so that it may use the index.
+KEPT_SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 # The server's error code for a unique index (or ``_id``) already taken.
 DUPLICATE_KEY = 11000
@@ -66,9 +71,11 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
     )
     # The accepted webhook's log entry is kept on the user's message it brought
     # (happ_common.messages): the admin lists a channel's log from it too, and
-    # the ingress's retention sweep finds the old ones by it. Not partial: neither
-    # MongoDB nor the embedded database infers ``request: {$exists: true}`` from a
-    # condition on ``request.created_at``, so a partial index would go unused.
+    # the ingress's retention sweep finds the old ones by it. Partial, so that
+    # replies, operators' messages and messages sent without an id cost it
+    # nothing: on a range of ``request.created_at``, which every query of it
+    # bounds from below (``KEPT_SINCE``), since neither MongoDB nor the
+    # embedded database infers ``$exists`` from a condition on a subfield.
     await messages.create_index(
         [
             ("channel_id", ASCENDING),
@@ -76,6 +83,7 @@ async def ensure_indexes(db: AsyncDatabase[Document], happ: HappSettings) -> Non
             ("request.id", DESCENDING),
         ],
         name="channel_accepted_requests",
+        partialFilterExpression={"request.created_at": {"$gte": KEPT_SINCE}},
     )
     # Delivery state moved to its own collections (happ_common.deliveries); a
     # database from before that still has this index on messages, where every
