@@ -24,6 +24,8 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from happ_admin.repository import AdminRepository
+from happ_common.request_log import LogEntry
 from happ_devtools import fake_collector, fake_llm, receiver
 from happ_devtools.certs import DevTls, dev_tls
 from happ_devtools.fake_collector import FakeCollector
@@ -86,6 +88,32 @@ class System:
             items += page["items"]
             if not (cursor := page["next_cursor"]):
                 return items
+
+    async def log_when(self, channel_id: str, count: int) -> list[dict[str, Any]]:
+        """The channel's request log once it lists ``count`` entries."""
+        listed: list[dict[str, Any]] = []
+
+        async def logged() -> bool:
+            listed[:] = await self.log(channel_id)
+            return len(listed) == count
+
+        await eventually(logged)
+        return listed
+
+
+async def first_log_page(admin: AdminRepository, channel_id: str) -> list[LogEntry]:
+    """A channel's newest request-log entries as ``admin`` (with its retention)
+    lists them, unfiltered."""
+    return await admin.logs(
+        channel_id,
+        direction=None,
+        status={},
+        since=None,
+        until=None,
+        message_id=None,
+        before=None,
+        limit=10,
+    )
 
 
 @pytest.fixture(scope="session")

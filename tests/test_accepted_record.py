@@ -13,10 +13,11 @@ from typing import Any
 from happ_admin.repository import AdminRepository
 from happ_common.events import InboundMessage
 from happ_common.ids import accepted_log_id, message_of_accepted_log_id, new_log_id
-from happ_common.messages import user_message_document
+from happ_common.kept_log_retention import KeptLogRetention
+from happ_common.messages import ACCEPTED_REQUEST, user_message_document
+from happ_common.mongo import MESSAGES
 from happ_ingress.repository import AcceptedRecords
-from happ_ingress.retention import accepted_request_retention
-from tests.conftest import System, eventually
+from tests.conftest import System, first_log_page
 
 
 def _event(channel_id: str, message_id: str, owner: str) -> InboundMessage:
@@ -63,13 +64,7 @@ async def test_an_accepted_webhook_is_one_document_listed_paged_and_shown_with_t
     assert (await system.send(c["id"], {"text": "no sender"})).status_code == 422
     await system.receiver.wait_for("/accepted-records", 4)
 
-    everything: list[dict[str, Any]] = []
-
-    async def logged() -> bool:
-        everything[:] = await system.log(c["id"])
-        return len(everything) == 9  # 4 accepted, 1 refused, 4 first attempts
-
-    await eventually(logged)
+    everything = await system.log_when(c["id"], 9)  # 4 accepted, 1 refused, 4 first attempts
     incoming = [e for e in everything if e["direction"] == "incoming"]
     by_message = {e["message_id"]: e for e in incoming}
     assert set(by_message) == {*keyed, keyless["message_id"], None}
@@ -89,14 +84,7 @@ async def test_an_accepted_webhook_is_one_document_listed_paged_and_shown_with_t
             assert "request" not in doc  # stored by the assistant, from the event
 
     # Pages of two walk the merged log without a gap or a repeat.
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = (await system.admin.get(f"/api/channels/{c['id']}/logs", params=params)).json()
-        seen += [e["id"] for e in page["items"]]
-        if not (cursor := page["next_cursor"]):
-            break
+    seen = [e["id"] for e in await system.log(c["id"], limit=2)]
     assert seen == [e["id"] for e in everything]
     ok = await system.log(c["id"], direction="incoming", status="2xx")
     assert {e["message_id"] for e in ok} == {*keyed, keyless["message_id"]}
@@ -171,16 +159,7 @@ async def test_an_accepted_entry_is_shown_and_kept_as_long_as_the_request_log_ke
 
     # Past retention (1 day here), the admin no longer shows the old entry...
     admin = AdminRepository(system.db, retention_days=1)
-    listed = await admin.logs(
-        channel_id,
-        direction=None,
-        status={},
-        since=None,
-        until=None,
-        message_id=None,
-        before=None,
-        limit=10,
-    )
+    listed = await first_log_page(admin, channel_id)
     assert [e.message_id for e in listed] == [new_key]
     assert await admin.log(accepted_log_id(channel_id, old_key)) is None
     # Kept for longer, it is shown.
@@ -189,7 +168,7 @@ async def test_an_accepted_entry_is_shown_and_kept_as_long_as_the_request_log_ke
     )
 
     # Then the ingress members remove it from the message, which stays.
-    sweep = accepted_request_retention(system.db, retention_days=1)
+    sweep = KeptLogRetention(system.db, MESSAGES, ACCEPTED_REQUEST, retention_days=1)
     assert await sweep.sweep() == 1
     docs = {d["message_id"]: d async for d in system.db.messages.find({"channel_id": channel_id})}
     assert "request" not in docs[old_key] and docs[old_key]["text"] == "hi"

@@ -31,13 +31,18 @@ from happ_assistant.service import AssistantService
 from happ_assistant.settings import AssistantServiceSettings
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.events import InboundMessage, OutboundReply
-from happ_common.ids import accepted_log_id, conversation_key, new_message_id, reply_id_for
+from happ_common.ids import (
+    accepted_log_id,
+    conversation_id,
+    conversation_key,
+    new_message_id,
+    reply_id_for,
+)
 from happ_common.kafka import EventPublisher
 from happ_common.messages import (
     Handling,
     StoredMessage,
     all_answered,
-    conversation_id,
     user_message_document,
 )
 from happ_common.settings import InfraSettings

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from happ_admin.repository import AdminRepository
-from happ_common.deliveries import delivery_id, delivery_of_log_id
+from happ_common.deliveries import FIRST_ATTEMPT, delivery_id, delivery_of_log_id
 from happ_common.ids import new_log_id
+from happ_common.kept_log_retention import KeptLogRetention
+from happ_common.mongo import DELIVERIES
 from happ_common.request_log import LogEntry
 from happ_common.webhook_client import AttemptOutcome
 from happ_delivery.repository import DeliveryRepository
-from happ_delivery.retention import first_attempt_retention
-from tests.conftest import System, eventually
+from tests.conftest import System, first_log_page
 
 OK = AttemptOutcome(True, 200, None, None, 3.0, "ok")
 
@@ -46,13 +46,7 @@ async def test_first_attempts_are_listed_paged_and_shown_with_the_rest_of_the_lo
         assert (await system.send(c["id"], {"text": "no sender"})).status_code == 422
     await system.receiver.wait_for("/first-attempts", 3)
 
-    everything: list[dict[str, Any]] = []
-
-    async def logged() -> bool:
-        everything[:] = await system.log(c["id"])
-        return len(everything) == 9  # 3 accepted, 3 refused, 3 first attempts
-
-    await eventually(logged)
+    everything = await system.log_when(c["id"], 9)  # 3 accepted, 3 refused, 3 first attempts
     outgoing = [e for e in everything if e["direction"] == "outgoing"]
     assert len(outgoing) == 3 and all(e["id"].startswith("att1_") for e in outgoing)
     assert all(e["attempt"] == 1 and e["status_code"] == 200 for e in outgoing)
@@ -65,14 +59,7 @@ async def test_first_attempts_are_listed_paged_and_shown_with_the_rest_of_the_lo
     assert keys == sorted(keys, reverse=True)
 
     # Pages of two walk the merged log without a gap or a repeat.
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = (await system.admin.get(f"/api/channels/{c['id']}/logs", params=params)).json()
-        seen += [e["id"] for e in page["items"]]
-        if not (cursor := page["next_cursor"]):
-            break
+    seen = [e["id"] for e in await system.log(c["id"], limit=2)]
     assert seen == [e["id"] for e in everything]
     assert [e["id"] for e in await system.log(c["id"], direction="outgoing", status="2xx")] == [
         e["id"] for e in outgoing
@@ -134,16 +121,7 @@ async def test_a_first_attempt_is_shown_and_kept_as_long_as_the_request_log_keep
             attempt_log=_entry(channel_id, reply_id, at),
         )
     admin = AdminRepository(system.db, retention_days=1)
-    listed = await admin.logs(
-        channel_id,
-        direction=None,
-        status={},
-        since=None,
-        until=None,
-        message_id=None,
-        before=None,
-        limit=10,
-    )
+    listed = await first_log_page(admin, channel_id)
     assert [e.message_id for e in listed] == [new_reply]
     assert await admin.attempts(channel_id, old_reply) == []
     assert [e.message_id for e in await admin.attempts(channel_id, new_reply)] == [new_reply]
@@ -156,7 +134,7 @@ async def test_a_first_attempt_is_shown_and_kept_as_long_as_the_request_log_keep
     )
 
     # Then the delivery members remove it from the state, which stays.
-    sweep = first_attempt_retention(system.db, retention_days=1)
+    sweep = KeptLogRetention(system.db, DELIVERIES, FIRST_ATTEMPT, retention_days=1)
     assert await sweep.sweep() == 1
     states = {d["reply_id"]: d async for d in system.db.deliveries.find({"channel_id": channel_id})}
     assert "first_attempt" not in states[old_reply] and states[old_reply]["status"] == "delivered"

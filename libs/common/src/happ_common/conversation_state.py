@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from happ_common.events import Author
-from happ_common.messages import conversation_id
+from happ_common.ids import conversation_id
 from happ_common.mongo import Document
 
 ConversationState = Literal["assistant", "waiting", "operator", "closed"]

@@ -76,9 +76,18 @@ def new_channel_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
+# A conversation: (channel_id, sender_id).
+ConversationKey = tuple[str, str]
+
+
+def conversation_id(channel_id: str, sender_id: str) -> str:
+    """A conversation's id: the ``_id`` of its document in ``conversations``."""
+    return f"{channel_id}\n{sender_id}"
+
+
 def conversation_key(channel_id: str, sender_id: str) -> bytes:
     """The Kafka key of a conversation: one key, one partition, one order."""
-    return f"{channel_id}\n{sender_id}".encode()
+    return conversation_id(channel_id, sender_id).encode()
 
 
 def channel_of_key(key: bytes | None) -> str:

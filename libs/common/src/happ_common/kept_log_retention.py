@@ -18,7 +18,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
-from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_common.channels import ChannelRepository
 from happ_common.mongo import KEPT_SINCE, Document
@@ -26,23 +26,29 @@ from happ_common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
+EXPIRED = Counter(
+    "happ_kept_log_entries_expired_total",
+    "Request-log entries kept inside other documents, removed from them at the request "
+    "log's retention, by where they were kept (collection.field)",
+    ["kept_in"],
+)
+
 
 class KeptLogRetention(Periodic):
     def __init__(
         self,
-        channels: ChannelRepository,
-        collection: AsyncCollection[Document],
+        db: AsyncDatabase[Document],
+        collection: str,
         field: str,
-        expired: Counter,
         *,
         retention_days: int,
         interval_s: float = 3600.0,
     ) -> None:
-        super().__init__(f"{collection.name}-{field}-retention", self.sweep, interval_s)
-        self._channels = channels
-        self._collection = collection
+        super().__init__(f"{collection}-{field}-retention", self.sweep, interval_s)
+        self._channels = ChannelRepository(db)
+        self._collection = db[collection]
         self._field = field
-        self._expired = expired
+        self._expired = EXPIRED.labels(kept_in=f"{collection}.{field}")
         self._retention = timedelta(days=retention_days)
 
     async def sweep(self) -> int:

@@ -37,7 +37,7 @@ from happ_common.events import (
     InboundMessage,
     OutboundReply,
 )
-from happ_common.ids import output_ids_for
+from happ_common.ids import conversation_id, output_ids_for
 from happ_common.mongo import Document
 
 # ``system``: notices HAPP sends on its own (handoff events, off-hours and rate notices).
@@ -194,11 +194,6 @@ def all_answered(messages: list[StoredMessage]) -> list[StoredMessage]:
     """``answered`` over a list that holds the outputs too (a loaded history)."""
     by_id = {m.message_id: m for m in messages}
     return [answered(m, by_id) if m.role == "user" else m for m in messages]
-
-
-def conversation_id(channel_id: str, sender_id: str) -> str:
-    """The ``_id`` of a conversation's document in ``conversations``."""
-    return f"{channel_id}\n{sender_id}"
 
 
 def conversation_touch(

@@ -25,7 +25,7 @@ from happ_common.deliveries import (
     delivery_id,
     delivery_of_log_id,
 )
-from happ_common.ids import message_of_accepted_log_id, output_ids_for
+from happ_common.ids import conversation_id, message_of_accepted_log_id, output_ids_for
 from happ_common.messages import ACCEPTED_REQUEST, WITHOUT_REQUEST, StoredMessage, answered
 from happ_common.mongo import CONVERSATIONS, DELIVERIES, MESSAGES, REQUEST_LOG, Document
 from happ_common.request_log import Direction, LogEntry
@@ -269,7 +269,10 @@ class AdminRepository:
         return {d["_id"]: (int(d["count"]), d.get("last_text")) async for d in cursor}
 
     async def conversation_exists(self, channel_id: str, sender_id: str) -> bool:
-        if await self._conversations.find_one({"_id": f"{channel_id}\n{sender_id}"}, {"_id": 1}):
+        found_conversation = await self._conversations.find_one(
+            {"_id": conversation_id(channel_id, sender_id)}, {"_id": 1}
+        )
+        if found_conversation is not None:
             return True
         # The conversation document is written after the first reply; the
         # user's message is stored before that.

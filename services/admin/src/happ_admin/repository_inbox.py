@@ -17,7 +17,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from happ_common.conversation_state import PEOPLE_STATES, ConversationDoc
-from happ_common.messages import StoredMessage, conversation_id
+from happ_common.ids import conversation_id
+from happ_common.messages import StoredMessage
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 

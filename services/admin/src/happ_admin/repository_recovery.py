@@ -24,7 +24,8 @@ from pymongo.errors import DuplicateKeyError
 
 from happ_admin.cursors import Keyset
 from happ_common.deliveries import DeliveryState, DeliveryStates
-from happ_common.messages import WITHOUT_REQUEST, StoredMessage, conversation_id
+from happ_common.ids import conversation_id
+from happ_common.messages import WITHOUT_REQUEST, StoredMessage
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 RECOVERIES = "recoveries"
@@ -152,7 +153,7 @@ class RecoveryRepository:
     ) -> list[str]:
         """Senders with activity since ``since``, by conversation ``_id``
         (``<channel>\\n<sender>``), after the ``after`` sender."""
-        low = conversation_id(channel_id, after) if after is not None else f"{channel_id}\n"
+        low = conversation_id(channel_id, after if after is not None else "")
         cursor = (
             self._conversations.find(
                 {

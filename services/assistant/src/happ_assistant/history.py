@@ -28,9 +28,9 @@ from prometheus_client import Gauge
 
 from happ_assistant.filters import RateWindow
 from happ_assistant.prompt import history_chars
+from happ_common.ids import ConversationKey
 from happ_common.messages import StoredMessage, handled
 
-ConversationKey = tuple[str, str]  # (channel_id, sender_id)
 Partition = tuple[str, int]  # (topic, partition): aiokafka's TopicPartition is one
 
 # AssistantSettings.max_history's upper bound.

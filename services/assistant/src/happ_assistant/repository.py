@@ -38,12 +38,12 @@ from happ_common.conversation_state import (
     claim_update,
     waiting_fields,
 )
+from happ_common.ids import conversation_id
 from happ_common.messages import (
     WITHOUT_REQUEST,
     Handling,
     StoredMessage,
     all_answered,
-    conversation_id,
     conversation_touch,
     handled,
     message_document,

@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from happ_assistant.filters import Decision, decide
-from happ_assistant.history import SLACK, Conversation, ConversationKey, HistoryCache, Partition
+from happ_assistant.history import SLACK, Conversation, HistoryCache, Partition
 from happ_assistant.llm import (
     HANDOFF_TOOL,
     ChatMessage,
@@ -67,7 +67,7 @@ from happ_common.events import (
     InboundMessage,
     OutboundReply,
 )
-from happ_common.ids import conversation_key, output_ids_for, typing_id_for
+from happ_common.ids import ConversationKey, conversation_key, output_ids_for, typing_id_for
 from happ_common.kafka import EventPublisher
 from happ_common.messages import (
     Handling,

@@ -12,12 +12,15 @@ from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
 from happ_common.dead_letters import DeadLetterPublisher
+from happ_common.deliveries import FIRST_ATTEMPT
 from happ_common.endpoint_health import EndpointHealthRepository
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.ids import channel_of_key
 from happ_common.kafka import EventPublisher
 from happ_common.kafka_connection import client_options
+from happ_common.kept_log_retention import KeptLogRetention
+from happ_common.mongo import DELIVERIES
 from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.service_runtime import freeze_startup_heap
@@ -28,7 +31,6 @@ from happ_delivery.backlog import BacklogGuard
 from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
 from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
-from happ_delivery.retention import first_attempt_retention
 from happ_delivery.service import DeliveryService
 from happ_delivery.settings import DeliverySettings
 
@@ -98,8 +100,12 @@ def create_app(
                 # shorter than twice the cache's lifetime could come and go unseen.
                 lease_s=max(settings.backlog_lease_s, 2 * happ.channel_cache_ttl_s + 2),
             )
-            retention = first_attempt_retention(
-                clients.db, retention_days=happ.request_log_retention_days
+            # A first attempt's log entry leaves its delivery state with the log.
+            retention = KeptLogRetention(
+                clients.db,
+                DELIVERIES,
+                FIRST_ATTEMPT,
+                retention_days=happ.request_log_retention_days,
             )
             await pipeline.start()
             backlog.start()

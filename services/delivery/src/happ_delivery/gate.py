@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-ConversationKey = tuple[str, str]  # (channel_id, sender_id)
+from happ_common.ids import ConversationKey
 
 
 class ConversationMoved(Exception):

@@ -40,14 +40,14 @@ from happ_common.channels import Channel, ChannelCache
 from happ_common.deliveries import SERIES_ENDED, DeliveryState, DeliveryStatus
 from happ_common.endpoint_health import DISABLED_ERROR_CODE
 from happ_common.events import DeliveryRetry, OutboundReply
-from happ_common.ids import conversation_key, output_ids_for
+from happ_common.ids import ConversationKey, conversation_key, output_ids_for
 from happ_common.kafka import Publisher
 from happ_common.outgoing import send_attempt
 from happ_common.pipeline import Abandoned, parked
 from happ_common.request_log import LogEntry, RequestLogWriter
 from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import AttemptOutcome
-from happ_delivery.gate import ConversationGates, ConversationKey, ConversationMoved
+from happ_delivery.gate import ConversationGates, ConversationMoved
 from happ_delivery.health import EndpointHealth
 from happ_delivery.pace import ChannelPauses, PartitionShare, RateCaps
 from happ_delivery.repository import DeliveryRepository

@@ -12,6 +12,9 @@ from happ_common.clients import shared_clients
 from happ_common.errors import install_error_handlers
 from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import DirectPublisher
+from happ_common.kept_log_retention import KeptLogRetention
+from happ_common.messages import ACCEPTED_REQUEST
+from happ_common.mongo import MESSAGES
 from happ_common.ops import ops_router
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
@@ -19,7 +22,6 @@ from happ_ingress.endpoints import WebhookRoutes
 from happ_ingress.openapi import document_webhook
 from happ_ingress.replies import ReplyStore, ReplyWaiters
 from happ_ingress.repository import AcceptedRecords
-from happ_ingress.retention import accepted_request_retention
 from happ_ingress.service import IngressService
 from happ_ingress.settings import IngressSettings
 
@@ -64,8 +66,12 @@ def create_app(
                 waiters=waiters,
                 replies=store,
             )
-            retention = accepted_request_retention(
-                clients.db, retention_days=happ.request_log_retention_days
+            # An accepted webhook's log entry leaves the user's message with the log.
+            retention = KeptLogRetention(
+                clients.db,
+                MESSAGES,
+                ACCEPTED_REQUEST,
+                retention_days=happ.request_log_retention_days,
             )
             retention.start()
             app.state.service = service
@@ -87,7 +93,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(ops_router(lambda: app.state.checks))
-    document_webhook(app)
+    document_webhook(app, max_body_bytes=settings.max_body_bytes)
     # The last added is outermost: metrics see every request, then the webhook
     # routes answer their two paths before FastAPI's routing runs (endpoints.py).
     app.add_middleware(WebhookRoutes, state=app.state, max_body_bytes=settings.max_body_bytes)

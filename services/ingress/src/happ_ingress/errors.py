@@ -4,6 +4,9 @@ OpenAPI document's error responses are generated from this list."""
 from __future__ import annotations
 
 from happ_common.errors import INVALID_PAYLOAD, SERVICE_UNAVAILABLE, ErrorKind
+from happ_ingress.settings import IngressSettings
+
+_DEFAULT_MAX_BODY_BYTES: int = IngressSettings.model_fields["max_body_bytes"].default
 
 CLIENT_DISCONNECTED = ErrorKind(
     400, "CLIENT_DISCONNECTED", "the client went away before the body was read"
@@ -22,7 +25,8 @@ MESSAGE_NOT_FOUND = ErrorKind(
 PAYLOAD_TOO_LARGE = ErrorKind(
     413,
     "PAYLOAD_TOO_LARGE",
-    "the body is over the limit (`HAPP_INGRESS_MAX_BODY_BYTES`, 256 KiB by default)",
+    "the body is over the limit (`HAPP_INGRESS_MAX_BODY_BYTES`, "
+    f"{_DEFAULT_MAX_BODY_BYTES // 1024} KiB by default)",
 )
 RATE_LIMITED = ErrorKind(
     429,

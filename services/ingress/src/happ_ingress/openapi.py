@@ -55,7 +55,9 @@ def _errors(components: dict[str, Any], kinds: tuple[ErrorKind, ...], name: str)
     return out
 
 
-def _operation(components: dict[str, Any], summary: str, operation_id: str) -> dict[str, Any]:
+def _operation(
+    components: dict[str, Any], summary: str, operation_id: str, max_body_bytes: int
+) -> dict[str, Any]:
     return {
         "post": {
             "tags": ["webhook"],
@@ -63,7 +65,8 @@ def _operation(components: dict[str, Any], summary: str, operation_id: str) -> d
             "operationId": operation_id,
             "description": "A 200 is sent only after the broker durably acknowledged the message "
             "(acks=all): a 200 means HAPP owns the message. The body is at most "
-            "256 KiB and must be sent with `Content-Type: application/json`.",
+            f"{max_body_bytes // 1024} KiB and must be sent with `Content-Type: "
+            "application/json`.",
             "parameters": [
                 {
                     "name": "channel_id",
@@ -241,7 +244,7 @@ def _replies(components: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def document_webhook(app: FastAPI) -> None:
+def document_webhook(app: FastAPI, *, max_body_bytes: int) -> None:
     _document_reply(app)
 
     def openapi() -> dict[str, Any]:
@@ -251,10 +254,10 @@ def document_webhook(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         paths = schema.setdefault("paths", {})
         paths["/webhook/{channel_id}"] = _operation(
-            components, "Send a user message", "send_message"
+            components, "Send a user message", "send_message", max_body_bytes
         )
         paths["/cm/{channel_id}"] = _operation(
-            components, "Send a user message (alias)", "send_message_cm"
+            components, "Send a user message (alias)", "send_message_cm", max_body_bytes
         )
         paths["/webhook/{channel_id}/replies"] = _replies(components)
         app.openapi_schema = schema
