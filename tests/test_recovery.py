@@ -6,9 +6,17 @@ nothing twice; progress is read from the replies' delivery states."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-from typing import Any
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
+from pymongo.errors import AutoReconnect
+
+from happ_admin.repository_recovery import RecoveryDoc, RecoveryRepository
+from happ_admin.service_recovery import RecoveryService
+from happ_common.deliveries import delivery_id
+from happ_common.ids import conversation_id
+from happ_common.messages import StoredMessage
 from tests.conftest import System, eventually
 from tests.test_users import new_user, signed_in
 
@@ -156,3 +164,97 @@ async def test_operators_follow_recoveries_but_only_admins_start_them(system: Sy
         foreign = await op.get(f"/api/channels/{other['id']}/recoveries")
         assert foreign.status_code == 403
         assert foreign.json()["error"]["code"] == "NOT_A_MEMBER"
+
+
+class _DroppingRepository(RecoveryRepository):
+    """The real repository, whose reads of messages fail ``drops`` times after
+    the first, as a dropped connection would."""
+
+    def __init__(self, system: System, drops: int) -> None:
+        super().__init__(system.db)
+        self.drops = drops
+        self.reads = 0
+
+    async def messages(self, *args: Any, **kwargs: Any) -> list[StoredMessage]:
+        self.reads += 1
+        if self.reads > 1 and self.drops:
+            self.drops -= 1
+            raise AutoReconnect("connection is already closed")
+        return await super().messages(*args, **kwargs)
+
+
+class _Requeues:
+    def __init__(self, system: System) -> None:
+        self.db = system.db
+        self.queued: list[str] = []
+
+    async def requeue(self, reply: StoredMessage, from_states: Any) -> bool:
+        # What the real requeue's claim does: a reply leaves "failed" once.
+        moved = await self.db.deliveries.update_one(
+            {"_id": delivery_id(reply.channel_id, reply.message_id), "status": "failed"},
+            {"$set": {"status": "pending"}},
+        )
+        if moved.modified_count:
+            self.queued.append(reply.message_id)
+        return moved.modified_count == 1
+
+
+async def test_a_recovery_rides_out_a_dropped_database_connection_and_queues_once_in_order(
+    system: System,
+) -> None:
+    cid = "cm_" + uuid.uuid4().hex[:16]
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    replies: dict[str, list[str]] = {}
+    for sender in ("ann", "ben", "cid"):
+        await system.db.conversations.insert_one(
+            {
+                "_id": conversation_id(cid, sender),
+                "channel_id": cid,
+                "sender_id": sender,
+                "last_message_at": datetime.now(UTC),
+            }
+        )
+        replies[sender] = []
+        for i in range(3):
+            reply = StoredMessage(
+                channel_id=cid,
+                message_id=f"rpl_{sender}_{i}",
+                sender_id=sender,
+                role="assistant",
+                text=f"{sender} {i}",
+                created_at=datetime.now(UTC) + timedelta(milliseconds=i),
+                status="pending",
+            )
+            await system.db.messages.insert_one(reply.model_dump())
+            await system.db.deliveries.insert_one(
+                {
+                    "_id": delivery_id(cid, reply.message_id),
+                    "channel_id": cid,
+                    "reply_id": reply.message_id,
+                    "status": "failed",
+                    "attempts": 4,
+                }
+            )
+            replies[sender].append(reply.message_id)
+    repo = _DroppingRepository(system, drops=2)
+    requeues = _Requeues(system)
+    service = RecoveryService(repo, cast(Any, None), cast(Any, requeues))
+    doc = RecoveryDoc(
+        id="rcv_" + uuid.uuid4().hex,
+        channel_id=cid,
+        since=since,
+        requested_at=datetime.now(UTC),
+        heartbeat_at=datetime.now(UTC),
+    )
+    assert await repo.lock(cid, doc.id, datetime.now(UTC)) is None
+    await repo.insert(doc)
+
+    await service._run(doc)
+
+    stored = await repo.get(cid, doc.id)
+    assert stored is not None and stored.state == "done", stored
+    assert repo.drops == 0  # the database did drop the connection, twice
+    assert sorted(requeues.queued) == sorted(r for rs in replies.values() for r in rs)
+    for sender, ids in replies.items():
+        assert [r for r in requeues.queued if r in ids] == ids, sender
+    assert stored.queued == 9

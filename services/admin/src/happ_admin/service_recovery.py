@@ -26,7 +26,12 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
+
+from pymongo.errors import ConnectionFailure
 
 from happ_admin.cursors import Keyset
 from happ_admin.errors import RECOVERY_IN_PROGRESS, RECOVERY_NOT_FOUND
@@ -38,6 +43,8 @@ from happ_common.errors import HappError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _PAGE = 200
 _COUNT_PAGE = 500
 # Progress is read from every queued reply's state: however many people (or
@@ -48,6 +55,11 @@ _BEAT_S = 5.0
 # How long a stopping admin waits for a recovery to finish the reply it is on: a
 # publish times out well within it.
 _STOP_GRACE_S = 20.0
+# How long a read of a recovery waits out the database being away before the
+# recovery fails (asking again then queues what is still failed): with the beats'
+# interval and an operation's own timeout, well within the channel lock's
+# lifetime (LOCK_TTL), so no other recovery takes over meanwhile.
+_OUTAGE_S = 20.0
 
 
 class _Stopping(Exception):
@@ -187,16 +199,7 @@ class RecoveryService:
     async def _run(self, doc: RecoveryDoc) -> None:
         log.info("recovery %s of channel %s since %s started", doc.id, doc.channel_id, doc.since)
         try:
-            after: str | None = None
-            while senders := await self._repo.conversations(
-                doc.channel_id, doc.since, after, _PAGE
-            ):
-                for sender_id in senders:
-                    await self._conversation(doc, sender_id)
-                    doc.conversations += 1
-                    await self._beat(doc)
-                after = senders[-1]
-                await self._repo.progress(doc, datetime.now(UTC))
+            await self._scan(doc)
             await self._repo.finish(doc, "done", datetime.now(UTC))
             log.info("recovery %s done: %d replies queued again", doc.id, doc.queued)
         except _Stopping:
@@ -217,14 +220,51 @@ class RecoveryService:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._repo.unlock(doc.channel_id, doc.id))
 
+    async def _scan(self, doc: RecoveryDoc) -> None:
+        after: str | None = None
+        while senders := await self._read(
+            partial(self._repo.conversations, doc.channel_id, doc.since, after, _PAGE)
+        ):
+            for sender_id in senders:
+                await self._conversation(doc, sender_id)
+                doc.conversations += 1
+                await self._beat(doc)
+            after = senders[-1]
+            await self._repo.progress(doc, datetime.now(UTC))
+
+    async def _read(self, read: Callable[[], Awaitable[T]]) -> T:
+        """A read of the scan, tried again while the database drops a connection
+        or is away, for up to ``_OUTAGE_S`` from the first failure. Reads only: a
+        requeue or an item's write whose answer was lost cannot be told from one
+        that never landed, so those still end the recovery (asking again queues
+        what is still failed)."""
+        give_up: float | None = None
+        pause = 0.5
+        while True:
+            try:
+                return await read()
+            except ConnectionFailure as exc:
+                now = time.monotonic()
+                give_up = give_up if give_up is not None else now + _OUTAGE_S
+                if self._stopping:
+                    raise _Stopping from exc
+                if now + pause > give_up:
+                    raise
+                log.warning("recovery: the database is away, reading again: %s", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
     async def _conversation(self, doc: RecoveryDoc, sender_id: str) -> None:
         """Queue the conversation's failed replies, oldest first: one after the
         other on the conversation's key, so they are delivered in that order."""
         after: Keyset | None = None
-        while page := await self._repo.messages(doc.channel_id, sender_id, doc.since, after, _PAGE):
+        while page := await self._read(
+            partial(self._repo.messages, doc.channel_id, sender_id, doc.since, after, _PAGE)
+        ):
             after = (page[-1].created_at, page[-1].message_id)
             replies = [m for m in page if m.role != "user"]
-            states = await self._repo.states([(m.channel_id, m.message_id) for m in replies])
+            keys = [(m.channel_id, m.message_id) for m in replies]
+            states = await self._read(partial(self._repo.states, keys))
             queued: list[str] = []
             for reply in replies:
                 if self._stopping:
