@@ -36,8 +36,11 @@ run: install ## Run the whole system locally (embedded broker and database unles
 demo: install ## With `make run` going: receive a signed reply on https://localhost:8443
 	$(UV) run --frozen python -m happ_devtools.demo
 
-test: install system-deps ## Run the whole test suite (real broker, database, TLS and a browser)
-	$(UV) run --frozen pytest
+test: install system-deps ## Run the whole test suite (real broker, database, TLS and a browser): two workers, then the fault suite alone
+	@status=0; \
+	$(UV) run --frozen pytest -m "not faults" -n 2 --dist loadfile || status=$$?; \
+	$(UV) run --frozen pytest -m faults || status=$$?; \
+	exit $$status
 
 test-faults: install ## Only the fault suite (~8 min): kills, restarts, outages under load
 	$(UV) run --frozen pytest -m faults

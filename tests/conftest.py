@@ -31,7 +31,7 @@ from happ_devtools.certs import DevTls, dev_tls
 from happ_devtools.fake_collector import FakeCollector
 from happ_devtools.fake_llm import FakeLlm
 from happ_devtools.local_stack import SERVICES, LocalStack, StackConfig
-from happ_devtools.procs import free_port
+from happ_devtools.procs import free_port, use_port_range
 from happ_devtools.receiver import Receiver
 
 ADMIN_TOKEN = "test-admin-token"
@@ -39,7 +39,13 @@ ADMIN_TOKEN = "test-admin-token"
 # Every test talks to the embedded broker, which refuses idempotent producers
 # (InfraSettings.kafka_enable_idempotence); clients built in this process read it here.
 os.environ.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# `make test` runs the suite in two parallel workers (pytest-xdist: gw0, gw1):
+# each has its ports and its services' logs to itself.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if WORKER:
+    use_port_range(20_000 + 3_000 * int(WORKER.removeprefix("gw")), 3_000)
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / WORKER
 
 
 @dataclass

@@ -33,10 +33,26 @@ def _die_with_parent() -> None:
 # stack's services, then its broker), and the kernel may give a port again once
 # the socket that found it is closed; two processes were once given the same.
 _handed_out: set[int] = set()
+# Set by use_port_range: the ports this process may hand out, instead of the kernel's.
+_ranges: list[range] = []
+
+
+def use_port_range(first: int, count: int) -> None:
+    """Hand out only ports from ``first`` on. Processes choosing ports side by side
+    (the test suite's parallel workers) each take a range of their own below the
+    kernel's ephemeral range, so neither can be given a port the other has chosen
+    but not bound yet, nor can an outgoing connection take it."""
+    _ranges[:] = [range(first, first + count)]
 
 
 def free_port() -> int:
     """A port free now and not handed out before by this process."""
+    for ports in _ranges:
+        for port in ports:
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+        raise RuntimeError(f"no free port left in {ports}")
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -44,6 +60,15 @@ def free_port() -> int:
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
