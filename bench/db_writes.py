@@ -16,6 +16,7 @@ from pathlib import Path
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from happ_common.messages import conversation_touch
 from happ_common.mongo import Document, ensure_indexes
 from happ_common.settings import HappSettings
 from happ_devtools.benchkit import record
@@ -99,6 +100,22 @@ async def measure(uri: str) -> dict[str, float]:
             lambda s: db.deliveries.bulk_write(
                 [
                     UpdateOne({"_id": f"cm_benchbenchbench/rpl_{i:08d}"}, {"$set": state})
+                    for i in range(s, s + BATCH)
+                ],
+                ordered=False,
+            ),
+        ),
+        # What the assistant writes after each reply (its last one per message, #14).
+        "conversation summary (`conversation_touch`: bulk `UpdateOne` upsert, 1,000 conversations)": await _rate(
+            DOCS,
+            lambda s: db.conversations.bulk_write(
+                [
+                    UpdateOne(
+                        *conversation_touch(
+                            "cm_benchbenchbench", f"user{i % 1000}", None, now, "A reply."
+                        ),
+                        upsert=True,
+                    )
                     for i in range(s, s + BATCH)
                 ],
                 ordered=False,
