@@ -1,11 +1,5 @@
 from happ_admin.app import create_app
 from happ_admin.settings import AdminSettings
-from happ_common.service_runtime import serve
+from happ_common.service_runtime import run_service
 
-settings = AdminSettings()
-serve(
-    create_app(settings),
-    host=settings.host,
-    port=settings.port,
-    service="admin",
-)
+run_service("admin", AdminSettings, create_app)

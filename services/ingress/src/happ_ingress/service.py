@@ -218,7 +218,7 @@ class IngressService:
         except HappError as exc:
             outcome = exc.code
             if exc.code != CHANNEL_NOT_FOUND.code:  # no channel to file it under
-                self._record(req, started, exc.status_code, exc.code, None)
+                self._log.add(self._entry(req, started, exc.status_code, exc.code, None))
             raise
         except Exception:
             # MongoDB away during the channel read: the
@@ -229,8 +229,10 @@ class IngressService:
         else:
             status = 202 if isinstance(result, Waited) else 200
             if not recorded:
-                self._record(
-                    req, started, status, None, result.message_id, response_body=response_body
+                self._log.add(
+                    self._entry(
+                        req, started, status, None, result.message_id, response_body=response_body
+                    )
                 )
             elif status != 200 or response_body is not None:
                 # How the wait ended, added to the entry the record already is.
@@ -274,7 +276,9 @@ class IngressService:
                 )
         except HappError as exc:
             REPLIES_REQUESTS.labels(outcome=exc.code).inc()
-            self._record(logged, started, exc.status_code, exc.code, None, method="GET")
+            self._log.add(
+                self._entry(logged, started, exc.status_code, exc.code, None, method="GET")
+            )
             raise
         now = int(time.time())
         items = b",".join(render(r, now) for r in found)
@@ -283,14 +287,16 @@ class IngressService:
             b'{"items": [' + items + b'], "next_after": ' + json.dumps(next_after).encode() + b"}"
         )
         REPLIES_REQUESTS.labels(outcome="ok").inc()
-        self._record(
-            logged,
-            started,
-            200,
-            None,
-            next_after,
-            response_body=cut(body, MAX_REQUEST_BODY),
-            method="GET",
+        self._log.add(
+            self._entry(
+                logged,
+                started,
+                200,
+                None,
+                next_after,
+                response_body=cut(body, MAX_REQUEST_BODY),
+                method="GET",
+            )
         )
         return body
 
@@ -322,7 +328,7 @@ class IngressService:
         REQUESTS.labels(outcome=exc.code).inc()
         if CHANNEL_ID_RE.match(channel_id) and await self._channels.get(channel_id):
             req = IncomingRequest(channel_id, path, b"", None, None, None)
-            self._record(req, time.perf_counter(), exc.status_code, exc.code, None)
+            self._log.add(self._entry(req, time.perf_counter(), exc.status_code, exc.code, None))
 
     async def _channel(self, channel_id: str) -> Channel:
         channel = await self._channels.get(channel_id) if CHANNEL_ID_RE.match(channel_id) else None
@@ -630,29 +636,6 @@ class IngressService:
                 ) from exc
             log.info("message accepted")
         return event
-
-    def _record(
-        self,
-        req: IncomingRequest,
-        started: float,
-        status: int,
-        error_code: str | None,
-        message_id: str | None,
-        *,
-        response_body: str | None = None,
-        method: str = "POST",
-    ) -> None:
-        self._log.add(
-            self._entry(
-                req,
-                started,
-                status,
-                error_code,
-                message_id,
-                response_body=response_body,
-                method=method,
-            )
-        )
 
     @staticmethod
     def _entry(
