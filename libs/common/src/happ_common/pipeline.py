@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -62,7 +62,7 @@ from aiokafka.structs import OffsetAndMetadata
 from bson.errors import BSONError
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from happ_common import tracing
@@ -118,25 +118,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-
-M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
-
-
-def decode(record: Record, model: type[M]) -> M:
-    """The record's event; ``PoisonRecord`` if it is not one."""
-    try:
-        return model.model_validate_json(record.value or b"")
-    except ValidationError as exc:
-        raise PoisonRecord(f"not a {model.__name__}: {exc.error_count()} errors: {exc}") from exc
-
-
-def decode_as(record: Record, adapter: TypeAdapter[T], name: str) -> T:
-    """The record's event, one of a union (``PoisonRecord`` if it is none of them)."""
-    try:
-        return adapter.validate_json(record.value or b"")
-    except ValidationError as exc:
-        raise PoisonRecord(f"not a {name}: {exc.error_count()} errors: {exc}") from exc
 
 
 def record_key(record: Record) -> object:

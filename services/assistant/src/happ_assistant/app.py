@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_assistant.handlers import inbound_handler
+from happ_assistant.handlers import subscriptions
 from happ_assistant.history import HistoryCache
 from happ_assistant.llm import ChatModel, OfflineResponder, OpenAIChat
 from happ_assistant.repository import ConversationRepository
@@ -27,7 +27,6 @@ from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import INBOUND_MESSAGES
 
 
 def chat_model(settings: AssistantServiceSettings) -> ChatModel:
@@ -71,19 +70,21 @@ def create_app(
                 model=model,
                 publisher=publisher,
             )
+            reads = subscriptions(service)
             pipeline = KeyedPipeline(
                 PipelineConfig(
                     name="assistant",
                     connection=client_options(infra),
                     group_id=settings.group_id,
-                    topics=(INBOUND_MESSAGES,),
+                    topics=reads.topics,
                     max_in_flight=settings.max_in_flight,
                     session_timeout_ms=infra.kafka_session_timeout_ms,
                     consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
                     db_latency_ms=DB_LATENCY.recent_ms,
                     db_latency_target_ms=settings.db_latency_target_ms,
                 ),
-                inbound_handler(service),
+                reads.handle,
+                key_of=reads.key_of,
                 # The next owner of a revoked partition writes to its conversations.
                 on_revoked=history.revoke,
                 dead_letters=DeadLetterPublisher(publisher, "assistant"),

@@ -25,10 +25,10 @@ from happ_common.ops import ops_router
 from happ_common.pipeline import KeyedPipeline, PipelineConfig
 from happ_common.service_runtime import freeze_startup_heap
 from happ_common.settings import HappSettings, InfraSettings
-from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
+from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import new_session
 from happ_delivery.backlog import BacklogGuard
-from happ_delivery.handlers import delivery_handler, on_assigned, on_revoked, pipeline_key
+from happ_delivery.handlers import on_assigned, on_revoked, subscriptions
 from happ_delivery.health import EndpointHealth
 from happ_delivery.repository import DeliveryRepository
 from happ_delivery.service import DeliveryService
@@ -70,12 +70,13 @@ def create_app(
                 ),
                 partitions=infra.kafka_partitions,
             )
+            reads = subscriptions(service)
             pipeline = KeyedPipeline(
                 PipelineConfig(
                     name="delivery",
                     connection=client_options(infra),
                     group_id=settings.group_id,
-                    topics=(OUTBOUND_REPLIES, DELIVERY_RETRY),
+                    topics=reads.topics,
                     max_in_flight=settings.max_in_flight,
                     max_parked_bytes=settings.max_parked_bytes,
                     # A POST in flight at a rebalance or shutdown may finish:
@@ -85,8 +86,8 @@ def create_app(
                     session_timeout_ms=infra.kafka_session_timeout_ms,
                     consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
                 ),
-                delivery_handler(service),
-                key_of=pipeline_key,
+                reads.handle,
+                key_of=reads.key_of,
                 group_of=lambda record: channel_of_key(record.key),
                 on_assigned=on_assigned(service),
                 on_revoked=on_revoked(service),

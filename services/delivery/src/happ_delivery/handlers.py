@@ -1,7 +1,7 @@
 """The consumer's side: one pipeline reads both topics, co-partitioned.
 
-Replies are keyed by conversation (one at a time, in order). Retries are keyed
-by reply: a retry sleeping until it is due must not sit in the queue of the
+Replies are keyed by conversation (one at a time, in order). Each retry runs on
+its own: a retry sleeping until it is due must not sit in the queue of the
 conversation it is holding back, or neither could move.
 """
 
@@ -11,32 +11,28 @@ from aiokafka import TopicPartition
 
 from happ_common.events import TYPING, DeliveryRetry, OutboundReply
 from happ_common.log_context import bind_message
-from happ_common.pipeline import Handler, PartitionsCallback, Record, decode
-from happ_common.topics import DELIVERY_RETRY
+from happ_common.pipeline import PartitionsCallback
+from happ_common.subscriptions import Origin, Subscriptions, each_record
+from happ_common.topics import DELIVERY_RETRY, OUTBOUND_REPLIES
 from happ_delivery.service import DeliveryService
 
 
-def pipeline_key(record: Record) -> object:
-    if record.topic == DELIVERY_RETRY:
-        return (DELIVERY_RETRY, record.partition, record.offset)
-    return record.key
-
-
-def delivery_handler(service: DeliveryService) -> Handler:
-    async def handle(record: Record) -> None:
-        if record.topic == DELIVERY_RETRY:
-            retry = decode(record, DeliveryRetry)
-            _bind(retry.reply)
-            await service.deliver_retry(retry, record.partition)
+def subscriptions(service: DeliveryService) -> Subscriptions:
+    async def new(reply: OutboundReply, origin: Origin) -> None:
+        _bind(reply)
+        if reply.event == TYPING:
+            await service.deliver_typing(reply, origin.partition)
         else:
-            reply = decode(record, OutboundReply)
-            _bind(reply)
-            if reply.event == TYPING:
-                await service.deliver_typing(reply, record.partition)
-            else:
-                await service.deliver_new(reply, record.partition)
+            await service.deliver_new(reply, origin.partition)
 
-    return handle
+    async def retry(retry: DeliveryRetry, origin: Origin) -> None:
+        _bind(retry.reply)
+        await service.deliver_retry(retry, origin.partition)
+
+    reads = Subscriptions()
+    reads.subscribe(OUTBOUND_REPLIES, OutboundReply, new)
+    reads.subscribe(DELIVERY_RETRY, DeliveryRetry, retry, key=each_record)
+    return reads
 
 
 def _bind(reply: OutboundReply) -> None:
