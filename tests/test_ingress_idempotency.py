@@ -342,15 +342,25 @@ async def test_a_record_retried_in_the_background_and_beaten_by_another_replica_
     records = FlakyRecords(system, failing=1)
     records.held = asyncio.Event()
     service = ingress(system, records, publisher, request_log)
-    # The record failed after the ack: accepted, and retried in the background...
-    assert await service.receive(request(channel_id, key)) == Accepted(
-        message_id=key, channel_id=channel_id
-    )
-    # ...while a repeat reaching another replica records it first.
+    # This replica's publish waits while a repeat reaching another replica is
+    # published and recorded first. (The other way round, the session's assistant
+    # could store this one's message before the repeat arrived: a duplicate.)
+    gate = asyncio.Event()
+    publisher.gates.append((gate, False))
+    first = asyncio.create_task(service.receive(request(channel_id, key)))
+
+    async def at_the_gate() -> bool:
+        return not publisher.gates
+
+    await eventually(at_the_gate, timeout_s=5)
     other_replica = ingress(system, AcceptedRecords(system.db), publisher, request_log)
     assert await other_replica.receive(request(channel_id, key)) == Accepted(
         message_id=key, channel_id=channel_id
     )
+    # This one's record fails after its ack: accepted, and retried in the
+    # background, where it finds the other replica's record.
+    gate.set()
+    assert await first == Accepted(message_id=key, channel_id=channel_id)
     records.held.set()
 
     async def settled() -> bool:
