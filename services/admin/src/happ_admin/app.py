@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from happ_admin import (
     endpoints,
     endpoints_conversations,
-    endpoints_dead_letters,
     endpoints_inbox,
     endpoints_logs,
     endpoints_recovery,
@@ -20,6 +19,8 @@ from happ_admin import (
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
 from happ_admin.channel_health import DisabledChannelsGauge
+from happ_admin.dead_letters.endpoints import router as dead_letters_router
+from happ_admin.dead_letters.service import DeadLetterService
 from happ_admin.live import LiveUpdates
 from happ_admin.repository import AdminRepository, SessionRepository
 from happ_admin.repository_inbox import InboxRepository
@@ -27,7 +28,6 @@ from happ_admin.repository_recovery import RecoveryRepository
 from happ_admin.repository_users import UserRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
-from happ_admin.service_dead_letters import DeadLetterService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
@@ -153,17 +153,17 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ActionLog)
     app.add_middleware(HttpMetrics, service="admin")
-    for module in (
-        endpoints_session,
-        endpoints,
-        endpoints_logs,
-        endpoints_conversations,
-        endpoints_recovery,
-        endpoints_dead_letters,
-        endpoints_inbox,
-        endpoints_users,
+    for router in (
+        endpoints_session.router,
+        endpoints.router,
+        endpoints_logs.router,
+        endpoints_conversations.router,
+        endpoints_recovery.router,
+        dead_letters_router,
+        endpoints_inbox.router,
+        endpoints_users.router,
     ):
-        app.include_router(module.router)
+        app.include_router(router)
     app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app
