@@ -14,7 +14,6 @@ from happ_admin import (
     endpoints_logs,
     endpoints_recovery,
     endpoints_session,
-    endpoints_users,
 )
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
@@ -25,16 +24,17 @@ from happ_admin.live import LiveUpdates
 from happ_admin.repository import AdminRepository, SessionRepository
 from happ_admin.repository_inbox import InboxRepository
 from happ_admin.repository_recovery import RecoveryRepository
-from happ_admin.repository_users import UserRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.service_recovery import RecoveryService
-from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
+from happ_admin.users.endpoints import router as users_router
+from happ_admin.users.repository import UserRepository
+from happ_admin.users.service import UserService
 from happ_common.channels import ChannelRepository
 from happ_common.clients import Clients, shared_clients
 from happ_common.endpoint_health import EndpointHealthRepository
@@ -161,7 +161,7 @@ def create_app(
         endpoints_recovery.router,
         dead_letters_router,
         endpoints_inbox.router,
-        endpoints_users.router,
+        users_router,
     ):
         app.include_router(router)
     app.include_router(ops_router(lambda: app.state.checks))

@@ -28,7 +28,7 @@ from fastapi.security import APIKeyCookie, HTTPBearer
 
 from happ_admin.errors import ADMIN_ONLY, CSRF_TOKEN_INVALID, NOT_A_MEMBER, UNAUTHORIZED
 from happ_admin.repository import SessionRepository
-from happ_admin.repository_users import User, UserRepository, UserRole
+from happ_admin.users.repository import User, UserRepository, UserRole
 from happ_common.errors import HappError
 from happ_common.events import Author
 

@@ -15,8 +15,8 @@ from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.service_recovery import RecoveryService
-from happ_admin.service_users import UserService
 from happ_admin.settings import AdminSettings
+from happ_admin.users.service import UserService
 from happ_common.settings import HappSettings
 
 
