@@ -13,7 +13,6 @@ from happ_admin import (
     endpoints_inbox,
     endpoints_logs,
     endpoints_recovery,
-    endpoints_session,
 )
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
@@ -21,7 +20,7 @@ from happ_admin.channel_health import DisabledChannelsGauge
 from happ_admin.dead_letters.endpoints import router as dead_letters_router
 from happ_admin.dead_letters.service import DeadLetterService
 from happ_admin.live import LiveUpdates
-from happ_admin.repository import AdminRepository, SessionRepository
+from happ_admin.repository import AdminRepository
 from happ_admin.repository_inbox import InboxRepository
 from happ_admin.repository_recovery import RecoveryRepository
 from happ_admin.service import ChannelService
@@ -30,6 +29,9 @@ from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.service_recovery import RecoveryService
+from happ_admin.session.endpoints import router as session_router
+from happ_admin.session.repository import SessionRepository
+from happ_admin.session.service import SessionService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
 from happ_admin.users.endpoints import router as users_router
@@ -103,7 +105,8 @@ def create_app(
             channels = ChannelService(ChannelRepository(clients.db), happ)
             conversations = ConversationService(repo, channels)
             app.state.auth = Authenticator(
-                settings.tokens(), sessions, settings.session_ttl_hours, users
+                settings.tokens(),
+                SessionService(settings.tokens(), sessions, settings.session_ttl_hours, users),
             )
             app.state.users = UserService(users, channels)
             app.state.channels = channels
@@ -154,7 +157,7 @@ def create_app(
     app.add_middleware(ActionLog)
     app.add_middleware(HttpMetrics, service="admin")
     for router in (
-        endpoints_session.router,
+        session_router,
         endpoints.router,
         endpoints_logs.router,
         endpoints_conversations.router,

@@ -1,4 +1,4 @@
-"""The admin's queries on the request log, conversations, messages and UI sessions.
+"""The admin's queries on the request log, conversations and messages.
 
 Lists page by keyset, newest first: a cursor is the last item's sort key
 ``(time, unique id)``, and the next page is everything strictly older. Entries
@@ -29,8 +29,6 @@ from happ_common.ids import conversation_id, message_of_accepted_log_id, output_
 from happ_common.messages import ACCEPTED_REQUEST, WITHOUT_REQUEST, StoredMessage, answered
 from happ_common.mongo import CONVERSATIONS, DELIVERIES, MESSAGES, REQUEST_LOG, Document
 from happ_common.request_log import Direction, LogEntry
-
-ADMIN_SESSIONS = "admin_sessions"
 
 
 def _older_than(time_field: str, key_field: str, before: Keyset | None) -> Document:
@@ -368,23 +366,3 @@ def _delivered(reply: StoredMessage, state: DeliveryState) -> StoredMessage:
             "next_attempt_at": state.next_attempt_at,
         }
     )
-
-
-class SessionRepository:
-    """Server-side UI sessions. Only a hash of the session id is stored, so a
-    copy of the database does not yield a usable cookie."""
-
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self._coll = db[ADMIN_SESSIONS]
-
-    async def ensure_indexes(self) -> None:
-        await self._coll.create_index("expires_at", expireAfterSeconds=0, name="expiry")
-
-    async def insert(self, doc: Document) -> None:
-        await self._coll.insert_one(doc)
-
-    async def get(self, session_hash: str) -> dict[str, Any] | None:
-        return await self._coll.find_one({"_id": session_hash})
-
-    async def delete(self, session_hash: str) -> None:
-        await self._coll.delete_one({"_id": session_hash})
