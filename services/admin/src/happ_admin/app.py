@@ -12,7 +12,6 @@ from happ_admin import (
     endpoints_conversations,
     endpoints_inbox,
     endpoints_logs,
-    endpoints_recovery,
 )
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
@@ -20,15 +19,16 @@ from happ_admin.channel_health import DisabledChannelsGauge
 from happ_admin.dead_letters.endpoints import router as dead_letters_router
 from happ_admin.dead_letters.service import DeadLetterService
 from happ_admin.live import LiveUpdates
+from happ_admin.recovery.endpoints import router as recovery_router
+from happ_admin.recovery.repository import RecoveryRepository
+from happ_admin.recovery.service import RecoveryService
 from happ_admin.repository import AdminRepository
 from happ_admin.repository_inbox import InboxRepository
-from happ_admin.repository_recovery import RecoveryRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
-from happ_admin.service_recovery import RecoveryService
 from happ_admin.session.endpoints import router as session_router
 from happ_admin.session.repository import SessionRepository
 from happ_admin.session.service import SessionService
@@ -161,7 +161,7 @@ def create_app(
         endpoints.router,
         endpoints_logs.router,
         endpoints_conversations.router,
-        endpoints_recovery.router,
+        recovery_router,
         dead_letters_router,
         endpoints_inbox.router,
         users_router,

@@ -6,14 +6,12 @@ Every list answers ``{items, next_cursor}``; ``next_cursor`` is opaque and is
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     WithJsonSchema,
@@ -94,23 +92,6 @@ OutgoingUrlOrBlank = Annotated[
         "unless `delivery` is `response`.",
     ),
 ]
-
-
-# RFC 3339, as the document's `format: date-time` says: no bare dates, no unix
-# times, an offset always (pydantic alone would take all three).
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
-
-
-def _rfc3339(value: object) -> object:
-    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
-        raise ValueError("use an RFC 3339 date-time, such as 2026-12-01T09:30:00Z")
-    return value
-
-
-Instant = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 class ChannelCreate(ConversationRules):
@@ -427,47 +408,6 @@ class SendTestResult(BaseModel):
     # The test request's id (``X-HAPP-Delivery-Id``) and its request-log entry.
     message_id: str
     log_id: str
-
-
-# --- bulk recovery -----------------------------------------------------------------
-
-
-class RecoveryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    since: Instant = Field(
-        description="Replies written at or after this time (RFC 3339) "
-        "whose delivery is `failed` are sent again"
-    )
-
-
-class RecoveryCounts(BaseModel):
-    """Where the replies a recovery queued stand now, read from their delivery states."""
-
-    queued: int = Field(description="still on their way (pending, sending or retrying)")
-    delivered: int
-    failed: int = Field(description="failed (or canceled) again")
-
-
-class RecoveryOut(BaseModel):
-    id: str
-    channel_id: str
-    since: datetime
-    requested_at: datetime
-    requested_by: str | None
-    state: Literal["running", "done", "failed", "interrupted"] = Field(
-        description="`running` while conversations are being scanned; `interrupted`: its admin "
-        "process stopped, request the recovery again to finish it"
-    )
-    conversations_scanned: int
-    total: int = Field(description="replies this recovery queued for delivery again")
-    counts: RecoveryCounts
-    finished_at: datetime | None
-    error: str | None
-
-
-class RecoveryList(BaseModel):
-    items: list[RecoveryOut]
 
 
 # --- operators' inbox (SPEC §6a) ---------------------------------------------

@@ -1,4 +1,4 @@
-"""Storage of bulk recoveries (``service_recovery.py``); only the admin uses it.
+"""Storage of bulk recoveries (``happ_admin.recovery.service``); only the admin uses it.
 
 * ``recoveries``: one document per recovery (its request and progress), and one
   lock per channel (``_id`` ``lock/<channel_id>``) held by the running one.

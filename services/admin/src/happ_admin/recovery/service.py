@@ -35,8 +35,8 @@ from pymongo.errors import ConnectionFailure
 
 from happ_admin.cursors import Keyset
 from happ_admin.errors import RECOVERY_IN_PROGRESS, RECOVERY_NOT_FOUND
-from happ_admin.repository_recovery import LOCK_TTL, RecoveryDoc, RecoveryRepository
-from happ_admin.schemas import RecoveryCounts, RecoveryOut
+from happ_admin.recovery.repository import LOCK_TTL, RecoveryDoc, RecoveryRepository
+from happ_admin.recovery.schemas import RecoveryCounts, RecoveryOut
 from happ_admin.service import ChannelService
 from happ_admin.service_delivery import DeliveryActions, require_sendable
 from happ_common.errors import HappError
