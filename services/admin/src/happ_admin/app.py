@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from happ_admin import (
     endpoints,
     endpoints_conversations,
-    endpoints_inbox,
     endpoints_logs,
 )
 from happ_admin.action_log import ActionLog
@@ -18,16 +17,17 @@ from happ_admin.auth import Authenticator
 from happ_admin.channel_health import DisabledChannelsGauge
 from happ_admin.dead_letters.endpoints import router as dead_letters_router
 from happ_admin.dead_letters.service import DeadLetterService
+from happ_admin.inbox.endpoints import router as inbox_router
+from happ_admin.inbox.repository import InboxRepository
+from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
 from happ_admin.recovery.endpoints import router as recovery_router
 from happ_admin.recovery.repository import RecoveryRepository
 from happ_admin.recovery.service import RecoveryService
 from happ_admin.repository import AdminRepository
-from happ_admin.repository_inbox import InboxRepository
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_delivery import DeliveryActions
-from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.session.endpoints import router as session_router
 from happ_admin.session.repository import SessionRepository
@@ -163,7 +163,7 @@ def create_app(
         endpoints_conversations.router,
         recovery_router,
         dead_letters_router,
-        endpoints_inbox.router,
+        inbox_router,
         users_router,
     ):
         app.include_router(router)

@@ -8,12 +8,12 @@ from fastapi import Depends, Request
 
 from happ_admin.auth import Authenticator
 from happ_admin.dead_letters.service import DeadLetterService
+from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
 from happ_admin.recovery.service import RecoveryService
 from happ_admin.service import ChannelService
 from happ_admin.service_conversations import ConversationService
 from happ_admin.service_delivery import DeliveryActions
-from happ_admin.service_inbox import InboxService
 from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
 from happ_admin.users.service import UserService

@@ -24,9 +24,10 @@ from happ_admin.errors import (
     HANDOFF_DISABLED,
     NOT_HOLDING,
 )
+from happ_admin.inbox.repository import InboxRepository
+from happ_admin.inbox.schemas import InboxConversation, InboxOut, OperatorReplyIn
 from happ_admin.repository import AdminRepository
-from happ_admin.repository_inbox import InboxRepository
-from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
+from happ_admin.schemas import MessageOut
 from happ_admin.service import ChannelService
 from happ_common.channels import Channel
 from happ_common.conversation_state import HANDOFFS, ConversationDoc

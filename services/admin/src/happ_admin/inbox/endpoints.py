@@ -8,8 +8,9 @@ from fastapi.responses import StreamingResponse
 from happ_admin.auth import CurrentPrincipal
 from happ_admin.deps import Auth, Inbox, Live
 from happ_admin.errors import ERRORS, INBOX_CONFLICTS
+from happ_admin.inbox.schemas import InboxConversation, InboxOut, OperatorReplyIn
 from happ_admin.path_params import SENDER_ID
-from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
+from happ_admin.schemas import MessageOut
 
 router = APIRouter(prefix="/api", tags=["inbox"], responses=ERRORS)
 
