@@ -9,12 +9,16 @@ from fastapi import FastAPI
 
 from happ_admin import (
     endpoints,
-    endpoints_conversations,
     endpoints_logs,
 )
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
 from happ_admin.channel_health import DisabledChannelsGauge
+from happ_admin.channels.send_test import SendTest
+from happ_admin.conversations.endpoints import router as conversations_router
+from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.resend import ReplyResender
+from happ_admin.conversations.service import ConversationService
 from happ_admin.dead_letters.endpoints import router as dead_letters_router
 from happ_admin.dead_letters.service import DeadLetterService
 from happ_admin.inbox.endpoints import router as inbox_router
@@ -26,8 +30,6 @@ from happ_admin.recovery.repository import RecoveryRepository
 from happ_admin.recovery.service import RecoveryService
 from happ_admin.repository import AdminRepository
 from happ_admin.service import ChannelService
-from happ_admin.service_conversations import ConversationService
-from happ_admin.service_delivery import DeliveryActions
 from happ_admin.service_logs import LogService
 from happ_admin.session.endpoints import router as session_router
 from happ_admin.session.repository import SessionRepository
@@ -51,13 +53,15 @@ from happ_common.webhook_client import new_session
 
 def _inbox(
     clients: Clients,
-    repo: AdminRepository,
+    conversations: ConversationRepository,
     channels: ChannelService,
     publisher: EventPublisher,
     settings: AdminSettings,
 ) -> tuple[InboxService, LiveUpdates]:
     inbox_repo = InboxRepository(clients.db)
-    inbox = InboxService(repo=inbox_repo, admin_repo=repo, channels=channels, publisher=publisher)
+    inbox = InboxService(
+        repo=inbox_repo, conversations=conversations, channels=channels, publisher=publisher
+    )
     live = LiveUpdates(
         inbox_repo, inbox, poll_s=settings.live_poll_s, keepalive_s=settings.live_keepalive_s
     )
@@ -65,13 +69,13 @@ def _inbox(
 
 
 async def _recovery(
-    clients: Clients, channels: ChannelService, delivery: DeliveryActions, poll_s: float
+    clients: Clients, channels: ChannelService, resender: ReplyResender, poll_s: float
 ) -> tuple[RecoveryService, DisabledChannelsGauge]:
     repo = RecoveryRepository(clients.db)
     await repo.ensure_indexes()
     gauge = DisabledChannelsGauge(EndpointHealthRepository(clients.db), poll_s)
     gauge.start()
-    return RecoveryService(repo, channels, delivery), gauge
+    return RecoveryService(repo, channels, resender), gauge
 
 
 def create_app(
@@ -103,7 +107,8 @@ def create_app(
                 max_connections=16,
             )
             channels = ChannelService(ChannelRepository(clients.db), happ)
-            conversations = ConversationService(repo, channels)
+            conversation_repo = ConversationRepository(clients.db)
+            conversations = ConversationService(conversation_repo, repo, channels)
             app.state.auth = Authenticator(
                 settings.tokens(),
                 SessionService(settings.tokens(), sessions, settings.session_ttl_hours, users),
@@ -112,21 +117,26 @@ def create_app(
             app.state.channels = channels
             app.state.logs = LogService(repo, channels)
             app.state.conversations = conversations
-            app.state.delivery = DeliveryActions(
-                repo=repo,
+            app.state.send_test = SendTest(
                 channels=channels,
-                conversations=conversations,
-                publisher=publisher,
                 session=http,
                 request_log=clients.request_log,
                 timeout_s=settings.delivery_timeout_s,
                 allow_private=happ.allow_private_endpoints,
             )
+            app.state.resender = ReplyResender(
+                repo=conversation_repo,
+                channels=channels,
+                conversations=conversations,
+                publisher=publisher,
+            )
             app.state.recoveries, disabled_gauge = await _recovery(
-                clients, channels, app.state.delivery, settings.health_poll_s
+                clients, channels, app.state.resender, settings.health_poll_s
             )
             app.state.dead_letters = DeadLetterService(infra, publisher)
-            app.state.inbox, app.state.live = _inbox(clients, repo, channels, publisher, settings)
+            app.state.inbox, app.state.live = _inbox(
+                clients, conversation_repo, channels, publisher, settings
+            )
             app.state.live.start()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
@@ -160,7 +170,7 @@ def create_app(
         session_router,
         endpoints.router,
         endpoints_logs.router,
-        endpoints_conversations.router,
+        conversations_router,
         recovery_router,
         dead_letters_router,
         inbox_router,

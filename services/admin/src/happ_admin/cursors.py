@@ -1,4 +1,11 @@
-"""Keyset cursors: ``<microseconds since 1970>.<the key's UTF-8 bytes in hex>``.
+"""Keyset pagination.
+
+Lists page by keyset, newest first: a cursor is the last item's sort key
+``(time, unique id)``, and the next page is everything strictly older. Entries
+written meanwhile sort above the cursor, so pages never shift under a reader
+the way skip/offset pages do.
+
+A cursor is ``<microseconds since 1970>.<the key's UTF-8 bytes in hex>``.
 
 Clients should pass ``next_cursor`` back unchanged and not build their own; the
 format is stated (``CURSOR_PATTERN``, in the OpenAPI document too) so that every
@@ -15,6 +22,7 @@ from typing import Annotated
 from fastapi import Query
 
 from happ_common.errors import INVALID_PAYLOAD, ErrorDetail
+from happ_common.mongo import Document
 
 Keyset = tuple[datetime, str]
 
@@ -55,3 +63,19 @@ def decode(cursor: str | None) -> Keyset | None:
     at = _EPOCH + timedelta(microseconds=int(micros))
     # A made-up key may not be UTF-8: it is only compared, so a replacement will do.
     return at, bytes.fromhex(key).decode("utf-8", errors="replace")
+
+
+def older_than(time_field: str, key_field: str, before: Keyset | None) -> Document:
+    """The query condition for the documents strictly past ``before`` in
+    newest-first order; {} on the first page."""
+    if before is None:
+        return {}
+    at, key = before
+    return {"$or": [{time_field: {"$lt": at}}, {time_field: at, key_field: {"$lt": key}}]}
+
+
+def all_of(*parts: Document) -> Document:
+    parts = tuple(p for p in parts if p)
+    if not parts:
+        return {}
+    return parts[0] if len(parts) == 1 else {"$and": list(parts)}

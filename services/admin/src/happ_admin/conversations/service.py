@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from happ_admin import cursors
-from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
-from happ_admin.repository import AdminRepository
-from happ_admin.schemas import (
+from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.schemas import (
     ConversationOut,
     ConversationPage,
-    LogEntryOut,
     MessageOut,
     MessagePage,
     MessageStatusOut,
     TrackedStatus,
 )
+from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
+from happ_admin.repository import AdminRepository
+from happ_admin.schemas import LogEntryOut
 from happ_admin.service import ChannelService
 from happ_common.errors import HappError
 from happ_common.messages import StoredMessage
@@ -36,8 +37,11 @@ def tracked_status(message: StoredMessage, reply: StoredMessage | None) -> Track
 
 
 class ConversationService:
-    def __init__(self, repo: AdminRepository, channels: ChannelService) -> None:
+    def __init__(
+        self, repo: ConversationRepository, logs: AdminRepository, channels: ChannelService
+    ) -> None:
         self._repo = repo
+        self._logs = logs
         self._channels = channels
 
     async def conversations(
@@ -103,7 +107,7 @@ class ConversationService:
             message = original or stored
         elif stored.reply_id:
             reply = await self._repo.message(channel_id, stored.reply_id)
-        attempts = await self._repo.attempts(channel_id, reply.message_id) if reply else []
+        attempts = await self._logs.attempts(channel_id, reply.message_id) if reply else []
         return MessageStatusOut(
             channel_id=channel_id,
             message_id=message.message_id,
@@ -117,7 +121,7 @@ class ConversationService:
         # A message sent without an id exists only on the broker and in the
         # ingress's request log until the assistant stores it (one sent with an
         # id is stored by the ingress as it accepts it).
-        entry = await self._repo.accepted_incoming(channel_id, message_id)
+        entry = await self._logs.accepted_incoming(channel_id, message_id)
         if entry is None:
             raise message_not_found(message_id)
         return MessageStatusOut(
