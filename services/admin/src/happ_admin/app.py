@@ -9,7 +9,6 @@ from fastapi import FastAPI
 
 from happ_admin import (
     endpoints,
-    endpoints_logs,
 )
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
@@ -28,9 +27,10 @@ from happ_admin.live import LiveUpdates
 from happ_admin.recovery.endpoints import router as recovery_router
 from happ_admin.recovery.repository import RecoveryRepository
 from happ_admin.recovery.service import RecoveryService
-from happ_admin.repository import AdminRepository
+from happ_admin.request_log.endpoints import router as request_log_router
+from happ_admin.request_log.repository import RequestLogRepository
+from happ_admin.request_log.service import LogService
 from happ_admin.service import ChannelService
-from happ_admin.service_logs import LogService
 from happ_admin.session.endpoints import router as session_router
 from happ_admin.session.repository import SessionRepository
 from happ_admin.session.service import SessionService
@@ -95,9 +95,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher = EventPublisher(infra, client_id="happ-admin")
         async with shared_clients(infra, happ, publisher) as clients:
-            repo = AdminRepository(clients.db, retention_days=happ.request_log_retention_days)
+            log_repo = RequestLogRepository(
+                clients.db, retention_days=happ.request_log_retention_days
+            )
             sessions = SessionRepository(clients.db)
-            await repo.ensure_indexes()
+            await log_repo.ensure_indexes()
             await sessions.ensure_indexes()
             users = UserRepository(clients.db)
             # Few requests (one per "Send test"), so a small pool.
@@ -108,14 +110,14 @@ def create_app(
             )
             channels = ChannelService(ChannelRepository(clients.db), happ)
             conversation_repo = ConversationRepository(clients.db)
-            conversations = ConversationService(conversation_repo, repo, channels)
+            conversations = ConversationService(conversation_repo, log_repo, channels)
             app.state.auth = Authenticator(
                 settings.tokens(),
                 SessionService(settings.tokens(), sessions, settings.session_ttl_hours, users),
             )
             app.state.users = UserService(users, channels)
             app.state.channels = channels
-            app.state.logs = LogService(repo, channels)
+            app.state.logs = LogService(log_repo, channels)
             app.state.conversations = conversations
             app.state.send_test = SendTest(
                 channels=channels,
@@ -169,7 +171,7 @@ def create_app(
     for router in (
         session_router,
         endpoints.router,
-        endpoints_logs.router,
+        request_log_router,
         conversations_router,
         recovery_router,
         dead_letters_router,

@@ -14,8 +14,8 @@ from happ_admin.dead_letters.service import DeadLetterService
 from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
 from happ_admin.recovery.service import RecoveryService
+from happ_admin.request_log.service import LogService
 from happ_admin.service import ChannelService
-from happ_admin.service_logs import LogService
 from happ_admin.settings import AdminSettings
 from happ_admin.users.service import UserService
 from happ_common.settings import HappSettings

@@ -39,7 +39,6 @@ from happ_common.channels import (
 )
 from happ_common.custom_headers import MASK, MAX_HEADERS, masked
 from happ_common.custom_headers import json_schema as headers_schema
-from happ_common.request_log import Direction, LogEntry
 from happ_common.urls import MAX_URL_LENGTH, OUTGOING_URL_PATTERN
 
 OUTGOING_HEADERS_DOC = (
@@ -258,36 +257,6 @@ class ChannelOut(ConversationRules):
 
 class ChannelList(BaseModel):
     items: list[ChannelOut]
-    next_cursor: str | None
-
-
-# --- request log -------------------------------------------------------------
-
-
-class LogEntryOut(BaseModel):
-    id: str
-    channel_id: str
-    direction: Direction
-    created_at: datetime
-    method: str
-    url: str
-    status_code: int | None
-    error_code: str | None
-    duration_ms: float
-    request_body: str | None
-    response_body: str | None
-    message_id: str | None
-    attempt: int | None
-    # An outgoing attempt's own channel headers, values masked (never stored).
-    outgoing_headers: dict[str, str] | None = None
-
-    @classmethod
-    def of(cls, entry: LogEntry) -> LogEntryOut:
-        return cls.model_validate(entry.model_dump())
-
-
-class LogPage(BaseModel):
-    items: list[LogEntryOut]
     next_cursor: str | None
 
 

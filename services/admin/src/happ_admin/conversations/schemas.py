@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from happ_admin.schemas import LogEntryOut
+from happ_admin.request_log.schemas import LogEntryOut
 from happ_common.conversation_state import ConversationState
 from happ_common.events import Attachment, Author, ConversationEvent
 from happ_common.messages import Handling, LlmTrace, MessageStatus, Role, StoredMessage

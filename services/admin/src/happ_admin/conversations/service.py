@@ -13,8 +13,8 @@ from happ_admin.conversations.schemas import (
     TrackedStatus,
 )
 from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
-from happ_admin.repository import AdminRepository
-from happ_admin.schemas import LogEntryOut
+from happ_admin.request_log.repository import RequestLogRepository
+from happ_admin.request_log.schemas import LogEntryOut
 from happ_admin.service import ChannelService
 from happ_common.errors import HappError
 from happ_common.messages import StoredMessage
@@ -38,7 +38,7 @@ def tracked_status(message: StoredMessage, reply: StoredMessage | None) -> Track
 
 class ConversationService:
     def __init__(
-        self, repo: ConversationRepository, logs: AdminRepository, channels: ChannelService
+        self, repo: ConversationRepository, logs: RequestLogRepository, channels: ChannelService
     ) -> None:
         self._repo = repo
         self._logs = logs

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from happ_admin import cursors
 from happ_admin.errors import LOG_NOT_FOUND
-from happ_admin.repository import AdminRepository
-from happ_admin.schemas import LogEntryOut, LogPage
+from happ_admin.request_log.repository import RequestLogRepository
+from happ_admin.request_log.schemas import LogEntryOut, LogPage
 from happ_admin.service import ChannelService
 from happ_common.errors import INVALID_PAYLOAD, ErrorDetail
 from happ_common.mongo import Document
@@ -65,7 +65,7 @@ def _aware(at: datetime | None) -> datetime | None:
 
 
 class LogService:
-    def __init__(self, repo: AdminRepository, channels: ChannelService) -> None:
+    def __init__(self, repo: RequestLogRepository, channels: ChannelService) -> None:
         self._repo = repo
         self._channels = channels
 

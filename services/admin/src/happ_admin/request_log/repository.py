@@ -11,11 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from happ_admin.cursors import Keyset, all_of, older_than
-from happ_common.deliveries import (
-    FIRST_ATTEMPT,
-    delivery_id,
-    delivery_of_log_id,
-)
+from happ_common.deliveries import FIRST_ATTEMPT, delivery_id, delivery_of_log_id
 from happ_common.ids import message_of_accepted_log_id
 from happ_common.messages import ACCEPTED_REQUEST
 from happ_common.mongo import DELIVERIES, MESSAGES, REQUEST_LOG, Document
@@ -45,7 +41,7 @@ def _newest_first(entries: list[LogEntry]) -> list[LogEntry]:
     return sorted(entries, key=lambda e: (e.created_at, e.id), reverse=True)
 
 
-class AdminRepository:
+class RequestLogRepository:
     """``retention_days``: how long request-log entries are shown. Two kinds of
     entry are kept inside documents that outlive the request log's retention: a
     reply's first attempt in its delivery state (happ_common.deliveries), an
@@ -65,8 +61,6 @@ class AdminRepository:
         await self._log.create_index(
             [("channel_id", ASCENDING), ("message_id", ASCENDING)], name="channel_message"
         )
-
-    # --- request log ---------------------------------------------------------
 
     async def logs(
         self,
