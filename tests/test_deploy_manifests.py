@@ -38,7 +38,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 # Imported for their metrics: each module registers its happ_* metrics on import.
-import happ_admin.channel_health
+import happ_admin.channels.health
 import happ_admin.inbox.service
 import happ_admin.live
 import happ_assistant.service

@@ -7,13 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_admin import (
-    endpoints,
-)
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
-from happ_admin.channel_health import DisabledChannelsGauge
+from happ_admin.channels.endpoints import router as channels_router
+from happ_admin.channels.health import DisabledChannelsGauge
 from happ_admin.channels.send_test import SendTest
+from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.endpoints import router as conversations_router
 from happ_admin.conversations.repository import ConversationRepository
 from happ_admin.conversations.resend import ReplyResender
@@ -30,7 +29,6 @@ from happ_admin.recovery.service import RecoveryService
 from happ_admin.request_log.endpoints import router as request_log_router
 from happ_admin.request_log.repository import RequestLogRepository
 from happ_admin.request_log.service import LogService
-from happ_admin.service import ChannelService
 from happ_admin.session.endpoints import router as session_router
 from happ_admin.session.repository import SessionRepository
 from happ_admin.session.service import SessionService
@@ -170,7 +168,7 @@ def create_app(
     app.add_middleware(HttpMetrics, service="admin")
     for router in (
         session_router,
-        endpoints.router,
+        channels_router,
         request_log_router,
         conversations_router,
         recovery_router,

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from happ_admin.auth import Authenticator
 from happ_admin.channels.send_test import SendTest
+from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.resend import ReplyResender
 from happ_admin.conversations.service import ConversationService
 from happ_admin.dead_letters.service import DeadLetterService
@@ -15,7 +16,6 @@ from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
 from happ_admin.recovery.service import RecoveryService
 from happ_admin.request_log.service import LogService
-from happ_admin.service import ChannelService
 from happ_admin.settings import AdminSettings
 from happ_admin.users.service import UserService
 from happ_common.settings import HappSettings

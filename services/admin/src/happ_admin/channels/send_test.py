@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import aiohttp
 from pymongo.errors import PyMongoError
 
-from happ_admin.schemas import SendTestResult
-from happ_admin.service import ChannelService
+from happ_admin.channels.schemas import SendTestResult
+from happ_admin.channels.service import ChannelService
 from happ_common.events import OutboundReply
 from happ_common.outgoing import send_attempt
 from happ_common.request_log import RequestLogWriter

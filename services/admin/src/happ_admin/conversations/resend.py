@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.repository import ConversationRepository
 from happ_admin.conversations.schemas import MessageStatusOut
 from happ_admin.conversations.service import ConversationService, message_not_found
 from happ_admin.errors import CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, DELIVERY_IN_PROGRESS
-from happ_admin.service import ChannelService
 from happ_common.channels import Channel
 from happ_common.deliveries import DeliveryStatus
 from happ_common.errors import service_unavailable

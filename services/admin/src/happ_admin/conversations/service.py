@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from happ_admin import cursors
+from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.repository import ConversationRepository
 from happ_admin.conversations.schemas import (
     ConversationOut,
@@ -15,7 +16,6 @@ from happ_admin.conversations.schemas import (
 from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
 from happ_admin.request_log.repository import RequestLogRepository
 from happ_admin.request_log.schemas import LogEntryOut
-from happ_admin.service import ChannelService
 from happ_common.errors import HappError
 from happ_common.messages import StoredMessage
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from prometheus_client import Histogram
 
 from happ_admin.auth import Principal
+from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.repository import ConversationRepository
 from happ_admin.conversations.schemas import MessageOut
 from happ_admin.errors import (
@@ -28,7 +29,6 @@ from happ_admin.errors import (
 )
 from happ_admin.inbox.repository import InboxRepository
 from happ_admin.inbox.schemas import InboxConversation, InboxOut, OperatorReplyIn
-from happ_admin.service import ChannelService
 from happ_common.channels import Channel
 from happ_common.conversation_state import HANDOFFS, ConversationDoc
 from happ_common.errors import HappError, invalid_payload, service_unavailable

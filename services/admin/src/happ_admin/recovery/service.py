@@ -33,12 +33,12 @@ from typing import TypeVar
 
 from pymongo.errors import ConnectionFailure
 
+from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.resend import ReplyResender, require_sendable
 from happ_admin.cursors import Keyset
 from happ_admin.errors import RECOVERY_IN_PROGRESS, RECOVERY_NOT_FOUND
 from happ_admin.recovery.repository import LOCK_TTL, RecoveryDoc, RecoveryRepository
 from happ_admin.recovery.schemas import RecoveryCounts, RecoveryOut
-from happ_admin.service import ChannelService
 from happ_common.errors import HappError
 
 log = logging.getLogger(__name__)

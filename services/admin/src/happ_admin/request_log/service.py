@@ -6,10 +6,10 @@ import re
 from datetime import UTC, datetime
 
 from happ_admin import cursors
+from happ_admin.channels.service import ChannelService
 from happ_admin.errors import LOG_NOT_FOUND
 from happ_admin.request_log.repository import RequestLogRepository
 from happ_admin.request_log.schemas import LogEntryOut, LogPage
-from happ_admin.service import ChannelService
 from happ_common.errors import INVALID_PAYLOAD, ErrorDetail
 from happ_common.mongo import Document
 from happ_common.request_log import Direction

@@ -6,8 +6,8 @@ import builtins
 import secrets
 from datetime import UTC, datetime
 
+from happ_admin.channels.service import ChannelService
 from happ_admin.errors import CHANNEL_NOT_FOUND, USER_NOT_FOUND, USERNAME_TAKEN
-from happ_admin.service import ChannelService
 from happ_admin.users.passwords import hash_password, verify_password
 from happ_admin.users.repository import User, UsernameTaken, UserRepository
 from happ_admin.users.schemas import UserCreate, UserUpdate

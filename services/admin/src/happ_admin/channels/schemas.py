@@ -1,8 +1,4 @@
-"""Request and response bodies of the admin API (SPEC §5).
-
-Every list answers ``{items, next_cursor}``; ``next_cursor`` is opaque and is
-``null`` on the last page.
-"""
+"""What the channel routes take and answer (SPEC §5)."""
 
 from __future__ import annotations
 

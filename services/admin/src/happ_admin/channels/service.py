@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from happ_admin.channels.schemas import ChannelCreate, ChannelUpdate
 from happ_admin.errors import CHANNEL_NOT_FOUND
-from happ_admin.schemas import ChannelCreate, ChannelUpdate
 from happ_common import custom_headers
 from happ_common.channels import (
     RULE_FIELDS,
