@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from happ_admin.cursors import Page
 from happ_common.channels import (
     RULE_FIELDS,
     AssistantSettings,
@@ -251,9 +252,8 @@ class ChannelOut(ConversationRules):
         )
 
 
-class ChannelList(BaseModel):
-    items: list[ChannelOut]
-    next_cursor: str | None
+class ChannelList(Page[ChannelOut]):
+    pass
 
 
 # --- send test ----------------------------------------------------------------

@@ -9,7 +9,7 @@ from datetime import datetime
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from happ_admin.cursors import Keyset, all_of, older_than
+from happ_admin.cursors import Keyset, all_of, keyset_after
 from happ_common.deliveries import DeliveryState, DeliveryStates, DeliveryStatus
 from happ_common.ids import conversation_id, output_ids_for
 from happ_common.messages import WITHOUT_REQUEST, StoredMessage, answered
@@ -27,7 +27,7 @@ class ConversationRepository:
     ) -> list[Document]:
         cursor = (
             self._conversations.find(
-                all_of({"channel_id": channel_id}, older_than("last_message_at", "_id", before))
+                all_of({"channel_id": channel_id}, keyset_after("last_message_at", "_id", before))
             )
             .sort([("last_message_at", DESCENDING), ("_id", DESCENDING)])
             .limit(limit)
@@ -77,7 +77,7 @@ class ConversationRepository:
             self._messages.find(
                 all_of(
                     {"channel_id": channel_id, "sender_id": sender_id},
-                    older_than("created_at", "message_id", before),
+                    keyset_after("created_at", "message_id", before),
                 ),
                 WITHOUT_REQUEST,
             )

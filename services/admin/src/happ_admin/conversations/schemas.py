@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from happ_admin.cursors import Page
 from happ_admin.request_log.schemas import LogEntryOut
 from happ_common.conversation_state import ConversationState
 from happ_common.events import Attachment, Author, ConversationEvent
@@ -25,9 +26,8 @@ class ConversationOut(BaseModel):
     unread: int = 0
 
 
-class ConversationPage(BaseModel):
-    items: list[ConversationOut]
-    next_cursor: str | None
+class ConversationPage(Page[ConversationOut]):
+    pass
 
 
 class DeliveryOut(BaseModel):
@@ -89,9 +89,8 @@ class MessageOut(BaseModel):
         )
 
 
-class MessagePage(BaseModel):
-    items: list[MessageOut]
-    next_cursor: str | None
+class MessagePage(Page[MessageOut]):
+    pass
 
 
 TrackedStatus = Literal["accepted", "replied", "delivered", "retrying", "failed", "canceled"]

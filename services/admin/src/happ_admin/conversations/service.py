@@ -49,9 +49,10 @@ class ConversationService:
     ) -> ConversationPage:
         before = cursors.decode(cursor)
         await self._channels.get(channel_id)
-        docs = await self._repo.conversations(channel_id, before=before, limit=limit + 1)
-        more = len(docs) > limit
-        docs = docs[:limit]
+        found = await self._repo.conversations(channel_id, before=before, limit=limit + 1)
+        docs, next_cursor = cursors.page_of(
+            found, limit, lambda d: cursors.encode(d["last_message_at"], d["_id"])
+        )
         stats = await self._repo.conversation_stats(channel_id, [d["sender_id"] for d in docs])
         items = [
             ConversationOut(
@@ -67,10 +68,6 @@ class ConversationService:
             )
             for d in docs
         ]
-        last = docs[-1] if docs else None
-        next_cursor = (
-            cursors.encode(last["last_message_at"], last["_id"]) if more and last else None
-        )
         return ConversationPage(items=items, next_cursor=next_cursor)
 
     async def messages(
@@ -83,10 +80,8 @@ class ConversationService:
                 f"No conversation with sender {sender_id!r} exists on this channel.",
             )
         found = await self._repo.messages(channel_id, sender_id, before=before, limit=limit + 1)
-        more = len(found) > limit
-        found = found[:limit]
-        next_cursor = (
-            cursors.encode(found[-1].created_at, found[-1].message_id) if more and found else None
+        found, next_cursor = cursors.page_of(
+            found, limit, lambda m: cursors.encode(m.created_at, m.message_id)
         )
         return MessagePage(items=[MessageOut.of(m) for m in found], next_cursor=next_cursor)
 

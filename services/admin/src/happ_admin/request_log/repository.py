@@ -10,7 +10,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from happ_admin.cursors import Keyset, all_of, older_than
+from happ_admin.cursors import Keyset, all_of, keyset_after
 from happ_common.deliveries import FIRST_ATTEMPT, delivery_id, delivery_of_log_id
 from happ_common.ids import message_of_accepted_log_id
 from happ_common.messages import ACCEPTED_REQUEST
@@ -87,7 +87,7 @@ class RequestLogRepository:
         if window:
             query["created_at"] = window
         cursor = (
-            self._log.find(all_of(query, status, older_than("created_at", "_id", before)))
+            self._log.find(all_of(query, status, keyset_after("created_at", "_id", before)))
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
             .limit(limit)
         )
@@ -132,7 +132,7 @@ class RequestLogRepository:
                 all_of(
                     found,
                     _under(field, status),
-                    older_than(prefix + "created_at", prefix + "id", before),
+                    keyset_after(prefix + "created_at", prefix + "id", before),
                 ),
                 {field: 1},
             )

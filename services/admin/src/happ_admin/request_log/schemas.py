@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from happ_admin.cursors import Page
 from happ_common.request_log import Direction, LogEntry
 
 
@@ -31,6 +32,5 @@ class LogEntryOut(BaseModel):
         return cls.model_validate(entry.model_dump())
 
 
-class LogPage(BaseModel):
-    items: list[LogEntryOut]
-    next_cursor: str | None
+class LogPage(Page[LogEntryOut]):
+    pass

@@ -94,10 +94,8 @@ class LogService:
             before=before,
             limit=limit + 1,
         )
-        more = len(entries) > limit
-        entries = entries[:limit]
-        next_cursor = (
-            cursors.encode(entries[-1].created_at, entries[-1].id) if more and entries else None
+        entries, next_cursor = cursors.page_of(
+            entries, limit, lambda e: cursors.encode(e.created_at, e.id)
         )
         return LogPage(items=[LogEntryOut.of(e) for e in entries], next_cursor=next_cursor)
 
