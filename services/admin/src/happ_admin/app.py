@@ -96,9 +96,9 @@ def create_app(
             log_repo = RequestLogRepository(
                 clients.db, retention_days=happ.request_log_retention_days
             )
-            sessions = SessionRepository(clients.db)
+            session_repo = SessionRepository(clients.db)
             await log_repo.ensure_indexes()
-            await sessions.ensure_indexes()
+            await session_repo.ensure_indexes()
             users = UserRepository(clients.db)
             # Few requests (one per "Send test"), so a small pool.
             http = new_session(
@@ -109,10 +109,9 @@ def create_app(
             channels = ChannelService(ChannelRepository(clients.db), happ)
             conversation_repo = ConversationRepository(clients.db)
             conversations = ConversationService(conversation_repo, log_repo, channels)
-            app.state.auth = Authenticator(
-                settings.tokens(),
-                SessionService(settings.tokens(), sessions, settings.session_ttl_hours, users),
-            )
+            tokens = settings.tokens()
+            sessions = SessionService(tokens, session_repo, settings.session_ttl_hours, users)
+            app.state.auth = Authenticator(tokens, sessions)
             app.state.users = UserService(users, channels)
             app.state.channels = channels
             app.state.logs = LogService(log_repo, channels)
