@@ -24,7 +24,7 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from happ_admin.repository import AdminRepository
+from happ_admin.request_log.repository import RequestLogRepository
 from happ_common.request_log import LogEntry
 from happ_devtools import fake_collector, fake_llm, receiver
 from happ_devtools.certs import DevTls, dev_tls
@@ -107,7 +107,7 @@ class System:
         return listed
 
 
-async def first_log_page(admin: AdminRepository, channel_id: str) -> list[LogEntry]:
+async def first_log_page(admin: RequestLogRepository, channel_id: str) -> list[LogEntry]:
     """A channel's newest request-log entries as ``admin`` (with its retention)
     lists them, unfiltered."""
     return await admin.logs(

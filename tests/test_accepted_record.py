@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from happ_admin.repository import AdminRepository
+from happ_admin.request_log.repository import RequestLogRepository
 from happ_common.events import InboundMessage
 from happ_common.ids import accepted_log_id, message_of_accepted_log_id, new_log_id
 from happ_common.kept_log_retention import KeptLogRetention
@@ -158,12 +158,12 @@ async def test_an_accepted_entry_is_shown_and_kept_as_long_as_the_request_log_ke
     await records.drain()
 
     # Past retention (1 day here), the admin no longer shows the old entry...
-    admin = AdminRepository(system.db, retention_days=1)
+    admin = RequestLogRepository(system.db, retention_days=1)
     listed = await first_log_page(admin, channel_id)
     assert [e.message_id for e in listed] == [new_key]
     assert await admin.log(accepted_log_id(channel_id, old_key)) is None
     # Kept for longer, it is shown.
-    assert await AdminRepository(system.db, retention_days=3).log(
+    assert await RequestLogRepository(system.db, retention_days=3).log(
         accepted_log_id(channel_id, old_key)
     )
 

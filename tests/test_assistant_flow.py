@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
-from happ_admin.repository import AdminRepository
+from happ_admin.conversations.repository import ConversationRepository as AdminConversations
 from happ_assistant.history import HistoryCache
 from happ_assistant.llm import OFFLINE_LABEL, LlmCallFailed, OfflineResponder, OpenAIChat
 from happ_assistant.repository import ConversationRepository
@@ -311,7 +311,7 @@ async def test_a_redelivered_message_gets_its_stored_reply_without_asking_the_ll
 
     (reply,) = await stored_replies(system, channel)
     assert reply["message_id"] == first.reply_id and reply["metadata"] == metadata
-    user = await AdminRepository(system.db).message(channel, msg.message_id)
+    user = await AdminConversations(system.db).message(channel, msg.message_id)
     assert user is not None
     assert (user.status, user.reply_id) == ("replied", first.reply_id)
     assert user.handling == Handling(outcome="answered")

@@ -38,9 +38,9 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 # Imported for their metrics: each module registers its happ_* metrics on import.
-import happ_admin.channel_health
+import happ_admin.channels.health
+import happ_admin.inbox.service
 import happ_admin.live
-import happ_admin.service_inbox
 import happ_assistant.service
 import happ_common.clients
 import happ_common.http_metrics
@@ -78,7 +78,7 @@ Doc = dict[str, Any]
 
 _METRIC_MODULES = (
     happ_admin.live,
-    happ_admin.service_inbox,
+    happ_admin.inbox.service,
     happ_assistant.service,
     happ_common.http_metrics,
     happ_common.pipeline,

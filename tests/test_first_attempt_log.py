@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from happ_admin.repository import AdminRepository
+from happ_admin.request_log.repository import RequestLogRepository
 from happ_common.deliveries import FIRST_ATTEMPT, delivery_id, delivery_of_log_id
 from happ_common.ids import new_log_id
 from happ_common.kept_log_retention import KeptLogRetention
@@ -120,7 +120,7 @@ async def test_a_first_attempt_is_shown_and_kept_as_long_as_the_request_log_keep
             claimed=False,
             attempt_log=_entry(channel_id, reply_id, at),
         )
-    admin = AdminRepository(system.db, retention_days=1)
+    admin = RequestLogRepository(system.db, retention_days=1)
     listed = await first_log_page(admin, channel_id)
     assert [e.message_id for e in listed] == [new_reply]
     assert await admin.attempts(channel_id, old_reply) == []
@@ -129,9 +129,8 @@ async def test_a_first_attempt_is_shown_and_kept_as_long_as_the_request_log_keep
     assert old_id is not None
     assert await admin.log(old_id["first_attempt"]["id"]) is None
     # Kept for longer, it is shown.
-    assert (
-        len(await AdminRepository(system.db, retention_days=3).attempts(channel_id, old_reply)) == 1
-    )
+    kept_longer = RequestLogRepository(system.db, retention_days=3)
+    assert len(await kept_longer.attempts(channel_id, old_reply)) == 1
 
     # Then the delivery members remove it from the state, which stays.
     sweep = KeptLogRetention(system.db, DELIVERIES, FIRST_ATTEMPT, retention_days=1)

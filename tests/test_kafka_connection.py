@@ -165,7 +165,7 @@ async def _try(start: Callable[[], Awaitable[Any]]) -> None:
 async def test_sasl_settings_reach_every_kafka_client(system: System) -> None:
     """Each kind of client HAPP builds: the ingress's producer, the workers' FastStream
     producer, the keyed pipeline's consumer, the topic admin and the dead-letter reader."""
-    from happ_admin.service_dead_letters import DeadLetterService  # noqa: PLC0415
+    from happ_admin.dead_letters.service import DeadLetterService  # noqa: PLC0415
 
     async with RecordingProxy(system.stack.kafka_bootstrap).running() as proxy:
         for mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):

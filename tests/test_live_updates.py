@@ -9,9 +9,9 @@ from typing import Any, cast
 import pytest
 
 from happ_admin.auth import Principal
+from happ_admin.inbox.repository import InboxRepository
+from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
-from happ_admin.repository_inbox import InboxRepository
-from happ_admin.service_inbox import InboxService
 from happ_common.conversation_state import ConversationDoc
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from happ_admin.repository import AdminRepository
+from happ_admin.conversations.repository import ConversationRepository
 from happ_devtools.fake_llm import HANDOFF_PHRASE, ModelScript
 from happ_devtools.receiver import signature_ok
 from tests.conftest import System, eventually
@@ -52,7 +52,7 @@ async def say(system: System, channel: dict[str, Any], sender: str, text: str) -
 async def handling(system: System, channel: dict[str, Any], message_id: str) -> dict[str, Any]:
     # Read as the admin API reads it: what came of a message is stored on its
     # reply, notice or event when one went out (happ_common.messages.answered).
-    repo = AdminRepository(system.db)
+    repo = ConversationRepository(system.db)
 
     async def decided() -> bool:
         found = await repo.message(channel["id"], message_id)

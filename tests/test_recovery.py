@@ -12,8 +12,8 @@ from typing import Any, cast
 
 from pymongo.errors import AutoReconnect
 
-from happ_admin.repository_recovery import RecoveryDoc, RecoveryRepository
-from happ_admin.service_recovery import RecoveryService
+from happ_admin.recovery.repository import RecoveryDoc, RecoveryRepository
+from happ_admin.recovery.service import RecoveryService
 from happ_common.deliveries import delivery_id
 from happ_common.ids import conversation_id
 from happ_common.messages import StoredMessage

@@ -11,9 +11,9 @@ outcome is an insert, and only later attempts and resends are updates.
 A reply's first attempt, sent without a claim, is also logged there: its
 request-log entry rides in the state's first insert (``first_attempt``) instead
 of being a document of its own in ``request_log``, one document fewer per reply.
-The admin's request-log reads merge those entries in (``happ_admin.repository``);
-every later attempt, a resend's and a typing event's are ``request_log``
-entries as before.
+The admin's request-log reads merge those entries in
+(``happ_admin.request_log.repository``); every later attempt, a resend's and a
+typing event's are ``request_log`` entries as before.
 
 Replies whose next attempt is scheduled are also listed in ``pending_retries``
 (by partition), so a delivery member that takes a partition over can close

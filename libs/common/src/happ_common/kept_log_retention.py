@@ -9,7 +9,8 @@ index on ``request_log``), so this removes it from documents whose entry is
 older, channel by channel through the index the admin lists them by. The
 owner of each collection runs it on every member; the removals are
 idempotent, and a round that finds nothing costs one indexed query per channel.
-Until a round runs, the admin hides such entries (``happ_admin.repository``).
+Until a round runs, the admin hides such entries
+(``happ_admin.request_log.repository``).
 """
 
 from __future__ import annotations

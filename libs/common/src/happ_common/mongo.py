@@ -27,7 +27,7 @@ REQUEST_LOG = "request_log"
 DELIVERIES = "deliveries"
 PENDING_RETRIES = "pending_retries"
 # People who sign in to the admin UI (admins and operators) and their channel
-# memberships; only the admin service reads and writes it (happ_admin.repository_users).
+# memberships; only the admin service reads and writes it (happ_admin.users.repository).
 USERS = "users"
 
 Document = dict[str, Any]

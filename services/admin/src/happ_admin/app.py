@@ -7,34 +7,36 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from happ_admin import (
-    endpoints,
-    endpoints_conversations,
-    endpoints_dead_letters,
-    endpoints_inbox,
-    endpoints_logs,
-    endpoints_recovery,
-    endpoints_session,
-    endpoints_users,
-)
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
-from happ_admin.channel_health import DisabledChannelsGauge
+from happ_admin.channels.endpoints import router as channels_router
+from happ_admin.channels.health import DisabledChannelsGauge
+from happ_admin.channels.send_test import SendTest
+from happ_admin.channels.service import ChannelService
+from happ_admin.conversations.endpoints import router as conversations_router
+from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.resend import ReplyResender
+from happ_admin.conversations.service import ConversationService
+from happ_admin.dead_letters.endpoints import router as dead_letters_router
+from happ_admin.dead_letters.service import DeadLetterService
+from happ_admin.inbox.endpoints import router as inbox_router
+from happ_admin.inbox.repository import InboxRepository
+from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
-from happ_admin.repository import AdminRepository, SessionRepository
-from happ_admin.repository_inbox import InboxRepository
-from happ_admin.repository_recovery import RecoveryRepository
-from happ_admin.repository_users import UserRepository
-from happ_admin.service import ChannelService
-from happ_admin.service_conversations import ConversationService
-from happ_admin.service_dead_letters import DeadLetterService
-from happ_admin.service_delivery import DeliveryActions
-from happ_admin.service_inbox import InboxService
-from happ_admin.service_logs import LogService
-from happ_admin.service_recovery import RecoveryService
-from happ_admin.service_users import UserService
+from happ_admin.recovery.endpoints import router as recovery_router
+from happ_admin.recovery.repository import RecoveryRepository
+from happ_admin.recovery.service import RecoveryService
+from happ_admin.request_log.endpoints import router as request_log_router
+from happ_admin.request_log.repository import RequestLogRepository
+from happ_admin.request_log.service import LogService
+from happ_admin.session.endpoints import router as session_router
+from happ_admin.session.repository import SessionRepository
+from happ_admin.session.service import SessionService
 from happ_admin.settings import AdminSettings
 from happ_admin.ui import SecurityHeaders, mount_ui
+from happ_admin.users.endpoints import router as users_router
+from happ_admin.users.repository import UserRepository
+from happ_admin.users.service import UserService
 from happ_common.channels import ChannelRepository
 from happ_common.clients import Clients, shared_clients
 from happ_common.endpoint_health import EndpointHealthRepository
@@ -49,13 +51,15 @@ from happ_common.webhook_client import new_session
 
 def _inbox(
     clients: Clients,
-    repo: AdminRepository,
+    conversations: ConversationRepository,
     channels: ChannelService,
     publisher: EventPublisher,
     settings: AdminSettings,
 ) -> tuple[InboxService, LiveUpdates]:
     inbox_repo = InboxRepository(clients.db)
-    inbox = InboxService(repo=inbox_repo, admin_repo=repo, channels=channels, publisher=publisher)
+    inbox = InboxService(
+        repo=inbox_repo, conversations=conversations, channels=channels, publisher=publisher
+    )
     live = LiveUpdates(
         inbox_repo, inbox, poll_s=settings.live_poll_s, keepalive_s=settings.live_keepalive_s
     )
@@ -63,13 +67,13 @@ def _inbox(
 
 
 async def _recovery(
-    clients: Clients, channels: ChannelService, delivery: DeliveryActions, poll_s: float
+    clients: Clients, channels: ChannelService, resender: ReplyResender, poll_s: float
 ) -> tuple[RecoveryService, DisabledChannelsGauge]:
     repo = RecoveryRepository(clients.db)
     await repo.ensure_indexes()
     gauge = DisabledChannelsGauge(EndpointHealthRepository(clients.db), poll_s)
     gauge.start()
-    return RecoveryService(repo, channels, delivery), gauge
+    return RecoveryService(repo, channels, resender), gauge
 
 
 def create_app(
@@ -89,10 +93,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher = EventPublisher(infra, client_id="happ-admin")
         async with shared_clients(infra, happ, publisher) as clients:
-            repo = AdminRepository(clients.db, retention_days=happ.request_log_retention_days)
-            sessions = SessionRepository(clients.db)
-            await repo.ensure_indexes()
-            await sessions.ensure_indexes()
+            log_repo = RequestLogRepository(
+                clients.db, retention_days=happ.request_log_retention_days
+            )
+            session_repo = SessionRepository(clients.db)
+            await log_repo.ensure_indexes()
+            await session_repo.ensure_indexes()
             users = UserRepository(clients.db)
             # Few requests (one per "Send test"), so a small pool.
             http = new_session(
@@ -101,29 +107,35 @@ def create_app(
                 max_connections=16,
             )
             channels = ChannelService(ChannelRepository(clients.db), happ)
-            conversations = ConversationService(repo, channels)
-            app.state.auth = Authenticator(
-                settings.tokens(), sessions, settings.session_ttl_hours, users
-            )
+            conversation_repo = ConversationRepository(clients.db)
+            conversations = ConversationService(conversation_repo, log_repo, channels)
+            tokens = settings.tokens()
+            sessions = SessionService(tokens, session_repo, settings.session_ttl_hours, users)
+            app.state.auth = Authenticator(tokens, sessions)
             app.state.users = UserService(users, channels)
             app.state.channels = channels
-            app.state.logs = LogService(repo, channels)
+            app.state.logs = LogService(log_repo, channels)
             app.state.conversations = conversations
-            app.state.delivery = DeliveryActions(
-                repo=repo,
+            app.state.send_test = SendTest(
                 channels=channels,
-                conversations=conversations,
-                publisher=publisher,
                 session=http,
                 request_log=clients.request_log,
                 timeout_s=settings.delivery_timeout_s,
                 allow_private=happ.allow_private_endpoints,
             )
+            app.state.resender = ReplyResender(
+                repo=conversation_repo,
+                channels=channels,
+                conversations=conversations,
+                publisher=publisher,
+            )
             app.state.recoveries, disabled_gauge = await _recovery(
-                clients, channels, app.state.delivery, settings.health_poll_s
+                clients, channels, app.state.resender, settings.health_poll_s
             )
             app.state.dead_letters = DeadLetterService(infra, publisher)
-            app.state.inbox, app.state.live = _inbox(clients, repo, channels, publisher, settings)
+            app.state.inbox, app.state.live = _inbox(
+                clients, conversation_repo, channels, publisher, settings
+            )
             app.state.live.start()
             app.state.checks = clients.readiness_checks()
             freeze_startup_heap()
@@ -153,17 +165,17 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ActionLog)
     app.add_middleware(HttpMetrics, service="admin")
-    for module in (
-        endpoints_session,
-        endpoints,
-        endpoints_logs,
-        endpoints_conversations,
-        endpoints_recovery,
-        endpoints_dead_letters,
-        endpoints_inbox,
-        endpoints_users,
+    for router in (
+        session_router,
+        channels_router,
+        request_log_router,
+        conversations_router,
+        recovery_router,
+        dead_letters_router,
+        inbox_router,
+        users_router,
     ):
-        app.include_router(module.router)
+        app.include_router(router)
     app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app

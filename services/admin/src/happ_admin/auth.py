@@ -1,34 +1,28 @@
-"""Who may call ``/api``: a bearer token, or the web UI's session cookie.
+"""Who may call ``/api``: a bearer token, or the web UI's session cookie
+(``happ_admin.session``).
 
 Tokens come from ``HAPP_ADMIN_TOKEN`` (several, comma separated) and are
 compared in constant time against every configured token, so the time taken
 tells nothing about which one came close.
 
-The UI never holds a token: it trades one for a random session id kept in an
-HttpOnly, SameSite=Strict cookie. Sessions live in MongoDB (only a hash of the
-id is stored), so any admin replica honours them, a sign-out ends them
-everywhere, and removing a token from the configuration ends every session
-opened with it. Requests authenticated by the cookie that change state must
-also carry ``X-CSRF-Token`` with the session's CSRF token (synchronizer
-token): SameSite=Strict already keeps the cookie off cross-site requests, the
-header keeps a same-site page that is not the UI from using it.
+Requests authenticated by the cookie that change state must also carry
+``X-CSRF-Token`` with the session's CSRF token (synchronizer token):
+SameSite=Strict already keeps the cookie off cross-site requests, the header
+keeps a same-site page that is not the UI from using it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import Depends, Request, Response, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 
 from happ_admin.errors import ADMIN_ONLY, CSRF_TOKEN_INVALID, NOT_A_MEMBER, UNAUTHORIZED
-from happ_admin.repository import SessionRepository
-from happ_admin.repository_users import User, UserRepository, UserRole
+from happ_admin.session.service import Session, SessionService
+from happ_admin.users.repository import UserRole
 from happ_common.errors import HappError
 from happ_common.events import Author
 
@@ -53,23 +47,6 @@ _cookie_doc = APIKeyCookie(
 
 def unauthorized(message: str) -> HappError:
     return UNAUTHORIZED(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-def _fingerprint(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _session_hash(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Session:
-    id: str
-    csrf_token: str
-    expires_at: datetime
-    # Signed in with a username and password; None: with an admin token.
-    user: User | None = None
 
 
 Role = UserRole
@@ -110,18 +87,9 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(
-        self,
-        tokens: list[str],
-        sessions: SessionRepository,
-        ttl_hours: float,
-        users: UserRepository | None = None,
-    ) -> None:
+    def __init__(self, tokens: list[str], sessions: SessionService) -> None:
         self._tokens = [t.encode() for t in tokens]
-        self._fingerprints = {_fingerprint(t) for t in tokens}
-        self._sessions = sessions
-        self._users = users
-        self._ttl = timedelta(hours=ttl_hours)
+        self.sessions = sessions
 
     def token_matches(self, given: str) -> bool:
         candidate = given.encode()
@@ -130,50 +98,6 @@ class Authenticator:
             ok |= hmac.compare_digest(expected, candidate)
         return ok
 
-    async def open_session(self, token: str | None = None, user: User | None = None) -> Session:
-        now = datetime.now(UTC)
-        session = Session(
-            id=secrets.token_urlsafe(32),
-            csrf_token=secrets.token_urlsafe(32),
-            expires_at=now + self._ttl,
-            user=user,
-        )
-        doc: dict[str, object] = {
-            "_id": _session_hash(session.id),
-            "csrf_token": session.csrf_token,
-            "created_at": now,
-            "expires_at": session.expires_at,
-        }
-        if user is not None:
-            doc["user_id"] = user.id
-        else:
-            doc["token_fp"] = _fingerprint(token or "")
-        await self._sessions.insert(doc)
-        return session
-
-    async def session(self, session_id: str) -> Session | None:
-        if not session_id or len(session_id) > 200:
-            return None
-        doc = await self._sessions.get(_session_hash(session_id))
-        if doc is None:
-            return None
-        expires_at: datetime = _aware(doc["expires_at"])
-        # The TTL sweep is lazy.
-        if expires_at <= datetime.now(UTC):
-            return None
-        user = None
-        if "user_id" in doc:
-            # A user removed, disabled, or whose password changed since: signed out.
-            user = await self._users.recent(doc["user_id"]) if self._users else None
-            created_at = _aware(doc["created_at"])
-            if user is None or user.disabled or _aware(user.password_changed_at) > created_at:
-                return None
-        elif doc.get("token_fp") not in self._fingerprints:
-            return None  # the token it was opened with was taken out of service
-        return Session(
-            id=session_id, csrf_token=doc["csrf_token"], expires_at=expires_at, user=user
-        )
-
     async def current(self, principal: Principal) -> Principal | None:
         """The caller as they are now, for a long-lived request (the live-update
         stream): None once their session has ended (signed out, expired; the user
@@ -181,15 +105,8 @@ class Authenticator:
         role as they are now otherwise. A bearer token is checked per request."""
         if principal.session is None:
             return principal
-        session = await self.session(principal.session.id)
+        session = await self.sessions.get(principal.session.id)
         return None if session is None else principal_of(session)
-
-    async def close_session(self, session_id: str) -> None:
-        await self._sessions.delete(_session_hash(session_id))
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def principal_of(session: Session) -> Principal:
@@ -230,7 +147,7 @@ async def require_auth(
             )
         return Principal(via="bearer")
     if cookie:
-        session = await auth.session(cookie)
+        session = await auth.sessions.get(cookie)
         if session is None:
             raise unauthorized("Your session has ended; sign in again.")
         if request.method not in SAFE_METHODS:
@@ -261,25 +178,3 @@ async def require_member(request: Request, principal: CurrentPrincipal) -> Princ
 async def require_admin(principal: CurrentPrincipal) -> Principal:
     principal.require_admin()
     return principal
-
-
-def cookie_is_secure(request: Request, configured: bool | None) -> bool:
-    return configured if configured is not None else request.url.scheme == "https"
-
-
-def set_session_cookie(response: Response, session: Session, *, secure: bool) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        session.id,
-        max_age=max(1, int((session.expires_at - datetime.now(UTC)).total_seconds())),
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=secure,
-    )
-
-
-def clear_session_cookie(response: Response, *, secure: bool) -> None:
-    response.delete_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure
-    )

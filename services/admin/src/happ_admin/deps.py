@@ -7,16 +7,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from happ_admin.auth import Authenticator
+from happ_admin.channels.send_test import SendTest
+from happ_admin.channels.service import ChannelService
+from happ_admin.conversations.resend import ReplyResender
+from happ_admin.conversations.service import ConversationService
+from happ_admin.dead_letters.service import DeadLetterService
+from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
-from happ_admin.service import ChannelService
-from happ_admin.service_conversations import ConversationService
-from happ_admin.service_dead_letters import DeadLetterService
-from happ_admin.service_delivery import DeliveryActions
-from happ_admin.service_inbox import InboxService
-from happ_admin.service_logs import LogService
-from happ_admin.service_recovery import RecoveryService
-from happ_admin.service_users import UserService
+from happ_admin.recovery.service import RecoveryService
+from happ_admin.request_log.service import LogService
 from happ_admin.settings import AdminSettings
+from happ_admin.users.service import UserService
 from happ_common.settings import HappSettings
 
 
@@ -40,8 +41,13 @@ def _conversations(request: Request) -> ConversationService:
     return service
 
 
-def _delivery(request: Request) -> DeliveryActions:
-    service: DeliveryActions = request.app.state.delivery
+def _send_test(request: Request) -> SendTest:
+    service: SendTest = request.app.state.send_test
+    return service
+
+
+def _resender(request: Request) -> ReplyResender:
+    service: ReplyResender = request.app.state.resender
     return service
 
 
@@ -84,7 +90,8 @@ Auth = Annotated[Authenticator, Depends(_auth)]
 Channels = Annotated[ChannelService, Depends(_channels)]
 Logs = Annotated[LogService, Depends(_logs)]
 Conversations = Annotated[ConversationService, Depends(_conversations)]
-Delivery = Annotated[DeliveryActions, Depends(_delivery)]
+SendTests = Annotated[SendTest, Depends(_send_test)]
+Resends = Annotated[ReplyResender, Depends(_resender)]
 Recoveries = Annotated[RecoveryService, Depends(_recoveries)]
 DeadLetters = Annotated[DeadLetterService, Depends(_dead_letters)]
 Users = Annotated[UserService, Depends(_users)]

@@ -29,9 +29,9 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Gauge
 
 from happ_admin.auth import Principal
-from happ_admin.repository_inbox import InboxRepository
-from happ_admin.schemas import InboxConversation
-from happ_admin.service_inbox import InboxService
+from happ_admin.inbox.repository import InboxRepository
+from happ_admin.inbox.schemas import InboxConversation
+from happ_admin.inbox.service import InboxService
 from happ_common.conversation_state import ConversationDoc
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ import re
 from datetime import UTC, datetime
 
 from happ_admin import cursors
+from happ_admin.channels.service import ChannelService
 from happ_admin.errors import LOG_NOT_FOUND
-from happ_admin.repository import AdminRepository
-from happ_admin.schemas import LogEntryOut, LogPage
-from happ_admin.service import ChannelService
+from happ_admin.request_log.repository import RequestLogRepository
+from happ_admin.request_log.schemas import LogEntryOut, LogPage
 from happ_common.errors import INVALID_PAYLOAD, ErrorDetail
 from happ_common.mongo import Document
 from happ_common.request_log import Direction
@@ -65,7 +65,7 @@ def _aware(at: datetime | None) -> datetime | None:
 
 
 class LogService:
-    def __init__(self, repo: AdminRepository, channels: ChannelService) -> None:
+    def __init__(self, repo: RequestLogRepository, channels: ChannelService) -> None:
         self._repo = repo
         self._channels = channels
 
@@ -94,10 +94,8 @@ class LogService:
             before=before,
             limit=limit + 1,
         )
-        more = len(entries) > limit
-        entries = entries[:limit]
-        next_cursor = (
-            cursors.encode(entries[-1].created_at, entries[-1].id) if more and entries else None
+        entries, next_cursor = cursors.page_of(
+            entries, limit, lambda e: cursors.encode(e.created_at, e.id)
         )
         return LogPage(items=[LogEntryOut.of(e) for e in entries], next_cursor=next_cursor)
 

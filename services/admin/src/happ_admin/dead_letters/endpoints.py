@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from happ_admin.auth import require_admin
+from happ_admin.dead_letters.schemas import DeadLetterList, DeadLetterOut
 from happ_admin.deps import DeadLetters
 from happ_admin.errors import ERRORS
-from happ_admin.schemas import DeadLetterList, DeadLetterOut
 
 router = APIRouter(
     prefix="/api", tags=["dead letters"], dependencies=[Depends(require_admin)], responses=ERRORS

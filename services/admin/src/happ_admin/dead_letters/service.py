@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from happ_admin.dead_letters.schemas import DeadLetterOut
 from happ_admin.errors import DEAD_LETTER_NOT_FOUND
-from happ_admin.schemas import DeadLetterOut
 from happ_common import dead_letters as dl
 from happ_common.errors import HappError, service_unavailable
 from happ_common.kafka import Publisher, PublishFailed

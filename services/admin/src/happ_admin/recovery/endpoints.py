@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from happ_admin.auth import CurrentPrincipal, require_member
 from happ_admin.deps import Recoveries
 from happ_admin.errors import ERRORS, RECOVERY_CONFLICTS
-from happ_admin.schemas import RecoveryList, RecoveryOut, RecoveryRequest
+from happ_admin.recovery.schemas import RecoveryList, RecoveryOut, RecoveryRequest
 
 router = APIRouter(
     prefix="/api", tags=["recovery"], dependencies=[Depends(require_member)], responses=ERRORS

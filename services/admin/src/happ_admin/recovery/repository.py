@@ -1,4 +1,4 @@
-"""Storage of bulk recoveries (``service_recovery.py``); only the admin uses it.
+"""Storage of bulk recoveries (``happ_admin.recovery.service``); only the admin uses it.
 
 * ``recoveries``: one document per recovery (its request and progress), and one
   lock per channel (``_id`` ``lock/<channel_id>``) held by the running one.
@@ -22,7 +22,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from happ_admin.cursors import Keyset
+from happ_admin.cursors import Keyset, all_of, keyset_after
 from happ_common.deliveries import DeliveryState, DeliveryStates
 from happ_common.ids import conversation_id
 from happ_common.messages import WITHOUT_REQUEST, StoredMessage
@@ -176,21 +176,11 @@ class RecoveryRepository:
             "sender_id": sender_id,
             "created_at": {"$gte": since},
         }
-        if after is not None:
-            at, key = after
-            query = {
-                "$and": [
-                    query,
-                    {
-                        "$or": [
-                            {"created_at": {"$gt": at}},
-                            {"created_at": at, "message_id": {"$gt": key}},
-                        ]
-                    },
-                ]
-            }
         cursor = (
-            self._messages.find(query, WITHOUT_REQUEST)
+            self._messages.find(
+                all_of(query, keyset_after("created_at", "message_id", after, descending=False)),
+                WITHOUT_REQUEST,
+            )
             .sort([("created_at", ASCENDING), ("message_id", ASCENDING)])
             .limit(limit)
         )

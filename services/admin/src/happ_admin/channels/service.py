@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from happ_admin.channels.schemas import ChannelCreate, ChannelUpdate
+from happ_admin.cursors import page_of
 from happ_admin.errors import CHANNEL_NOT_FOUND
-from happ_admin.schemas import ChannelCreate, ChannelUpdate
 from happ_common import custom_headers
 from happ_common.channels import (
     RULE_FIELDS,
@@ -125,9 +126,7 @@ class ChannelService:
         self, cursor: str | None, limit: int, *, only: frozenset[str] | None = None
     ) -> tuple[list[Channel], str | None]:
         items = await self._repo.list(after=cursor, limit=limit + 1, only=only)
-        more = len(items) > limit
-        items = items[:limit]
-        return items, (items[-1].id if more and items else None)
+        return page_of(items, limit, lambda c: c.id)
 
     async def update(self, channel_id: str, req: ChannelUpdate) -> Channel:
         current = await self.get(channel_id)

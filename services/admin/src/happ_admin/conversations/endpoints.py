@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from happ_admin.auth import require_member
+from happ_admin.conversations.schemas import ConversationPage, MessagePage, MessageStatusOut
 from happ_admin.cursors import Cursor
-from happ_admin.deps import Conversations, Delivery
+from happ_admin.deps import Conversations, Resends
 from happ_admin.errors import ERRORS, RESEND_CONFLICTS
 from happ_admin.path_params import SENDER_ID
-from happ_admin.schemas import ConversationPage, MessagePage, MessageStatusOut
 
 router = APIRouter(
     prefix="/api", tags=["conversations"], dependencies=[Depends(require_member)], responses=ERRORS
@@ -60,5 +60,5 @@ async def message_status(
     summary="Deliver a delivered, failed or canceled reply again, as a new series",
     responses=RESEND_CONFLICTS,
 )
-async def resend(channel_id: str, message_id: str, delivery: Delivery) -> MessageStatusOut:
-    return await delivery.resend(channel_id, message_id)
+async def resend(channel_id: str, message_id: str, resender: Resends) -> MessageStatusOut:
+    return await resender.resend(channel_id, message_id)

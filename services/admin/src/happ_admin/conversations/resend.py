@@ -1,38 +1,28 @@
-"""Send test and resend: the two ways an operator makes HAPP call an endpoint.
+"""Resend: a reply delivered, failed or canceled is delivered again, as a new
+series (one reply, or every failed one of a bulk recovery).
 
-Send test makes the request itself, with the delivery service's own code
-(``outgoing.render``, ``signed_headers``, ``post_signed``), so a green test
-means a reply would get through the same way. Resend goes through Kafka to the
-delivery service, so the new series gets the usual retries and request log.
+It goes through Kafka to the delivery service, so the new series gets the usual
+retries and request log. (Send test, the other way an operator makes HAPP call
+an endpoint, is the channel's: ``happ_admin.channels.send_test``.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from datetime import UTC, datetime
 
-import aiohttp
-from pymongo.errors import PyMongoError
-
+from happ_admin.channels.service import ChannelService
+from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.schemas import MessageStatusOut
+from happ_admin.conversations.service import ConversationService, message_not_found
 from happ_admin.errors import CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, DELIVERY_IN_PROGRESS
-from happ_admin.repository import AdminRepository
-from happ_admin.schemas import MessageStatusOut, SendTestResult
-from happ_admin.service import ChannelService
-from happ_admin.service_conversations import ConversationService, message_not_found
 from happ_common.channels import Channel
 from happ_common.deliveries import DeliveryStatus
 from happ_common.errors import service_unavailable
-from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import EventPublisher, PublishFailed
 from happ_common.messages import StoredMessage, outbound
-from happ_common.outgoing import send_attempt
-from happ_common.request_log import RequestLogWriter
 from happ_common.topics import OUTBOUND_REPLIES
 
-TEST_RECIPIENT = "happ_test"
-TEST_TEXT = "This is a test message from HAPP Custom Messenger."
 RESENDABLE: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
 
 
@@ -49,66 +39,19 @@ def require_sendable(channel: Channel) -> None:
         )
 
 
-class DeliveryActions:
+class ReplyResender:
     def __init__(
         self,
         *,
-        repo: AdminRepository,
+        repo: ConversationRepository,
         channels: ChannelService,
         conversations: ConversationService,
         publisher: EventPublisher,
-        session: aiohttp.ClientSession,
-        request_log: RequestLogWriter,
-        timeout_s: float,
-        allow_private: bool,
     ) -> None:
         self._repo = repo
         self._channels = channels
         self._conversations = conversations
         self._publisher = publisher
-        self._session = session
-        self._log = request_log
-        self._timeout_s = timeout_s
-        self._allow_private = allow_private
-
-    async def send_test(self, channel_id: str) -> SendTestResult:
-        # Allowed on a disconnected channel too: "confirm the endpoint, test,
-        # then connect" is the product page's reconnect procedure.
-        channel = await self._channels.get(channel_id)
-        test_id = "tst_" + uuid.uuid4().hex
-        reply = OutboundReply(
-            channel_id=channel.id,
-            reply_id=test_id,
-            in_reply_to=None,
-            to=TEST_RECIPIENT,
-            text=TEST_TEXT,
-            metadata=None,
-            created_at=datetime.now(UTC),
-            test=True,
-        )
-        sent = await send_attempt(
-            self._session,
-            channel,
-            reply,
-            1,
-            timeout_s=self._timeout_s,
-            allow_private=self._allow_private,
-        )
-        outcome, log_id = sent.outcome, sent.log_entry.id
-        self._log.add(sent.log_entry)
-        # The operator looks at the log right after a test: write it now rather
-        # than at the next batch. A failure leaves it buffered for the writer.
-        with contextlib.suppress(PyMongoError):
-            await self._log.flush()
-        return SendTestResult(
-            ok=outcome.ok,
-            status_code=outcome.status_code,
-            response_time_ms=outcome.duration_ms,
-            error_code=outcome.error_code,
-            error_message=outcome.error_message,
-            message_id=test_id,
-            log_id=log_id,
-        )
 
     async def resend(self, channel_id: str, message_id: str) -> MessageStatusOut:
         channel = await self._channels.get(channel_id)

@@ -10,8 +10,9 @@ from happ_admin.auth import CurrentPrincipal, require_member
 from happ_admin.cursors import Cursor
 from happ_admin.deps import Logs
 from happ_admin.errors import ERRORS
-from happ_admin.schemas import Instant, LogEntryOut, LogPage
-from happ_admin.service_logs import STATUS_FILTER_HELP, STATUS_FILTER_PATTERN
+from happ_admin.instant import Instant
+from happ_admin.request_log.schemas import LogEntryOut, LogPage
+from happ_admin.request_log.service import STATUS_FILTER_HELP, STATUS_FILTER_PATTERN
 from happ_common.request_log import Direction
 
 router = APIRouter(

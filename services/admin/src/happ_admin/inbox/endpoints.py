@@ -6,10 +6,11 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from happ_admin.auth import CurrentPrincipal
+from happ_admin.conversations.schemas import MessageOut
 from happ_admin.deps import Auth, Inbox, Live
 from happ_admin.errors import ERRORS, INBOX_CONFLICTS
+from happ_admin.inbox.schemas import InboxConversation, InboxOut, OperatorReplyIn
 from happ_admin.path_params import SENDER_ID
-from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
 
 router = APIRouter(prefix="/api", tags=["inbox"], responses=ERRORS)
 

@@ -7,9 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from happ_admin.auth import CurrentPrincipal, Principal, require_auth
-from happ_admin.deps import Channels, Delivery, PublicUrl
-from happ_admin.errors import ERRORS
-from happ_admin.schemas import (
+from happ_admin.channels.schemas import (
     ChannelCreate,
     ChannelList,
     ChannelOut,
@@ -17,6 +15,8 @@ from happ_admin.schemas import (
     ConnectRequest,
     SendTestResult,
 )
+from happ_admin.deps import Channels, PublicUrl, SendTests
+from happ_admin.errors import ERRORS
 from happ_common.channels import Channel
 
 router = APIRouter(
@@ -115,7 +115,7 @@ async def rotate_secret(
     summary="Send a real signed test request to the outgoing endpoint",
 )
 async def send_test(
-    channel_id: str, delivery: Delivery, principal: CurrentPrincipal
+    channel_id: str, tests: SendTests, principal: CurrentPrincipal
 ) -> SendTestResult:
     principal.require_channel(channel_id)
-    return await delivery.send_test(channel_id)
+    return await tests.send(channel_id)

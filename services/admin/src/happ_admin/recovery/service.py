@@ -5,7 +5,7 @@ A request takes the channel's lock (one recovery at a time: two running side
 by side could publish a conversation's replies out of order), records the
 recovery and scans in the background, conversation by conversation, each one
 oldest first, a page at a time: nothing unbounded is held in memory. Each
-failed reply goes through ``DeliveryActions.requeue``, the resend's own claim
+failed reply goes through ``ReplyResender.requeue``, the resend's own claim
 (failed → pending) and publish on the conversation's key, so a reply already
 pending or delivered (sent by an earlier recovery, a resend) is never queued
 twice, and asking again is safe: a request while one runs answers the running
@@ -33,12 +33,12 @@ from typing import TypeVar
 
 from pymongo.errors import ConnectionFailure
 
+from happ_admin.channels.service import ChannelService
+from happ_admin.conversations.resend import ReplyResender, require_sendable
 from happ_admin.cursors import Keyset
 from happ_admin.errors import RECOVERY_IN_PROGRESS, RECOVERY_NOT_FOUND
-from happ_admin.repository_recovery import LOCK_TTL, RecoveryDoc, RecoveryRepository
-from happ_admin.schemas import RecoveryCounts, RecoveryOut
-from happ_admin.service import ChannelService
-from happ_admin.service_delivery import DeliveryActions, require_sendable
+from happ_admin.recovery.repository import LOCK_TTL, RecoveryDoc, RecoveryRepository
+from happ_admin.recovery.schemas import RecoveryCounts, RecoveryOut
 from happ_common.errors import HappError
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ def recovery_not_found(recovery_id: str) -> HappError:
 
 class RecoveryService:
     def __init__(
-        self, repo: RecoveryRepository, channels: ChannelService, delivery: DeliveryActions
+        self, repo: RecoveryRepository, channels: ChannelService, resender: ReplyResender
     ) -> None:
         self._repo = repo
         self._channels = channels
-        self._delivery = delivery
+        self._resender = resender
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Per running recovery: when its progress (and lock) was last written.
         self._beats: dict[str, float] = {}
@@ -273,7 +273,7 @@ class RecoveryService:
                     raise _Stopping
                 state = states.get((reply.channel_id, reply.message_id))
                 failed = state is not None and state.status == "failed"
-                if failed and await self._delivery.requeue(reply, ("failed",)):
+                if failed and await self._resender.requeue(reply, ("failed",)):
                     queued.append(reply.message_id)
                     await self._beat(doc)  # slow publishes must not outlive the lock
             await self._repo.add_items(doc.id, doc.queued, queued)

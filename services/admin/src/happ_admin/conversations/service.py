@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from happ_admin import cursors
-from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
-from happ_admin.repository import AdminRepository
-from happ_admin.schemas import (
+from happ_admin.channels.service import ChannelService
+from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.schemas import (
     ConversationOut,
     ConversationPage,
-    LogEntryOut,
     MessageOut,
     MessagePage,
     MessageStatusOut,
     TrackedStatus,
 )
-from happ_admin.service import ChannelService
+from happ_admin.errors import CONVERSATION_NOT_FOUND, MESSAGE_NOT_FOUND
+from happ_admin.request_log.repository import RequestLogRepository
+from happ_admin.request_log.schemas import LogEntryOut
 from happ_common.errors import HappError
 from happ_common.messages import StoredMessage
 
@@ -36,8 +37,11 @@ def tracked_status(message: StoredMessage, reply: StoredMessage | None) -> Track
 
 
 class ConversationService:
-    def __init__(self, repo: AdminRepository, channels: ChannelService) -> None:
+    def __init__(
+        self, repo: ConversationRepository, logs: RequestLogRepository, channels: ChannelService
+    ) -> None:
         self._repo = repo
+        self._logs = logs
         self._channels = channels
 
     async def conversations(
@@ -45,9 +49,10 @@ class ConversationService:
     ) -> ConversationPage:
         before = cursors.decode(cursor)
         await self._channels.get(channel_id)
-        docs = await self._repo.conversations(channel_id, before=before, limit=limit + 1)
-        more = len(docs) > limit
-        docs = docs[:limit]
+        found = await self._repo.conversations(channel_id, before=before, limit=limit + 1)
+        docs, next_cursor = cursors.page_of(
+            found, limit, lambda d: cursors.encode(d["last_message_at"], d["_id"])
+        )
         stats = await self._repo.conversation_stats(channel_id, [d["sender_id"] for d in docs])
         items = [
             ConversationOut(
@@ -63,10 +68,6 @@ class ConversationService:
             )
             for d in docs
         ]
-        last = docs[-1] if docs else None
-        next_cursor = (
-            cursors.encode(last["last_message_at"], last["_id"]) if more and last else None
-        )
         return ConversationPage(items=items, next_cursor=next_cursor)
 
     async def messages(
@@ -79,10 +80,8 @@ class ConversationService:
                 f"No conversation with sender {sender_id!r} exists on this channel.",
             )
         found = await self._repo.messages(channel_id, sender_id, before=before, limit=limit + 1)
-        more = len(found) > limit
-        found = found[:limit]
-        next_cursor = (
-            cursors.encode(found[-1].created_at, found[-1].message_id) if more and found else None
+        found, next_cursor = cursors.page_of(
+            found, limit, lambda m: cursors.encode(m.created_at, m.message_id)
         )
         return MessagePage(items=[MessageOut.of(m) for m in found], next_cursor=next_cursor)
 
@@ -103,7 +102,7 @@ class ConversationService:
             message = original or stored
         elif stored.reply_id:
             reply = await self._repo.message(channel_id, stored.reply_id)
-        attempts = await self._repo.attempts(channel_id, reply.message_id) if reply else []
+        attempts = await self._logs.attempts(channel_id, reply.message_id) if reply else []
         return MessageStatusOut(
             channel_id=channel_id,
             message_id=message.message_id,
@@ -117,7 +116,7 @@ class ConversationService:
         # A message sent without an id exists only on the broker and in the
         # ingress's request log until the assistant stores it (one sent with an
         # id is stored by the ingress as it accepts it).
-        entry = await self._repo.accepted_incoming(channel_id, message_id)
+        entry = await self._logs.accepted_incoming(channel_id, message_id)
         if entry is None:
             raise message_not_found(message_id)
         return MessageStatusOut(

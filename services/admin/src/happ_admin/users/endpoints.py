@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Response
 from happ_admin.auth import require_admin
 from happ_admin.deps import Users
 from happ_admin.errors import ERRORS, USER_CONFLICTS
-from happ_admin.schemas import UserCreate, UserList, UserOut, UserUpdate
+from happ_admin.users.schemas import UserCreate, UserList, UserOut, UserUpdate
 
 router = APIRouter(
     prefix="/api", tags=["users"], dependencies=[Depends(require_admin)], responses=ERRORS

@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from prometheus_client import Histogram
 
 from happ_admin.auth import Principal
+from happ_admin.channels.service import ChannelService
+from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.schemas import MessageOut
 from happ_admin.errors import (
     CONVERSATION_CHANGED,
     CONVERSATION_HELD,
@@ -24,10 +27,8 @@ from happ_admin.errors import (
     HANDOFF_DISABLED,
     NOT_HOLDING,
 )
-from happ_admin.repository import AdminRepository
-from happ_admin.repository_inbox import InboxRepository
-from happ_admin.schemas import InboxConversation, InboxOut, MessageOut, OperatorReplyIn
-from happ_admin.service import ChannelService
+from happ_admin.inbox.repository import InboxRepository
+from happ_admin.inbox.schemas import InboxConversation, InboxOut, OperatorReplyIn
 from happ_common.channels import Channel
 from happ_common.conversation_state import HANDOFFS, ConversationDoc
 from happ_common.errors import HappError, invalid_payload, service_unavailable
@@ -67,12 +68,12 @@ class InboxService:
         self,
         *,
         repo: InboxRepository,
-        admin_repo: AdminRepository,
+        conversations: ConversationRepository,
         channels: ChannelService,
         publisher: EventPublisher,
     ) -> None:
         self._repo = repo
-        self._admin_repo = admin_repo
+        self._conversations = conversations
         self._channels = channels
         self._publisher = publisher
 
@@ -208,7 +209,7 @@ class InboxService:
             if since.tzinfo is None:
                 since = since.replace(tzinfo=UTC)
             FIRST_REPLY.observe(max(0.0, (now - since).total_seconds()))
-        stored = await self._admin_repo.message(channel_id, command.message_id)
+        stored = await self._conversations.message(channel_id, command.message_id)
         return MessageOut.of(stored or message)
 
     # -- the steps ------------------------------------------------------------------

@@ -6,11 +6,11 @@ import builtins
 import secrets
 from datetime import UTC, datetime
 
+from happ_admin.channels.service import ChannelService
 from happ_admin.errors import CHANNEL_NOT_FOUND, USER_NOT_FOUND, USERNAME_TAKEN
-from happ_admin.passwords import hash_password, verify_password
-from happ_admin.repository_users import User, UsernameTaken, UserRepository
-from happ_admin.schemas import UserCreate, UserUpdate
-from happ_admin.service import ChannelService
+from happ_admin.users.passwords import hash_password, verify_password
+from happ_admin.users.repository import User, UsernameTaken, UserRepository
+from happ_admin.users.schemas import UserCreate, UserUpdate
 from happ_common.errors import ErrorDetail, HappError
 from happ_common.mongo import Document
 

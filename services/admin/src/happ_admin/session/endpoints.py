@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request, Response
 
-from happ_admin.auth import (
-    CurrentPrincipal,
-    Principal,
-    clear_session_cookie,
-    cookie_is_secure,
-    principal_of,
-    set_session_cookie,
-    unauthorized,
-)
+from happ_admin.auth import SESSION_COOKIE, CurrentPrincipal, Principal, principal_of, unauthorized
 from happ_admin.deps import Auth, Settings, Users
 from happ_admin.errors import ERRORS
-from happ_admin.schemas import LoginRequest, SessionOut, SessionUser, TokenLogin
+from happ_admin.session.schemas import LoginRequest, SessionOut, SessionUser, TokenLogin
+from happ_admin.session.service import Session
 
 router = APIRouter(prefix="/api", tags=["session"], responses=ERRORS)
 
@@ -37,12 +32,12 @@ async def sign_in(
             raise unauthorized(
                 "That token is not valid; use a token configured in HAPP_ADMIN_TOKEN."
             )
-        session = await auth.open_session(token=body.token.strip())
+        session = await auth.sessions.open(token=body.token.strip())
     else:
         user = await users.authenticate(body.username, body.password)
         if user is None:
             raise unauthorized("Wrong username or password.")
-        session = await auth.open_session(user=user)
+        session = await auth.sessions.open(user=user)
     set_session_cookie(response, session, secure=cookie_is_secure(request, settings.cookie_secure))
     return _session_out(principal_of(session))
 
@@ -73,7 +68,29 @@ async def sign_out(
     principal: CurrentPrincipal, request: Request, auth: Auth, settings: Settings
 ) -> Response:
     if principal.session is not None:
-        await auth.close_session(principal.session.id)
+        await auth.sessions.close(principal.session.id)
     response = Response(status_code=204)
     clear_session_cookie(response, secure=cookie_is_secure(request, settings.cookie_secure))
     return response
+
+
+def cookie_is_secure(request: Request, configured: bool | None) -> bool:
+    return configured if configured is not None else request.url.scheme == "https"
+
+
+def set_session_cookie(response: Response, session: Session, *, secure: bool) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.id,
+        max_age=max(1, int((session.expires_at - datetime.now(UTC)).total_seconds())),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+
+
+def clear_session_cookie(response: Response, *, secure: bool) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure
+    )
