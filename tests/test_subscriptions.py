@@ -72,6 +72,8 @@ def test_records_are_ordered_by_their_subscriptions_key() -> None:
     )  # keyless: independent
     retry = FakeRecord("delivery.retry", 1, 9, b"cm_a\nu1", b"")
     assert reads.key_of(retry) == ("delivery.retry", 1, 9)  # never queued behind its conversation
+    # Nothing reads it: keyed as by default, and dead-lettered by handle().
+    assert reads.key_of(FakeRecord("other.topic", 1, 9, b"k", b"")) == b"k"
 
 
 async def test_a_record_that_is_not_its_topics_event_is_poison_and_named() -> None:

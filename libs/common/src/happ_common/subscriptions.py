@@ -81,8 +81,11 @@ class Subscriptions:
         return tuple(self._by_topic)
 
     def key_of(self, record: Record) -> object:
-        """The pipeline's ``key_of``: the record's subscription orders it."""
-        return self._by_topic[record.topic].key(record)
+        """The pipeline's ``key_of``: the record's subscription orders it. A topic
+        nothing subscribes to (never read today) is keyed as by default, so that
+        ``handle`` dead-letters its record rather than the fetch loop failing."""
+        subscription = self._by_topic.get(record.topic)
+        return (subscription.key if subscription else record_key)(record)
 
     async def handle(self, record: Record) -> None:
         """The pipeline's handler: the record decoded, to its topic's handler."""

@@ -28,7 +28,7 @@ from happ_admin.recovery.repository import RecoveryRepository
 from happ_admin.recovery.service import RecoveryService
 from happ_admin.request_log.endpoints import router as request_log_router
 from happ_admin.request_log.repository import RequestLogRepository
-from happ_admin.request_log.service import LogService
+from happ_admin.request_log.service import RequestLogService
 from happ_admin.session.endpoints import router as session_router
 from happ_admin.session.repository import SessionRepository
 from happ_admin.session.service import SessionService
@@ -114,7 +114,7 @@ def create_app(
             app.state.auth = Authenticator(tokens, sessions)
             app.state.users = UserService(users, channels)
             app.state.channels = channels
-            app.state.logs = LogService(log_repo, channels)
+            app.state.logs = RequestLogService(log_repo, channels)
             app.state.conversations = conversations
             app.state.send_test = SendTest(
                 channels=channels,

@@ -15,7 +15,7 @@ from happ_admin.dead_letters.service import DeadLetterService
 from happ_admin.inbox.service import InboxService
 from happ_admin.live import LiveUpdates
 from happ_admin.recovery.service import RecoveryService
-from happ_admin.request_log.service import LogService
+from happ_admin.request_log.service import RequestLogService
 from happ_admin.settings import AdminSettings
 from happ_admin.users.service import UserService
 from happ_common.settings import HappSettings
@@ -31,8 +31,8 @@ def _channels(request: Request) -> ChannelService:
     return service
 
 
-def _logs(request: Request) -> LogService:
-    service: LogService = request.app.state.logs
+def _logs(request: Request) -> RequestLogService:
+    service: RequestLogService = request.app.state.logs
     return service
 
 
@@ -88,7 +88,7 @@ def _settings(request: Request) -> AdminSettings:
 
 Auth = Annotated[Authenticator, Depends(_auth)]
 Channels = Annotated[ChannelService, Depends(_channels)]
-Logs = Annotated[LogService, Depends(_logs)]
+Logs = Annotated[RequestLogService, Depends(_logs)]
 Conversations = Annotated[ConversationService, Depends(_conversations)]
 SendTests = Annotated[SendTest, Depends(_send_test)]
 Resends = Annotated[ReplyResender, Depends(_resender)]

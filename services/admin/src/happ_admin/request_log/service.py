@@ -64,7 +64,7 @@ def _aware(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC)
 
 
-class LogService:
+class RequestLogService:
     def __init__(self, repo: RequestLogRepository, channels: ChannelService) -> None:
         self._repo = repo
         self._channels = channels
