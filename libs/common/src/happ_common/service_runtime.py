@@ -1,20 +1,31 @@
-"""How a service process starts: logging, then uvicorn on the service's port.
+"""How a service process starts and what every service's app has.
 
-uvicorn picks uvloop and httptools when installed (``uvicorn[standard]``); each
-service runs one worker process and scales by replicas, not by forking.
+``run_service``: logging, tracing, then uvicorn on the service's port. uvicorn
+picks uvloop and httptools when installed (``uvicorn[standard]``); each service
+runs one worker process and scales by replicas, not by forking.
+
+``service_app``: the FastAPI app around a service's lifespan, with what the
+four have in common (error handlers, ``/healthz`` and ``/readyz``, HTTP
+metrics); ``serving`` ends each lifespan's startup.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Literal, Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
+from happ_common.clients import Clients
+from happ_common.errors import install_error_handlers
+from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.log_context import log_handler
+from happ_common.ops import ops_router
 from happ_common.settings import HappSettings
 from happ_common.tracing import setup_tracing
 
@@ -42,6 +53,56 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def service_app(
+    service: str,
+    lifespan: Lifespan,
+    *,
+    middleware: Sequence[Middleware] = (),
+    summary: str | None = None,
+    description: str = "",
+) -> FastAPI:
+    """A service's app: its version, the typed errors' responses, ``/healthz``
+    and ``/readyz`` answered from what ``serving`` leaves in ``app.state``, and
+    ``middleware`` (innermost first) inside the HTTP metrics, which see every
+    request, including those a middleware answers itself (the ingress's webhook)."""
+    app = FastAPI(
+        title=f"HAPP {service}",
+        summary=summary,
+        description=description,
+        version=service_version(service),
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.state.alive = _always
+    # Late-bound: the lifespan sets both (``serving``).
+    app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
+    for m in middleware:
+        app.add_middleware(m.cls, *m.args, **m.kwargs)
+    app.add_middleware(HttpMetrics, service=service)
+    return app
+
+
+@asynccontextmanager
+async def serving(
+    app: FastAPI, clients: Clients, alive: Callable[[], bool] | None = None
+) -> AsyncIterator[None]:
+    """The end of a lifespan's startup: ``/readyz`` checks ``clients``,
+    ``/healthz`` asks ``alive`` (a consumer: its pipeline and publisher), and
+    the startup heap is frozen; the lifespan's shutdown follows the block."""
+    app.state.checks = clients.readiness_checks()
+    if alive is not None:
+        app.state.alive = alive
+    freeze_startup_heap()
+    yield
+
+
+def _always() -> bool:
+    return True
 
 
 class ServiceSettings(Protocol):

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from happ_admin.action_log import ActionLog
 from happ_admin.auth import Authenticator
@@ -40,11 +41,8 @@ from happ_admin.users.service import UserService
 from happ_common.channels import ChannelRepository
 from happ_common.clients import Clients, shared_clients
 from happ_common.endpoint_health import EndpointHealthRepository
-from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
-from happ_common.ops import ops_router
-from happ_common.service_runtime import freeze_startup_heap
+from happ_common.service_runtime import service_app, serving
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.webhook_client import new_session
 
@@ -137,18 +135,18 @@ def create_app(
                 clients, conversation_repo, channels, publisher, settings
             )
             app.state.live.start()
-            app.state.checks = clients.readiness_checks()
-            freeze_startup_heap()
             try:
-                yield
+                async with serving(app, clients):
+                    yield
             finally:
                 await app.state.live.stop()
                 await app.state.recoveries.stop()
                 await disabled_gauge.stop()
                 await http.close()
 
-    app = FastAPI(
-        title="HAPP admin",
+    app = service_app(
+        "admin",
+        lifespan,
         summary="Channels, request log, conversations and the web UI.",
         description=(
             "Authenticate with `Authorization: Bearer <token>` (a token from "
@@ -156,15 +154,10 @@ def create_app(
             "on state-changing requests. Errors: "
             '`{"error": {"code", "message", "details": [{"field", "problem"}]}}`.'
         ),
-        version=service_version("admin"),
-        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders), Middleware(ActionLog)],
     )
     app.state.settings = settings
     app.state.happ = happ
-    install_error_handlers(app)
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(ActionLog)
-    app.add_middleware(HttpMetrics, service="admin")
     for router in (
         session_router,
         channels_router,
@@ -176,6 +169,5 @@ def create_app(
         users_router,
     ):
         app.include_router(router)
-    app.include_router(ops_router(lambda: app.state.checks))
     mount_ui(app)
     return app

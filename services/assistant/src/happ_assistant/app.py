@@ -17,15 +17,10 @@ from happ_assistant.settings import AssistantServiceSettings
 from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
+from happ_common.consumer import consumer_pipeline
 from happ_common.db_latency import DB_LATENCY
-from happ_common.dead_letters import DeadLetterPublisher
-from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import EventPublisher
-from happ_common.kafka_connection import client_options
-from happ_common.ops import ops_router
-from happ_common.pipeline import KeyedPipeline, PipelineConfig
-from happ_common.service_runtime import freeze_startup_heap
+from happ_common.service_runtime import service_app, serving
 from happ_common.settings import HappSettings, InfraSettings
 
 
@@ -70,31 +65,24 @@ def create_app(
                 model=model,
                 publisher=publisher,
             )
-            reads = subscriptions(service)
-            pipeline = KeyedPipeline(
-                PipelineConfig(
-                    name="assistant",
-                    connection=client_options(infra),
-                    group_id=settings.group_id,
-                    topics=reads.topics,
-                    max_in_flight=settings.max_in_flight,
-                    session_timeout_ms=infra.kafka_session_timeout_ms,
-                    consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
-                    db_latency_ms=DB_LATENCY.recent_ms,
-                    db_latency_target_ms=settings.db_latency_target_ms,
-                ),
-                reads.handle,
-                key_of=reads.key_of,
+            pipeline = consumer_pipeline(
+                "assistant",
+                subscriptions(service),
+                infra,
+                publisher,
+                group_id=settings.group_id,
+                max_in_flight=settings.max_in_flight,
+                db_latency_ms=DB_LATENCY.recent_ms,
+                db_latency_target_ms=settings.db_latency_target_ms,
                 # The next owner of a revoked partition writes to its conversations.
                 on_revoked=history.revoke,
-                dead_letters=DeadLetterPublisher(publisher, "assistant"),
             )
             await pipeline.start()
-            app.state.alive = lambda: pipeline.healthy() and publisher.healthy()
-            app.state.checks = clients.readiness_checks()
-            freeze_startup_heap()
             try:
-                yield
+                async with serving(
+                    app, clients, alive=lambda: pipeline.healthy() and publisher.healthy()
+                ):
+                    yield
             finally:
                 # An answer in flight at shutdown may finish (its LLM call is
                 # not paid twice); the deployments' termination grace covers it.
@@ -102,10 +90,6 @@ def create_app(
                 await repository.drain()
                 await model.close()
 
-    app = FastAPI(title="HAPP assistant", version=service_version("assistant"), lifespan=lifespan)
-    install_error_handlers(app)
-    app.add_middleware(HttpMetrics, service="assistant")
-    # Late-bound: the lifespan sets both.
-    app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
+    app = service_app("assistant", lifespan)
     app.include_router(asyncapi_router())
     return app

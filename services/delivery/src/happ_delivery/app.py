@@ -11,19 +11,14 @@ from fastapi import FastAPI
 from happ_common.asyncapi import asyncapi_router
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
-from happ_common.dead_letters import DeadLetterPublisher
+from happ_common.consumer import consumer_pipeline
 from happ_common.deliveries import FIRST_ATTEMPT
 from happ_common.endpoint_health import EndpointHealthRepository
-from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.ids import channel_of_key
 from happ_common.kafka import EventPublisher
-from happ_common.kafka_connection import client_options
 from happ_common.kept_log_retention import KeptLogRetention
 from happ_common.mongo import DELIVERIES
-from happ_common.ops import ops_router
-from happ_common.pipeline import KeyedPipeline, PipelineConfig
-from happ_common.service_runtime import freeze_startup_heap
+from happ_common.service_runtime import service_app, serving
 from happ_common.settings import HappSettings, InfraSettings
 from happ_common.topics import DELIVERY_RETRY
 from happ_common.webhook_client import new_session
@@ -70,28 +65,21 @@ def create_app(
                 ),
                 partitions=infra.kafka_partitions,
             )
-            reads = subscriptions(service)
-            pipeline = KeyedPipeline(
-                PipelineConfig(
-                    name="delivery",
-                    connection=client_options(infra),
-                    group_id=settings.group_id,
-                    topics=reads.topics,
-                    max_in_flight=settings.max_in_flight,
-                    max_parked_bytes=settings.max_parked_bytes,
-                    # A POST in flight at a rebalance or shutdown may finish:
-                    # cut off, the next owner would send it again.
-                    revoke_grace_s=settings.timeout_s + 5,
-                    always_fetch=(DELIVERY_RETRY,),
-                    session_timeout_ms=infra.kafka_session_timeout_ms,
-                    consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
-                ),
-                reads.handle,
-                key_of=reads.key_of,
+            pipeline = consumer_pipeline(
+                "delivery",
+                subscriptions(service),
+                infra,
+                publisher,
+                group_id=settings.group_id,
+                max_in_flight=settings.max_in_flight,
+                max_parked_bytes=settings.max_parked_bytes,
+                # A POST in flight at a rebalance or shutdown may finish:
+                # cut off, the next owner would send it again.
+                revoke_grace_s=settings.timeout_s + 5,
+                always_fetch=(DELIVERY_RETRY,),
                 group_of=lambda record: channel_of_key(record.key),
                 on_assigned=on_assigned(service),
                 on_revoked=on_revoked(service),
-                dead_letters=DeadLetterPublisher(publisher, "delivery"),
             )
             backlog = BacklogGuard(
                 EndpointHealthRepository(clients.db),
@@ -111,11 +99,11 @@ def create_app(
             await pipeline.start()
             backlog.start()
             retention.start()
-            app.state.alive = lambda: pipeline.healthy() and publisher.healthy()
-            app.state.checks = clients.readiness_checks()
-            freeze_startup_heap()
             try:
-                yield
+                async with serving(
+                    app, clients, alive=lambda: pipeline.healthy() and publisher.healthy()
+                ):
+                    yield
             finally:
                 await retention.stop()
                 await backlog.stop()
@@ -123,10 +111,6 @@ def create_app(
                 await repository.drain()
                 await session.close()
 
-    app = FastAPI(title="HAPP delivery", version=service_version("delivery"), lifespan=lifespan)
-    install_error_handlers(app)
-    app.add_middleware(HttpMetrics, service="delivery")
-    # Late-bound: the lifespan sets both.
-    app.include_router(ops_router(lambda: app.state.checks, alive=lambda: app.state.alive()))  # noqa: PLW0108
+    app = service_app("delivery", lifespan)
     app.include_router(asyncapi_router())
     return app

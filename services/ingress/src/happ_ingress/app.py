@@ -6,17 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from happ_common.channels import ChannelCache, ChannelRepository
 from happ_common.clients import shared_clients
-from happ_common.errors import install_error_handlers
-from happ_common.http_metrics import HttpMetrics, service_version
 from happ_common.kafka import DirectPublisher
 from happ_common.kept_log_retention import KeptLogRetention
 from happ_common.messages import ACCEPTED_REQUEST
 from happ_common.mongo import MESSAGES
-from happ_common.ops import ops_router
-from happ_common.service_runtime import freeze_startup_heap
+from happ_common.service_runtime import service_app, serving
 from happ_common.settings import HappSettings, InfraSettings
 from happ_ingress.endpoints import WebhookRoutes
 from happ_ingress.openapi import document_webhook
@@ -75,27 +73,22 @@ def create_app(
             )
             retention.start()
             app.state.service = service
-            app.state.checks = clients.readiness_checks()
-            freeze_startup_heap()
             try:
-                yield
+                async with serving(app, clients):
+                    yield
             finally:
                 await retention.stop()
                 if waiters is not None:
                     await waiters.stop()
                 await service.stop()
 
-    app = FastAPI(
-        title="HAPP ingress",
+    app = service_app(
+        "ingress",
+        lifespan,
         summary="Incoming webhooks: each user message onto inbound.messages.",
-        version=service_version("ingress"),
-        lifespan=lifespan,
+        # The webhook routes answer their two paths before FastAPI's routing
+        # runs (endpoints.py); the metrics around them still see every request.
+        middleware=[Middleware(WebhookRoutes, max_body_bytes=settings.max_body_bytes)],
     )
-    install_error_handlers(app)
-    app.include_router(ops_router(lambda: app.state.checks))
     document_webhook(app, max_body_bytes=settings.max_body_bytes)
-    # The last added is outermost: metrics see every request, then the webhook
-    # routes answer their two paths before FastAPI's routing runs (endpoints.py).
-    app.add_middleware(WebhookRoutes, state=app.state, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(HttpMetrics, service="ingress")
     return app

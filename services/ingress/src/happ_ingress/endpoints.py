@@ -20,7 +20,6 @@ import logging
 import re
 
 from opentelemetry.trace import SpanKind
-from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from happ_common import tracing
@@ -97,9 +96,8 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
 
 
 class WebhookRoutes:
-    def __init__(self, app: ASGIApp, state: State, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
-        self.state = state  # the lifespan puts the service there once clients exist
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,7 +127,8 @@ class WebhookRoutes:
         await self.app(scope, receive, send)
 
     async def _replies(self, scope: Scope, receive: Receive, send: Send, channel_id: str) -> None:
-        service: IngressService = self.state.service
+        # The lifespan puts it in the app's state once the clients exist.
+        service: IngressService = scope["app"].state.service
         headers = dict(scope["headers"])
         try:
             body = await service.replies(
@@ -152,7 +151,7 @@ class WebhookRoutes:
         await _send_json(send, 200, body)
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send, channel_id: str) -> None:
-        service: IngressService = self.state.service
+        service: IngressService = scope["app"].state.service
         headers = dict(scope["headers"])
         path: str = scope["path"]
         try:
