@@ -1,10 +1,10 @@
 """Conversation messages: both sides of every conversation, and their status.
 
 The assistant writes them, the admin API reads them. A reply's delivery state
-lives in ``deliveries`` (happ_common.deliveries); the admin API shows it on the
-reply through the delivery fields below. A message is identified by
-``(channel_id, message_id)`` (unique index): each is inserted once, a
-redelivered Kafka message finding its documents there.
+lives in ``deliveries`` (happ_common.deliveries), written by the delivery
+service; the admin API shows it with the reply (``happ_admin.conversations``).
+A message is identified by ``(channel_id, message_id)`` (unique index): each is
+inserted once, a redelivered Kafka message finding its documents there.
 
 What came of a user's message that something was sent for is stored on what
 was sent (``in_reply_to_handling``), written once with it, rather than by an
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,15 +105,10 @@ class StoredMessage(BaseModel):
     handling: Handling | None = None
     # Replies, notices and handoff events: the handling of the message they answer.
     in_reply_to_handling: Handling | None = None
-    attempts: int = 0
-    last_error_code: str | None = None
-    last_status_code: int | None = None
     updated_at: datetime | None = None
-    # A reply's delivery state, filled in from ``deliveries`` by the admin API.
-    delivered_at: datetime | None = None
-    last_attempt_at: datetime | None = None
-    next_attempt_at: datetime | None = None
 
+
+M = TypeVar("M", bound=StoredMessage)
 
 # On a user's message stored by the ingress: the accepting request's log entry,
 # and its token (``InboundMessage.accepted_by``).
@@ -163,7 +158,7 @@ def handled(message: StoredMessage) -> bool:
     return message.role != "user" or message.reply_id is not None or message.handling is not None
 
 
-def answered(message: StoredMessage, outputs: Mapping[str, StoredMessage]) -> StoredMessage:
+def answered(message: M, outputs: Mapping[str, StoredMessage]) -> M:
     """A user's message with what came of it, taken from the first of its outputs
     found in ``outputs`` (by message id: its reply or notice, else its handoff event): the
     message itself is not updated once something is sent for it. Unchanged when

@@ -170,21 +170,20 @@ async def post_signed(
     def outcome(**kw: Any) -> AttemptOutcome:
         return AttemptOutcome(duration_ms=round((time.perf_counter() - started) * 1000, 2), **kw)
 
-    if not url.lower().startswith("https://"):
+    def no_response(error_code: str, error_message: str) -> AttemptOutcome:
         return outcome(
             ok=False,
             status_code=None,
-            error_code="ENDPOINT_NOT_HTTPS",
-            error_message="the outgoing URL is not HTTPS",
+            error_code=error_code,
+            error_message=error_message,
             response_body=None,
         )
+
+    if not url.lower().startswith("https://"):
+        return no_response("ENDPOINT_NOT_HTTPS", "the outgoing URL is not HTTPS")
     if _literal_address_refused(url, allow_private):
-        return outcome(
-            ok=False,
-            status_code=None,
-            error_code="ENDPOINT_UNREACHABLE",
-            error_message="the outgoing URL is a private, loopback or link-local address",
-            response_body=None,
+        return no_response(
+            "ENDPOINT_UNREACHABLE", "the outgoing URL is a private, loopback or link-local address"
         )
     try:
         async with asyncio.timeout(timeout_s):
@@ -198,40 +197,19 @@ async def post_signed(
                     else None
                 )
     except TimeoutError:
-        return outcome(
-            ok=False,
-            status_code=None,
-            error_code="TIMEOUT",
-            error_message=f"no response within {timeout_s:g} s",
-            response_body=None,
-        )
+        return no_response("TIMEOUT", f"no response within {timeout_s:g} s")
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-        return outcome(
-            ok=False,
-            status_code=None,
-            error_code="TLS_ERROR",
-            error_message=str(exc)[:500],
-            response_body=None,
-        )
+        return no_response("TLS_ERROR", str(exc)[:500])
     except (aiohttp.ClientError, OSError) as exc:
         refused = _private_refusal(exc)
-        return outcome(
-            ok=False,
-            status_code=None,
-            error_code="ENDPOINT_UNREACHABLE",
-            error_message=str(refused) if refused else f"{type(exc).__name__}: {exc}"[:500],
-            response_body=None,
+        return no_response(
+            "ENDPOINT_UNREACHABLE",
+            str(refused) if refused else f"{type(exc).__name__}: {exc}"[:500],
         )
     except ValueError as exc:
         # The request could not even be built (a header aiohttp refuses): a failed
         # attempt like any other, never a handler error that would strand the reply.
-        return outcome(
-            ok=False,
-            status_code=None,
-            error_code="INVALID_REQUEST",
-            error_message=f"{type(exc).__name__}: {exc}"[:500],
-            response_body=None,
-        )
+        return no_response("INVALID_REQUEST", f"{type(exc).__name__}: {exc}"[:500])
     if 200 <= status < 300:
         return outcome(
             ok=True, status_code=status, error_code=None, error_message=None, response_body=text

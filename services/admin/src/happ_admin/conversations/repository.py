@@ -16,6 +16,18 @@ from happ_common.messages import WITHOUT_REQUEST, StoredMessage, answered
 from happ_common.mongo import CONVERSATIONS, MESSAGES, Document
 
 
+class ShownMessage(StoredMessage):
+    """A message as the admin shows it: a reply with where its delivery stands,
+    read from ``deliveries`` (the delivery service's; happ_common.deliveries)
+    and never stored with the message. A message read without a state (a user's,
+    or a reply not attempted yet) shows the defaults, or the values an old
+    document kept itself."""
+
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error_code: str | None = None
+
+
 class ConversationRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._messages = db[MESSAGES]
@@ -70,7 +82,7 @@ class ConversationRepository:
 
     async def messages(
         self, channel_id: str, sender_id: str, *, before: Keyset | None, limit: int
-    ) -> list[StoredMessage]:
+    ) -> list[ShownMessage]:
         # message_id is unique within a channel, so it breaks ties between
         # messages stored within the same millisecond.
         cursor = (
@@ -84,25 +96,23 @@ class ConversationRepository:
             .sort([("created_at", DESCENDING), ("message_id", DESCENDING)])
             .limit(limit)
         )
-        found = [StoredMessage.model_validate(d) async for d in cursor]
+        found = [ShownMessage.model_validate(d) async for d in cursor]
         return await self._with_delivery(await self._answered(channel_id, found))
 
-    async def message(self, channel_id: str, message_id: str) -> StoredMessage | None:
+    async def message(self, channel_id: str, message_id: str) -> ShownMessage | None:
         doc = await self._messages.find_one(
             {"channel_id": channel_id, "message_id": message_id}, WITHOUT_REQUEST
         )
         if doc is None:
             return None
-        found = await self._answered(channel_id, [StoredMessage.model_validate(doc)])
+        found = await self._answered(channel_id, [ShownMessage.model_validate(doc)])
         return (await self._with_delivery(found))[0]
 
-    async def _answered(
-        self, channel_id: str, messages: list[StoredMessage]
-    ) -> list[StoredMessage]:
+    async def _answered(self, channel_id: str, messages: list[ShownMessage]) -> list[ShownMessage]:
         """User messages with what came of them, which is stored on their outputs
         (happ_common.messages.answered): those on the page already, the others
         read by their derived ids, one query per page."""
-        known = {m.message_id: m for m in messages}
+        known: dict[str, StoredMessage] = {m.message_id: m for m in messages}
         wanted = [
             output_id
             for m in messages
@@ -118,7 +128,7 @@ class ConversationRepository:
                 known[output.message_id] = output
         return [answered(m, known) for m in messages]
 
-    async def _with_delivery(self, messages: list[StoredMessage]) -> list[StoredMessage]:
+    async def _with_delivery(self, messages: list[ShownMessage]) -> list[ShownMessage]:
         """Replies with their delivery state (kept in ``deliveries``, not on the
         message document: see happ_common.deliveries)."""
         keys = [(m.channel_id, m.message_id) for m in messages if m.role != "user"]
@@ -143,15 +153,12 @@ class ConversationRepository:
         await self._deliveries.restore(channel_id, reply_id, previous, now)
 
 
-def _delivered(reply: StoredMessage, state: DeliveryState) -> StoredMessage:
+def _delivered(reply: ShownMessage, state: DeliveryState) -> ShownMessage:
     return reply.model_copy(
         update={
             "status": state.shown_status,
             "attempts": state.attempts,
             "last_status_code": state.last_status_code,
             "last_error_code": state.last_error_code,
-            "last_attempt_at": state.last_attempt_at,
-            "delivered_at": state.delivered_at,
-            "next_attempt_at": state.next_attempt_at,
         }
     )

@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from happ_admin.conversations.repository import ShownMessage
 from happ_admin.cursors import Page
 from happ_admin.request_log.schemas import LogEntryOut
 from happ_common.conversation_state import ConversationState
 from happ_common.events import Attachment, Author, ConversationEvent
-from happ_common.messages import Handling, LlmTrace, MessageStatus, Role, StoredMessage
+from happ_common.messages import Handling, LlmTrace, MessageStatus, Role
 
 
 class ConversationOut(BaseModel):
@@ -60,7 +61,7 @@ class MessageOut(BaseModel):
     handling: Handling | None = None
 
     @classmethod
-    def of(cls, m: StoredMessage) -> MessageOut:
+    def of(cls, m: ShownMessage) -> MessageOut:
         delivery = None
         if m.role != "user":
             delivery = DeliveryOut(

@@ -18,7 +18,7 @@ from prometheus_client import Histogram
 
 from happ_admin.auth import Principal
 from happ_admin.channels.service import ChannelService
-from happ_admin.conversations.repository import ConversationRepository
+from happ_admin.conversations.repository import ConversationRepository, ShownMessage
 from happ_admin.conversations.schemas import MessageOut
 from happ_admin.errors import (
     CONVERSATION_CHANGED,
@@ -210,7 +210,7 @@ class InboxService:
                 since = since.replace(tzinfo=UTC)
             FIRST_REPLY.observe(max(0.0, (now - since).total_seconds()))
         stored = await self._conversations.message(channel_id, command.message_id)
-        return MessageOut.of(stored or message)
+        return MessageOut.of(stored or ShownMessage.model_validate(message.model_dump()))
 
     # -- the steps ------------------------------------------------------------------
 

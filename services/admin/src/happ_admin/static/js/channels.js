@@ -3,7 +3,7 @@ import { api, enc, qs } from "./api.js";
 import { h, mount, toast } from "./dom.js";
 import { ago, absolute, badge, initials } from "./format.js";
 import { topbar } from "./frame.js";
-import { assistantFields, channelForm, deliveryField, field, linkDeliveryToUrl, modeLabel, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
+import { assistantFields, channelForm, deliveryField, field, linkDeliveryToUrl, modeLabel, outgoingFields, readChannel, rulesSection, showFieldErrors, toggleField } from "./forms.js";
 import { isAdmin, state } from "./state.js";
 
 export async function channelsPage(token) {
@@ -71,16 +71,7 @@ export function newChannelPage() {
     event.preventDefault();
     submit.disabled = true;
     try {
-      const channel = await api("POST", "/api/channels", {
-        name: form.elements.name.value,
-        outgoing_url: form.elements.outgoing_url.value,
-        delivery: form.elements.delivery.value,
-        rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
-        require_signature: form.elements.require_signature.checked,
-        assistant: readAssistant(form),
-        ...readOutgoing(form, true),
-        ...readRules(form, true),
-      });
+      const channel = await api("POST", "/api/channels", readChannel(form, true));
       toast("Channel created. Send a test to check your endpoint.");
       location.hash = "#/channels/" + enc(channel.id) + "/webhook";
     } catch (err) {

@@ -81,6 +81,20 @@ export function readAssistant(form) {
   return out;
 }
 
+/* The channel form's body for POST (creating) or PATCH /api/channels. */
+export function readChannel(form, creating) {
+  return {
+    name: form.elements.name.value,
+    outgoing_url: form.elements.outgoing_url.value,
+    delivery: form.elements.delivery.value,
+    rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
+    require_signature: form.elements.require_signature.checked,
+    assistant: readAssistant(form),
+    ...readOutgoing(form, creating),
+    ...readRules(form, creating),
+  };
+}
+
 export function channelForm(channelNote, channelFields, assistantNote, assistantList, error, actions, rules) {
   return h("form", { class: "channel-form", novalidate: true },
     h("div", { class: "grid-2" },

@@ -2,7 +2,7 @@
  * Operators see the settings but cannot change them (the API answers 403 ADMIN_ONLY). */
 import { api, enc } from "./api.js";
 import { clear, h, toast } from "./dom.js";
-import { assistantFields, channelForm, deliveryField, field, linkDeliveryToUrl, outgoingFields, readAssistant, readOutgoing, readRules, rulesSection, showFieldErrors, toggleField } from "./forms.js";
+import { assistantFields, channelForm, deliveryField, field, linkDeliveryToUrl, outgoingFields, readChannel, rulesSection, showFieldErrors, toggleField } from "./forms.js";
 import { isAdmin } from "./state.js";
 
 export function settingsTab(ctx, body) {
@@ -35,16 +35,7 @@ export function settingsTab(ctx, body) {
     event.preventDefault();
     save.disabled = true;
     try {
-      ctx.channel = await api("PATCH", "/api/channels/" + enc(c.id), {
-        name: form.elements.name.value,
-        outgoing_url: form.elements.outgoing_url.value,
-        delivery: form.elements.delivery.value,
-        rate_limit_per_second: Number(form.elements.rate_limit_per_second.value),
-        require_signature: form.elements.require_signature.checked,
-        assistant: readAssistant(form),
-        ...readOutgoing(form, false),
-        ...readRules(form, false),
-      });
+      ctx.channel = await api("PATCH", "/api/channels/" + enc(c.id), readChannel(form, false));
       showFieldErrors(form, { details: [], message: "" });
       error.classList.add("hidden");
       ctx.refreshHead();
