@@ -95,6 +95,22 @@ class System:
             if not (cursor := page["next_cursor"]):
                 return items
 
+    async def messages(self, channel_id: str, sender_id: str) -> list[dict[str, Any]]:
+        """Both sides of a conversation as the admin API lists them (each reply
+        with its delivery), newest first, every page."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            resp = await self.admin.get(
+                f"/api/channels/{channel_id}/conversations/{sender_id}/messages",
+                params={"limit": 200, **({"cursor": cursor} if cursor else {})},
+            )
+            assert resp.status_code == 200, resp.text
+            page = resp.json()
+            items += page["items"]
+            if not (cursor := page["next_cursor"]):
+                return items
+
     async def log_when(self, channel_id: str, count: int) -> list[dict[str, Any]]:
         """The channel's request log once it lists ``count`` entries."""
         listed: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
-from happ_common.deliveries import DeliveryStates, delivery_id
+from happ_common.deliveries import DeliveryStates
 from happ_common.events import OutboundReply
 from happ_common.ids import conversation_key
 from happ_common.kafka import DirectPublisher
@@ -27,16 +27,16 @@ TIMEOUT_S = 2.0  # HAPP_DELIVERY_TIMEOUT_S in conftest
 
 
 async def _reply_doc(system: System, channel_id: str, in_reply_to: str) -> dict[str, Any] | None:
-    """The reply to ``in_reply_to`` with its delivery state."""
-    reply: dict[str, Any] | None = await system.db.messages.find_one(
-        {"channel_id": channel_id, "in_reply_to": in_reply_to, "role": "assistant"}
-    )
+    """The reply to ``in_reply_to`` with its delivery (``status``, ``attempts``,
+    ``last_error_code``), as the admin API shows it."""
+    resp = await system.admin.get(f"/api/channels/{channel_id}/messages/{in_reply_to}")
+    if resp.status_code == 404:  # the assistant has not stored the message yet
+        return None
+    assert resp.status_code == 200, resp.text
+    reply: dict[str, Any] | None = resp.json()["reply"]
     if reply is None:
         return None
-    state = await system.db.deliveries.find_one(
-        {"_id": delivery_id(channel_id, reply["message_id"])}, {"_id": 0}
-    )
-    return {**reply, "status": "pending", **(state or {})}
+    return {**reply, **reply["delivery"]}
 
 
 async def _wait_status(

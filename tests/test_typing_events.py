@@ -124,10 +124,8 @@ async def test_a_failing_typing_post_is_not_retried_and_does_not_hold_the_reply(
         return len(await system.log(channel["id"], direction="outgoing")) == 2
 
     await eventually(logged, timeout_s=10)
-    failed = await system.db.request_log.find_one(
-        {"channel_id": channel["id"], "message_id": got[0].json()["message_id"]}
-    )
-    assert failed is not None and failed["error_code"] == "HTTP_500"
+    (failed,) = await system.log(channel["id"], message_id=got[0].json()["message_id"])
+    assert failed["error_code"] == "HTTP_500"
     # No delivery state: nothing to retry, resend or show as a message's status.
     typing_id = got[0].json()["message_id"]
     state = await system.db.deliveries.find_one({"_id": delivery_id(channel["id"], typing_id)})
@@ -183,7 +181,7 @@ async def test_typing_is_never_in_the_history_the_model_reads(system: System) ->
         ("assistant", "Echo: first question"),
         ("user", "second question"),
     ]
-    stored = await system.db.messages.find({"channel_id": channel["id"]}).to_list(None)
+    stored = await system.messages(channel["id"], "u1")
     assert len(stored) == 4
     assert not [m for m in stored if m["message_id"].startswith("typ_") or m.get("event")]
     conversation = (
@@ -251,9 +249,7 @@ async def test_a_hanging_typing_post_holds_the_reply_only_for_its_short_timeout(
     assert reply.headers["X-HAPP-Attempt"] == "1"
 
     async def logged() -> bool:
-        entry = await system.db.request_log.find_one(
-            {"channel_id": channel["id"], "message_id": typing.json()["message_id"]}
-        )
-        return entry is not None and entry["error_code"] == "TIMEOUT"
+        entries = await system.log(channel["id"], message_id=typing.json()["message_id"])
+        return [e["error_code"] for e in entries] == ["TIMEOUT"]
 
     await eventually(logged, timeout_s=10)
