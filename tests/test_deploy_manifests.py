@@ -992,7 +992,7 @@ def test_alerts_and_dashboard_use_only_metrics_and_labels_the_services_export() 
     exported = set(REGISTRY._names_to_collectors)
     pipelines = set(
         re.findall(
-            r'PipelineConfig\(\s*name="(\w+)"',
+            r'consumer_pipeline\(\s*"(\w+)"',
             "".join(p.read_text() for p in ROOT.glob("services/*/src/happ_*/app.py")),
         )
     )

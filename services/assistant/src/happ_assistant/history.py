@@ -49,10 +49,10 @@ CACHED_BYTES = Gauge(
 
 # What a cached message takes besides its text, attachments and metadata, measured
 # with tracemalloc on CPython 3.11 (tests/test_assistant_units.py checks the
-# estimate against it): ~3 KB for a message read from MongoDB (~1.5 KB for one
-# built in memory: fewer fields set), ~1.5 KB more for an LLM trace, ~0.4 KB per
+# estimate against it): ~2 KB for a message read from MongoDB (less for one built
+# in memory: fewer fields set), ~1.5 KB more for an LLM trace, ~0.4 KB per
 # attachment besides its strings, ~0.8 KB for a user message's handling.
-_MESSAGE_OVERHEAD = 3_000
+_MESSAGE_OVERHEAD = 2_000
 _TRACE_OVERHEAD = 1_500
 _HANDLING_OVERHEAD = 800
 _ATTACHMENT_OVERHEAD = 400
