@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from standardwebhooks.webhooks import Webhook
 
+from happ_common.deliveries import STRANDED_CLAIM_S, DeliveryStates
 from happ_common.ids import new_log_id
 from happ_common.mongo import REQUEST_LOG
 from happ_common.signing import happ_signature
@@ -396,3 +398,41 @@ async def test_conversations_list_and_messages(system: System) -> None:
         f"/api/channels/{c['id']}/conversations", params={"cursor": "%%%"}
     )
     assert bad_cursor.status_code == 422
+
+
+async def test_a_resend_whose_claimer_died_before_queuing_it_is_taken_again(
+    system: System,
+) -> None:
+    # A resend claims the reply, then publishes it. Should the admin die in
+    # between, the claim says 'pending' with nothing on its way: once it is old
+    # enough to be taken for stranded, a resend takes it again, exactly once.
+    c = await system.create_channel("/stranded")
+    sent = await system.send(c["id"], {"sender_id": "st", "text": "lost resend"})
+    message_id = sent.json()["message_id"]
+    reply_id = (await _wait_status(system, c["id"], message_id, "delivered"))["reply"]["message_id"]
+    states = DeliveryStates(system.db)
+
+    fresh = await states.claim_for_resend(c["id"], reply_id, ("delivered",), datetime.now(UTC))
+    assert fresh is not None
+    busy = await system.admin.post(f"/api/channels/{c['id']}/messages/{reply_id}/resend")
+    assert busy.status_code == 409
+    assert busy.json()["error"]["code"] == "DELIVERY_IN_PROGRESS"
+    await states.restore(c["id"], reply_id, fresh, datetime.now(UTC))
+
+    long_ago = datetime.now(UTC) - timedelta(seconds=STRANDED_CLAIM_S + 1)
+    assert await states.claim_for_resend(c["id"], reply_id, ("delivered",), long_ago)
+    # Two takers of the stranded claim at once: one wins.
+    taken = await asyncio.gather(
+        *(states.claim_for_resend(c["id"], reply_id, (), datetime.now(UTC)) for _ in range(2))
+    )
+    assert sum(t is not None for t in taken) == 1
+    (winner,) = [t for t in taken if t is not None]
+    await states.restore(c["id"], reply_id, winner, datetime.now(UTC))
+
+    resp = await system.admin.post(f"/api/channels/{c['id']}/messages/{reply_id}/resend")
+    assert resp.status_code == 202, resp.text
+    got = await system.receiver.wait_for("/stranded", 2)
+    assert [g.headers["X-HAPP-Delivery-Id"] for g in got] == [reply_id, reply_id]
+    assert got[-1].headers["X-HAPP-Attempt"] == "1"
+    delivered = await _wait_status(system, c["id"], message_id, "delivered")
+    assert delivered["reply"]["delivery"]["attempts"] == 1

@@ -37,6 +37,11 @@ from happ_common.mongo import DELIVERIES, PENDING_RETRIES, Document
 # "pending" outside the delivery service.
 DeliveryStatus = Literal["pending", "sending", "delivered", "retrying", "failed", "canceled"]
 SERIES_ENDED: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
+# A resend's claim older than this without its series begun is taken to be
+# stranded (DeliveryState.stranded). Far longer than a claim-then-publish takes
+# (the publish times out well within it); a queued resend merely waiting its
+# turn that long is queued a second time, which is harmless.
+STRANDED_CLAIM_S = 120.0
 
 
 def delivery_id(channel_id: str, reply_id: str) -> str:
@@ -85,10 +90,25 @@ class DeliveryState(BaseModel):
     delivered_at: datetime | None = None
     next_attempt_at: datetime | None = None
     updated_at: datetime | None = None
+    # When an operator's resend (or a recovery) claimed the reply for a new series.
+    resend_requested_at: datetime | None = None
 
     @property
     def shown_status(self) -> DeliveryStatus:
         return "pending" if self.status == "sending" else self.status
+
+    def stranded(self, now: datetime) -> bool:
+        """Claimed for a resend long enough ago that its event may never have
+        been published: the claimer died between its claim and its publish.
+        Such a claim may be taken again, and the resend queued again: should the
+        first event be on the log after all, whichever of the two comes second
+        finds the series begun and is skipped, as a redelivered record is."""
+        return (
+            self.status == "pending"
+            and self.attempts == 0
+            and self.resend_requested_at is not None
+            and (now - self.resend_requested_at).total_seconds() > STRANDED_CLAIM_S
+        )
 
 
 class PendingRetry(BaseModel):
@@ -127,20 +147,29 @@ class DeliveryStates:
     ) -> DeliveryState | None:
         """Move a finished delivery back to ``pending``; the state it had, or None
         if it was not in one of ``from_states`` (still running, never attempted,
-        or a concurrent resend won).
+        or a concurrent resend won). A stranded claim (``DeliveryState.stranded``)
+        is taken again whatever ``from_states`` says.
 
-        Read, then a conditional update on the status just read: a compare-and-set,
-        so two resends racing start one series. (A ``$in`` on the status inside the
-        filter would make the embedded database scan the collection.)"""
+        Read, then a conditional update on the status and claim just read: a
+        compare-and-set, so two resends racing start one series. (A ``$in`` on
+        the status inside the filter would make the embedded database scan the
+        collection.)"""
         _id = delivery_id(channel_id, reply_id)
         doc = await self._deliveries.find_one({"_id": _id}, _STATE_ONLY)
-        if doc is None or doc.get("status") not in from_states:
+        if doc is None:
             return None
         previous = DeliveryState.model_validate(doc)
+        if previous.status not in from_states and not previous.stranded(now):
+            return None
         # The new series counts its attempts from zero: a retry of it is told
         # apart from one already done by its attempt number (delivery service).
         claimed = await self._deliveries.update_one(
-            {"_id": _id, "status": previous.status},
+            {
+                "_id": _id,
+                "status": previous.status,
+                "attempts": previous.attempts,
+                "resend_requested_at": previous.resend_requested_at,
+            },
             {
                 "$set": {
                     "status": "pending",
@@ -166,6 +195,7 @@ class DeliveryStates:
                     "attempts": previous.attempts,
                     "pauses": previous.pauses,
                     "next_attempt_at": previous.next_attempt_at,
+                    "resend_requested_at": previous.resend_requested_at,
                     "updated_at": now,
                 }
             },

@@ -135,7 +135,8 @@ class RecoveryService:
     async def stop(self) -> None:
         """Let each recovery finish the reply it is on, then stop it. Canceled between
         its claim and its publish, a reply would stay claimed ('pending') with no
-        series to send it, out of reach of a resend or the next recovery."""
+        series to send it until the claim counts as stranded (minutes:
+        happ_common.deliveries.STRANDED_CLAIM_S)."""
         self._stopping = True
         tasks = list(self._tasks.values())
         if not tasks:
@@ -272,7 +273,11 @@ class RecoveryService:
                     doc.queued += len(queued)
                     raise _Stopping
                 state = states.get((reply.channel_id, reply.message_id))
-                failed = state is not None and state.status == "failed"
+                # A reply another resend or recovery claimed and died before
+                # queuing is as good as failed (happ_common.deliveries).
+                failed = state is not None and (
+                    state.status == "failed" or state.stranded(datetime.now(UTC))
+                )
                 if failed and await self._resender.requeue(reply, ("failed",)):
                     queued.append(reply.message_id)
                     await self._beat(doc)  # slow publishes must not outlive the lock
