@@ -1,8 +1,9 @@
 """Many callers, one database round trip.
 
-The embedded MongoDB-protocol database does ~300 single operations per second
-whatever the concurrency, but ~7,000 documents per second in one ``insert_many``
-(GUIDE.md); real MongoDB also prefers fewer, larger round trips. So hot paths
+The embedded MongoDB-protocol database does a few hundred single operations
+per second whatever the concurrency, but thousands of documents per second in
+one ``insert_many`` (docs/architecture.md, "Measured numbers behind the
+choices"); real MongoDB also prefers fewer, larger round trips. So hot paths
 with many messages in flight do not await their own write or read: they hand it
 to a ``Batcher``, which gathers what arrives within a few milliseconds (or up to
 ``max_batch`` items), runs one batch call, and resolves each caller's future with

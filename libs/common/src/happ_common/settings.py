@@ -39,8 +39,8 @@ class InfraSettings(BaseSettings):
     # How long a consumer's fetch may wait at the broker for records. A Kafka
     # broker answers as soon as a record arrives, so this only paces idle
     # polling; the embedded development broker holds every fetch this long
-    # whatever arrives (measured: 500 ms -> ~130 ms a hop, 20 ms -> ~9 ms), so
-    # the local stack sets 20.
+    # whatever arrives (README, "the local stack's consumers fetch with a 20 ms
+    # wait"), so the local stack sets 20.
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=30_000)
     # Topics HAPP creates keep their records this long (existing topics are left alone).
     kafka_retention_hours: float = Field(default=168, gt=0)

@@ -1,7 +1,7 @@
 """Outgoing URL rules: HTTPS only, and no private, loopback or link-local targets.
 
 The address rule is checked when a URL is set (admin) and again on every
-connection (delivery, via ``ssrf.GuardedResolver``), on the address actually
+connection (delivery, via ``webhook_client.GuardedResolver``), on the address actually
 connected to, so a hostname that later resolves to 127.0.0.1 gains nothing.
 """
 

@@ -4,8 +4,9 @@ Used by the delivery service for every reply and by the admin API for "Send
 test", so both classify failures the same way (SPEC §5 codes).
 
 The client is aiohttp, chosen by measurement: HTTPS POSTs to a local TLS
-receiver with 32 in flight ran at ~195/s with httpx 0.28 and ~2,300/s with
-aiohttp on the same machine (GUIDE.md; ``make bench-delivery`` re-measures).
+receiver ran an order of magnitude faster than with httpx on the same machine
+(docs/architecture.md, "Measured numbers behind the choices";
+``make bench-delivery`` re-measures).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _literal_address_refused(url: str, allow_private: bool) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _is_private_literal(url: str) -> bool:
     # Cached: every delivery checks its channel's URL, and parsing it and its
-    # address took ~2 % of the delivery process's CPU under load (py-spy).
+    # address showed in the delivery process's profile under load.
     host = urlsplit(url).hostname or ""
     try:
         ipaddress.ip_address(host)

@@ -200,10 +200,10 @@ class OpenAIChat:
             # The SDK's timeout bounds each socket operation; this bounds the call.
             async with asyncio.timeout(timeout_s):
                 # The SDK's documented raw request rather than chat.completions.create:
-                # create() walks the request through its TypedDict annotations, ~1 ms of
-                # CPU per call and most of this process's CPU at 200 calls/s. Our body
-                # is wire-format JSON already; errors, auth and the response model are
-                # the same.
+                # create() walks the request through its TypedDict annotations, most
+                # of this process's CPU under load (docs/architecture.md, "Measured
+                # numbers behind the choices"). Our body is wire-format JSON already;
+                # errors, auth and the response model are the same.
                 resp = await self._client.post(
                     "/chat/completions",
                     cast_to=ChatCompletion,

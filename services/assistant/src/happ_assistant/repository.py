@@ -1,8 +1,9 @@
 """The assistant's reads and writes of conversations, batched across messages.
 
-Hundreds of messages are in flight at once and the embedded database does ~300
-single operations/s but thousands of documents/s in one ``bulk_write`` (GUIDE.md),
-so no call here is a round trip of its own: each goes through a ``Batcher``
+Hundreds of messages are in flight at once and the embedded database does far
+fewer single operations per second than documents per second in one
+``bulk_write`` (docs/architecture.md, "Measured numbers behind the choices"), so
+no call here is a round trip of its own: each goes through a ``Batcher``
 that gathers what concurrent messages submit within a few milliseconds into one
 call. Callers still await their own write before moving on, so a message's
 offset is committed only after its documents are durable.
@@ -14,8 +15,8 @@ one returns ``False``). A user's message is usually there already, stored by
 the ingress as its accepted record (happ_common.messages). That
 is a plain insert whose duplicate-key error means "already there", not an
 upsert with ``$setOnInsert``: the guarantee is the same, and in one bulk the
-embedded database inserts ~5,000 message documents/s but upserts ~1,400/s (its
-CPU per reply, not the assistant's, bounds the benchmark).
+embedded database inserts several times more message documents per second than
+it upserts (its CPU per reply, not the assistant's, bounds the benchmark).
 """
 
 from __future__ import annotations

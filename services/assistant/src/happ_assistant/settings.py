@@ -35,10 +35,9 @@ class AssistantServiceSettings(BaseSettings):
     llm_attempts: int = Field(default=3, ge=1, le=10)
     llm_budget_s: float = Field(default=90.0, gt=0)
     llm_backoff_s: float = Field(default=1.0, ge=0)
-    # The HTTP transport under the OpenAI SDK. aiohttp by measurement
-    # (docs/benchmarks.md, `assistant`): with 600 conversations in flight and an
-    # LLM answering after 1 s, the assistant spent ~1.7 ms of CPU per reply over
-    # aiohttp and ~3.5 ms over httpx, and made 235 against 196 replies/s.
+    # The HTTP transport under the OpenAI SDK. aiohttp by measurement: about
+    # half httpx's CPU per reply, and more replies/s (docs/benchmarks.md,
+    # `make bench-assistant`).
     llm_http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     # Every record in flight may be one LLM call (one per conversation), so the
     # pool must not be the bound: a call queued for a connection burns its timeout.
