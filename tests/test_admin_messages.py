@@ -412,22 +412,31 @@ async def test_a_resend_whose_claimer_died_before_queuing_it_is_taken_again(
     reply_id = (await _wait_status(system, c["id"], message_id, "delivered"))["reply"]["message_id"]
     states = DeliveryStates(system.db)
 
-    fresh = await states.claim_for_resend(c["id"], reply_id, ("delivered",), datetime.now(UTC))
+    claimed_at = datetime.now(UTC)
+    fresh = await states.claim_for_resend(c["id"], reply_id, ("delivered",), claimed_at)
     assert fresh is not None
     busy = await system.admin.post(f"/api/channels/{c['id']}/messages/{reply_id}/resend")
     assert busy.status_code == 409
     assert busy.json()["error"]["code"] == "DELIVERY_IN_PROGRESS"
-    await states.restore(c["id"], reply_id, fresh, datetime.now(UTC))
+    await states.restore(c["id"], reply_id, fresh, claimed_at)
 
     long_ago = datetime.now(UTC) - timedelta(seconds=STRANDED_CLAIM_S + 1)
     assert await states.claim_for_resend(c["id"], reply_id, ("delivered",), long_ago)
     # Two takers of the stranded claim at once: one wins.
+    retaken_at = datetime.now(UTC)
     taken = await asyncio.gather(
-        *(states.claim_for_resend(c["id"], reply_id, (), datetime.now(UTC)) for _ in range(2))
+        *(states.claim_for_resend(c["id"], reply_id, (), retaken_at) for _ in range(2))
     )
     assert sum(t is not None for t in taken) == 1
     (winner,) = [t for t in taken if t is not None]
-    await states.restore(c["id"], reply_id, winner, datetime.now(UTC))
+    # The first claimer's undo, late, leaves the claim taken since alone.
+    await states.restore(c["id"], reply_id, winner, long_ago)
+    still = await states.get(c["id"], reply_id)
+    assert still is not None and still.status == "pending"
+    assert still.resend_requested_at == retaken_at.replace(
+        microsecond=retaken_at.microsecond // 1000 * 1000
+    )
+    await states.restore(c["id"], reply_id, winner, retaken_at)
 
     resp = await system.admin.post(f"/api/channels/{c['id']}/messages/{reply_id}/resend")
     assert resp.status_code == 202, resp.text

@@ -6,16 +6,18 @@ nothing twice; progress is read from the replies' delivery states."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pymongo.errors import AutoReconnect
 
-from happ_admin.recovery.repository import RecoveryDoc, RecoveryRepository
-from happ_admin.recovery.service import RecoveryService
-from happ_common.deliveries import delivery_id
+from happ_admin.recovery.repository import LOCK_TTL, RecoveryDoc, RecoveryRepository
+from happ_admin.recovery.service import _BEAT_S, RecoveryService
+from happ_common.deliveries import STRANDED_CLAIM_S, delivery_id
 from happ_common.ids import conversation_id
+from happ_common.kafka import EventPublisher
 from happ_common.messages import StoredMessage
 from tests.conftest import System, eventually
 from tests.test_users import new_user, signed_in
@@ -135,6 +137,16 @@ async def _state_is(system: System, channel_id: str, recovery_id: str, state: st
     return bool((await _recovery(system, channel_id, recovery_id))["state"] == state)
 
 
+def test_a_recovery_taking_over_a_dead_ones_lock_finds_its_claims_stranded() -> None:
+    # The dead recovery's last claim came at most a beat and a publish after it
+    # last renewed its lock, which is taken over LOCK_TTL after that renewal:
+    # by then the claim must count as stranded, or the new recovery would skip
+    # it and send the conversation's later replies first.
+    publish_timeout_s = inspect.signature(EventPublisher).parameters["timeout_s"].default
+    takeover_after_claim_s = LOCK_TTL.total_seconds() - _BEAT_S - publish_timeout_s
+    assert takeover_after_claim_s > STRANDED_CLAIM_S
+
+
 async def test_recovery_needs_a_connected_channel_and_a_time(system: System) -> None:
     c = await system.create_channel("/recover-off")
     no_time = await system.admin.post(f"/api/channels/{c['id']}/recover", json={})
@@ -145,6 +157,14 @@ async def test_recovery_needs_a_connected_channel_and_a_time(system: System) -> 
     )
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "CHANNEL_DISCONNECTED"
+    # A channel answering only in the webhook's response has nothing to send.
+    await system.admin.post(f"/api/channels/{c['id']}/connect")
+    await system.admin.patch(f"/api/channels/{c['id']}", json={"delivery": "response"})
+    in_response = await system.admin.post(
+        f"/api/channels/{c['id']}/recover", json={"since": "2026-01-01T00:00:00Z"}
+    )
+    assert in_response.status_code == 409
+    assert in_response.json()["error"]["code"] == "REPLIES_NOT_POSTED"
     missing = await system.admin.get(f"/api/channels/{c['id']}/recoveries/rcv_nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "RECOVERY_NOT_FOUND"

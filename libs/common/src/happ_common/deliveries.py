@@ -38,10 +38,13 @@ from happ_common.mongo import DELIVERIES, PENDING_RETRIES, Document
 DeliveryStatus = Literal["pending", "sending", "delivered", "retrying", "failed", "canceled"]
 SERIES_ENDED: tuple[DeliveryStatus, ...] = ("delivered", "failed", "canceled")
 # A resend's claim older than this without its series begun is taken to be
-# stranded (DeliveryState.stranded). Far longer than a claim-then-publish takes
-# (the publish times out well within it); a queued resend merely waiting its
-# turn that long is queued a second time, which is harmless.
-STRANDED_CLAIM_S = 120.0
+# stranded (DeliveryState.stranded). Longer than a claim and its publish take
+# (the publish times out within 10 s); shorter than a bulk recovery's lock
+# outlives its last beat, so a recovery taking over a dead one's lock finds
+# every claim the dead one left stranded and queues its conversations in order
+# (tests/test_recovery.py). A queued resend merely waiting its turn that long
+# is queued a second time, which is harmless: the second finds the series begun.
+STRANDED_CLAIM_S = 30.0
 
 
 def delivery_id(channel_id: str, reply_id: str) -> str:
@@ -186,9 +189,15 @@ class DeliveryStates:
     async def restore(
         self, channel_id: str, reply_id: str, previous: DeliveryState, now: datetime
     ) -> None:
-        """Undo ``claim_for_resend`` when the resend could not be queued."""
+        """Undo ``claim_for_resend`` (made at ``now``) when the resend could not
+        be queued; a claim another resend has taken since stays theirs."""
         await self._deliveries.update_one(
-            {"_id": delivery_id(channel_id, reply_id), "status": "pending"},
+            {
+                "_id": delivery_id(channel_id, reply_id),
+                "status": "pending",
+                "attempts": 0,
+                "resend_requested_at": now,
+            },
             {
                 "$set": {
                     "status": previous.status,

@@ -55,6 +55,12 @@ DELIVERIES_DISABLED = ErrorKind(
     "DELIVERIES_DISABLED",
     "the channel's deliveries were turned off (its endpoint kept failing): connect it again",
 )
+REPLIES_NOT_POSTED = ErrorKind(
+    409,
+    "REPLIES_NOT_POSTED",
+    "the channel answers in the webhook's response only (`delivery: response`): "
+    "nothing would be sent",
+)
 RECOVERY_IN_PROGRESS = ErrorKind(
     409, "RECOVERY_IN_PROGRESS", "a recovery of this channel is starting: try again in a moment"
 )
@@ -86,10 +92,12 @@ ERRORS: dict[int | str, dict[str, Any]] = error_responses(
 )
 # The conflicts of particular routes.
 RESEND_CONFLICTS = error_responses(
-    (CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, DELIVERY_IN_PROGRESS), "ResendError"
+    (CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, REPLIES_NOT_POSTED, DELIVERY_IN_PROGRESS),
+    "ResendError",
 )
 RECOVERY_CONFLICTS = error_responses(
-    (CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, RECOVERY_IN_PROGRESS), "RecoveryError"
+    (CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, REPLIES_NOT_POSTED, RECOVERY_IN_PROGRESS),
+    "RecoveryError",
 )
 INBOX_CONFLICTS = error_responses(
     (CONVERSATION_HELD, NOT_HOLDING, HANDOFF_DISABLED, CONVERSATION_CHANGED), "InboxError"

@@ -14,7 +14,12 @@ from happ_admin.channels.service import ChannelService
 from happ_admin.conversations.repository import ConversationRepository
 from happ_admin.conversations.schemas import MessageStatusOut
 from happ_admin.conversations.service import ConversationService, message_not_found
-from happ_admin.errors import CHANNEL_DISCONNECTED, DELIVERIES_DISABLED, DELIVERY_IN_PROGRESS
+from happ_admin.errors import (
+    CHANNEL_DISCONNECTED,
+    DELIVERIES_DISABLED,
+    DELIVERY_IN_PROGRESS,
+    REPLIES_NOT_POSTED,
+)
 from happ_common.channels import Channel
 from happ_common.deliveries import DeliveryStatus
 from happ_common.errors import service_unavailable
@@ -31,6 +36,12 @@ def require_sendable(channel: Channel) -> None:
     if channel.status != "connected":
         raise CHANNEL_DISCONNECTED(
             "The channel is disconnected, so the reply would not be sent; connect it first."
+        )
+    if not channel.posts_replies:
+        # The delivery service would skip the reply and leave it claimed.
+        raise REPLIES_NOT_POSTED(
+            "The channel answers in the webhook's response only (delivery: response), so "
+            "nothing would be sent; set its delivery to 'endpoint' or 'both' first."
         )
     if channel.deliveries_disabled is not None:
         raise DELIVERIES_DISABLED(

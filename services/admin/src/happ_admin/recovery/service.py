@@ -7,10 +7,12 @@ recovery and scans in the background, conversation by conversation, each one
 oldest first, a page at a time: nothing unbounded is held in memory. Each
 failed reply goes through ``ReplyResender.requeue``, the resend's own claim
 (failed → pending) and publish on the conversation's key, so a reply already
-pending or delivered (sent by an earlier recovery, a resend) is never queued
-twice, and asking again is safe: a request while one runs answers the running
-one; one after it, or after its admin process died, queues only what is
-failed by then.
+pending or delivered (sent by an earlier recovery, a resend) is not queued
+again, and asking again is safe: a request while one runs answers the running
+one; one after it, or after its admin process died, queues what is failed by
+then, and what the dead one claimed without queuing (a stranded claim,
+happ_common.deliveries). A claim merely waiting its turn for longer than that
+may be queued twice: the second event finds its series begun and is skipped.
 
 Progress is read, not counted: the replies a recovery queued are listed
 (``recovery_items``) and their delivery states are read when asked for, at most
