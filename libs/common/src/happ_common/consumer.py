@@ -9,7 +9,7 @@ on revoke, partition callbacks) is passed through.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from happ_common.dead_letters import DeadLetterPublisher
 from happ_common.kafka import Publisher
@@ -19,28 +19,36 @@ from happ_common.settings import InfraSettings
 from happ_common.subscriptions import Subscriptions
 
 
+class ConsumerSettings(Protocol):
+    """What a consumer service's settings say about its consumer."""
+
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def max_in_flight(self) -> int: ...
+
+
 def consumer_pipeline(
     name: str,
     reads: Subscriptions,
+    settings: ConsumerSettings,
     infra: InfraSettings,
     publisher: Publisher,
     *,
-    group_id: str,
-    max_in_flight: int,
     on_assigned: PartitionsCallback | None = None,
     on_revoked: PartitionsCallback | None = None,
     group_of: GroupFunction | None = None,
     **config: Any,
 ) -> KeyedPipeline:
-    """``reads`` in consumer group ``group_id``; ``config``: the other
+    """``reads`` in the consumer group ``settings`` name; ``config``: the other
     ``PipelineConfig`` fields this consumer sets."""
     return KeyedPipeline(
         PipelineConfig(
             name=name,
             connection=client_options(infra),
-            group_id=group_id,
+            group_id=settings.group_id,
             topics=reads.topics,
-            max_in_flight=max_in_flight,
+            max_in_flight=settings.max_in_flight,
             session_timeout_ms=infra.kafka_session_timeout_ms,
             consumer_options={"fetch_max_wait_ms": infra.kafka_fetch_max_wait_ms},
             **config,

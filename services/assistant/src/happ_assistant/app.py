@@ -68,10 +68,9 @@ def create_app(
             pipeline = consumer_pipeline(
                 "assistant",
                 subscriptions(service),
+                settings,
                 infra,
                 publisher,
-                group_id=settings.group_id,
-                max_in_flight=settings.max_in_flight,
                 db_latency_ms=DB_LATENCY.recent_ms,
                 db_latency_target_ms=settings.db_latency_target_ms,
                 # The next owner of a revoked partition writes to its conversations.

@@ -68,10 +68,9 @@ def create_app(
             pipeline = consumer_pipeline(
                 "delivery",
                 subscriptions(service),
+                settings,
                 infra,
                 publisher,
-                group_id=settings.group_id,
-                max_in_flight=settings.max_in_flight,
                 max_parked_bytes=settings.max_parked_bytes,
                 # A POST in flight at a rebalance or shutdown may finish:
                 # cut off, the next owner would send it again.
