@@ -8,7 +8,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .PHONY: help bootstrap system-deps install run demo test test-faults openapi-check lint format bench \
 	typecheck check clean bench-ingress bench-delivery bench-assistant bench-publish bench-db \
-	bench-wait
+	bench-wait bench-idle
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-db: install ## Benchmark: the embedded database's writes in HAPP's shapes
 
 bench-publish: install ## Benchmark: CPU per Kafka publish, FastStream vs aiokafka
 	$(UV) run --frozen python bench/publish.py
+
+bench-idle: install ## Benchmark: each process's CPU while nothing happens, at two fetch waits
+	$(UV) run --frozen python bench/idle.py
 
 bench-assistant: install ## Benchmark: replies/s of one assistant with a 1 s LLM, order checked
 	$(UV) run --frozen python bench/assistant.py

@@ -232,9 +232,9 @@ def make_stack(
         # A killed member's partitions move on after 6 s rather than 10.
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
         # The embedded broker holds each fetch this long whatever arrives: at the
-        # local stack's 20 ms an idle system took ~40 % of a core (the broker
-        # answering polls), at 100 ms ~14 %, for ~50 ms more per hop; the suite
-        # runs several systems at once on two cores.
+        # local stack's 20 ms an idle system keeps a good part of a core busy
+        # (the broker answering polls; `make bench-idle`), for some tens of ms
+        # more per hop at 100; the suite runs several systems at once on two cores.
         "KAFKA_FETCH_MAX_WAIT_MS": "100",
         # Every line a JSON object: tests/test_json_logs.py follows messages through them.
         "HAPP_LOG_FORMAT": "json",
