@@ -253,3 +253,46 @@ async def test_during_a_rotation_both_secrets_verify_the_outgoing_request(system
     Webhook(new).verify(got.body, got.headers)
     Webhook(old).verify(got.body, got.headers)
     assert got.headers["X-HAPP-Signature"] == happ_signature(new, got.body)
+
+
+async def test_a_resend_queued_twice_is_sent_once(system: System) -> None:
+    # A stranded claim taken again queues the resend a second time, while the
+    # first event may be on the log after all: the second must find the series
+    # begun and send nothing (happ_common.deliveries.DeliveryState.stranded).
+    channel = await system.create_channel("/resend-twice")
+    sent = await system.send(channel["id"], {"sender_id": "u2", "text": "twice"})
+    doc = await _wait_status(system, channel["id"], sent.json()["message_id"], "delivered")
+    claimed = await DeliveryStates(system.db).claim_for_resend(
+        channel["id"], doc["message_id"], ("delivered",), datetime.now(UTC)
+    )
+    assert claimed is not None
+    event = OutboundReply(
+        channel_id=channel["id"],
+        reply_id=doc["message_id"],
+        in_reply_to=sent.json()["message_id"],
+        to="u2",
+        text=doc["text"],
+        metadata=None,
+        created_at=datetime.now(UTC),
+        resend=True,
+    )
+    publisher = DirectPublisher(
+        InfraSettings(kafka_bootstrap_servers=system.stack.kafka_bootstrap), client_id="test"
+    )
+    await publisher.start()
+    try:
+        for _ in range(2):
+            await publisher.publish(
+                OUTBOUND_REPLIES, event, key=conversation_key(channel["id"], "u2")
+            )
+    finally:
+        await publisher.stop()
+    await system.receiver.wait_for("/resend-twice", 2, timeout_s=20)
+    await _wait_status(system, channel["id"], sent.json()["message_id"], "delivered")
+    # A later message of the conversation is delivered after both events were read.
+    await system.send(channel["id"], {"sender_id": "u2", "text": "after"})
+    await system.receiver.wait_for("/resend-twice", 3, timeout_s=20)
+    got = system.receiver.on_path("/resend-twice")
+    assert [g.json()["text"] for g in got] == ["Echo: twice", "Echo: twice", "Echo: after"]
+    assert [g.headers["X-HAPP-Delivery-Id"] for g in got[:2]] == [doc["message_id"]] * 2
+    assert [g.headers["X-HAPP-Attempt"] for g in got] == ["1", "1", "1"]
